@@ -1,0 +1,272 @@
+package sss
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/superscaled/sss/scaler"
+)
+
+// Conn is one client connection on this instance. Its methods are safe for
+// concurrent use.
+type Conn struct {
+	srv     *Server
+	id      string
+	session *Session
+	persist bool // the session id is the application's, so store subscriptions
+	ws      *websocket.Conn
+	remote  string
+
+	// ctx is cancelled when the connection ends; handlers derive from it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Outgoing frames, written in order by the writer goroutine. Bounded by
+	// count and bytes; overflow is the slow-consumer policy.
+	qmu     sync.Mutex
+	queue   [][]byte
+	qbytes  int
+	qclosed bool
+	wake    chan struct{}
+
+	// Subscriptions made by the client (not its user/session channels).
+	smu    sync.Mutex
+	subs   map[string]json.RawMessage // channel → query
+	nested atomic.Int32               // pairs of held subscriptions where one contains the other
+
+	sem     chan struct{} // ask/tell handler slots
+	limiter *rate.Limiter
+	wg      sync.WaitGroup // handler goroutines
+
+	// Server asks awaiting this client's reply.
+	amu    sync.Mutex
+	askSeq uint64
+	asks   map[uint64]pendingAsk
+
+	lastRead atomic.Int64 // unix nanos of the last frame read
+	busy     atomic.Int32 // the read loop is inside a parser: don't reap
+
+	closeOnce  sync.Once
+	closeCode  websocket.StatusCode
+	closeWhy   string
+	closeCause error
+}
+
+// ID is the connection's id, unique in the cluster.
+func (c *Conn) ID() string { return c.id }
+
+// Session is what the session parser returned.
+func (c *Conn) Session() *Session { return c.session }
+
+// UserID is shorthand for Session().UserID.
+func (c *Conn) UserID() string { return c.session.UserID }
+
+// RemoteAddr is the network address of the client (the HTTP request's).
+func (c *Conn) RemoteAddr() string { return c.remote }
+
+// Context is cancelled when the connection ends.
+func (c *Conn) Context() context.Context { return c.ctx }
+
+// Subscriptions lists the channels the client subscribed to.
+func (c *Conn) Subscriptions() []string {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	out := make([]string, 0, len(c.subs))
+	for ch := range c.subs {
+		out = append(out, ch)
+	}
+	return out
+}
+
+// Close ends the connection with a close code in the reconnect range (4005)
+// or, if final, one that tells the client not to reconnect (4501).
+func (c *Conn) Close(reason string, final bool) {
+	code := CloseDisconnect
+	if final {
+		code = CloseForbidden
+	}
+	c.close(code, reason, nil)
+}
+
+// Close codes sent by the server (docs/protocol.md). 4000–4499 ask the
+// client to reconnect, 4500–4999 not to.
+const (
+	CloseShutdown     websocket.StatusCode = 4000
+	ClosePingTimeout  websocket.StatusCode = 4001
+	CloseSlowConsumer websocket.StatusCode = 4002
+	CloseWriteTimeout websocket.StatusCode = 4003
+	CloseServerError  websocket.StatusCode = 4004
+	CloseDisconnect   websocket.StatusCode = 4005
+	CloseUnauthorized websocket.StatusCode = 4500
+	CloseForbidden    websocket.StatusCode = 4501
+)
+
+// send queues a frame. A full queue either drops the frame (lossy) or ends
+// the connection as a slow consumer. It never blocks.
+func (c *Conn) send(frame []byte, lossy bool) {
+	c.qmu.Lock()
+	if c.qclosed {
+		c.qmu.Unlock()
+		return
+	}
+	if len(c.queue) >= c.srv.cfg.sendQueue || c.qbytes+len(frame) > c.srv.cfg.sendBytes {
+		c.qmu.Unlock()
+		if lossy {
+			c.srv.stats.dropped.Add(1)
+			return
+		}
+		c.srv.stats.slowConsumers.Add(1)
+		c.close(CloseSlowConsumer, "slow consumer", ErrSlowConsumer)
+		return
+	}
+	c.queue = append(c.queue, frame)
+	c.qbytes += len(frame)
+	c.qmu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ErrSlowConsumer is the disconnect reason of a connection whose send queue
+// overflowed.
+var ErrSlowConsumer = Errorf(CodeRateLimited, "slow consumer")
+
+// take removes up to maxBatch bytes of queued frames.
+func (c *Conn) take(buf []byte, maxBatch int) []byte {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	n := 0
+	for n < len(c.queue) {
+		f := c.queue[n]
+		if n > 0 && len(buf)+1+len(f) > maxBatch {
+			break
+		}
+		if n > 0 {
+			buf = append(buf, '\n')
+		}
+		buf = append(buf, f...)
+		c.qbytes -= len(f)
+		c.queue[n] = nil
+		n++
+	}
+	c.queue = c.queue[n:]
+	if len(c.queue) == 0 {
+		// Drop the backing array: an idle connection should hold nothing.
+		c.queue = nil
+	} else {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+	return buf
+}
+
+// writeLoop writes queued frames, batching those that are ready into one
+// WebSocket message, and pings the client. It owns the final ws.Close.
+func (c *Conn) writeLoop() {
+	cfg := &c.srv.cfg
+	ping := time.NewTicker(cfg.pingInterval)
+	defer ping.Stop()
+	var buf []byte
+	for {
+		select {
+		case <-c.ctx.Done():
+			c.ws.Close(c.closeCode, c.closeWhy)
+			return
+		case <-ping.C:
+			last := time.Unix(0, c.lastRead.Load())
+			if c.busy.Load() == 0 && time.Since(last) > cfg.pingInterval+cfg.pongTimeout {
+				c.close(ClosePingTimeout, "ping timeout", ErrPingTimeout)
+				continue
+			}
+			c.sweepAsks(time.Now())
+			c.send(pingFrame, false)
+		case <-c.wake:
+		}
+		buf = c.take(buf[:0], 64<<10)
+		if len(buf) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.writeTimeout)
+		err := c.ws.Write(ctx, websocket.MessageText, buf)
+		cancel()
+		if err != nil {
+			c.close(CloseWriteTimeout, "write failed", err)
+			continue
+		}
+		c.srv.stats.framesOut.Add(1)
+		if cap(buf) > 64<<10 {
+			buf = nil // don't keep a large buffer for an idle connection
+		}
+	}
+}
+
+// ErrPingTimeout is the disconnect reason of a client that went silent.
+var ErrPingTimeout = Errorf(CodeTimeout, "ping timeout")
+
+// close ends the connection once: the queue stops, ctx is cancelled and the
+// writer sends the close frame.
+func (c *Conn) close(code websocket.StatusCode, why string, cause error) {
+	c.closeOnce.Do(func() {
+		c.closeCode, c.closeWhy, c.closeCause = code, why, cause
+		c.qmu.Lock()
+		c.qclosed = true
+		c.queue = nil
+		c.qbytes = 0
+		c.qmu.Unlock()
+		c.cancel()
+	})
+}
+
+// holdsDeeper reports whether c holds a subscription strictly below stream
+// that also matches channel.
+func (c *Conn) holdsDeeper(stream, channel string) bool {
+	if c.nested.Load() == 0 {
+		return false
+	}
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	for i := len(stream) + 1; i < len(channel); i++ {
+		if channel[i] == '.' {
+			if _, ok := c.subs[channel[:i]]; ok {
+				return true
+			}
+		}
+	}
+	_, ok := c.subs[channel]
+	return ok
+}
+
+// nestedWith counts held subscriptions that contain name or that name
+// contains. Callers hold smu.
+func (c *Conn) nestedWith(name string) int32 {
+	if len(c.subs) == 0 || len(name) > 0 && name[0] == scaler.ReservedPrefix[0] {
+		return 0
+	}
+	var n int32
+	for other := range c.subs {
+		if isAncestor(other, name) || isAncestor(name, other) {
+			n++
+		}
+	}
+	return n
+}
+
+// isAncestor reports whether a is a strict ancestor of b ("news" of "news.uk").
+func isAncestor(a, b string) bool {
+	return len(b) > len(a) && b[len(a)] == '.' && b[:len(a)] == a
+}
+
+type pendingAsk struct {
+	origin   string // node waiting for the reply
+	originID uint64
+	deadline time.Time
+}

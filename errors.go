@@ -1,0 +1,122 @@
+package sss
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// Code is a stable error code sent to clients in error frames. The table in
+// docs/protocol.md describes each one.
+type Code string
+
+// Error codes of protocol v1.
+const (
+	CodeBadRequest    Code = "bad_request"
+	CodeUnauthorized  Code = "unauthorized"
+	CodeForbidden     Code = "forbidden"
+	CodeNotFound      Code = "not_found"
+	CodeConflict      Code = "conflict"
+	CodeTimeout       Code = "timeout"
+	CodeTooLarge      Code = "too_large"
+	CodeRateLimited   Code = "rate_limited"
+	CodeLimitExceeded Code = "limit_exceeded"
+	CodeUnavailable   Code = "unavailable"
+	CodeInternal      Code = "internal"
+)
+
+// Error is an error with a protocol code. Handlers and parsers return one
+// (directly or wrapped) to choose the code the client sees; any other error
+// reaches the client as "internal" with a generic message, and is logged.
+//
+// errors.Is(err, sss.ErrForbidden) is true for every *Error with code
+// forbidden, whatever its message.
+type Error struct {
+	Code    Code
+	Message string
+}
+
+// Errorf returns an *Error with the code and a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return "sss: " + string(e.Code)
+	}
+	return "sss: " + string(e.Code) + ": " + e.Message
+}
+
+// Is matches any *Error with the same code.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Sentinels for errors.Is, one per code.
+var (
+	ErrBadRequest    = &Error{Code: CodeBadRequest}
+	ErrUnauthorized  = &Error{Code: CodeUnauthorized}
+	ErrForbidden     = &Error{Code: CodeForbidden}
+	ErrNotFound      = &Error{Code: CodeNotFound}
+	ErrConflict      = &Error{Code: CodeConflict}
+	ErrTimeout       = &Error{Code: CodeTimeout}
+	ErrTooLarge      = &Error{Code: CodeTooLarge}
+	ErrRateLimited   = &Error{Code: CodeRateLimited}
+	ErrLimitExceeded = &Error{Code: CodeLimitExceeded}
+	ErrUnavailable   = &Error{Code: CodeUnavailable}
+	ErrInternal      = &Error{Code: CodeInternal}
+)
+
+// ErrServerClosed is returned by methods of a server that was shut down.
+var ErrServerClosed = errors.New("sss: server closed")
+
+// toWire turns any error into what the client may see. Unclassified errors
+// become "internal" without their text, which may hold secrets.
+func toWire(err error) *Error {
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, context.DeadlineExceeded):
+		return &Error{Code: CodeTimeout, Message: "deadline exceeded"}
+	default:
+		return &Error{Code: CodeInternal, Message: "internal error"}
+	}
+}
+
+// StatusError refuses an HTTP upgrade with a given status. A session parser
+// returns one to pick the status; ErrForbidden gives 403, any other error 401.
+type StatusError struct {
+	Status  int
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("sss: refused with HTTP %d: %s", e.Status, e.Message)
+}
+
+// httpStatus maps a session parser's error to the status of the refusal.
+func httpStatus(err error) (int, string) {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Status, se.Message
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		switch e.Code {
+		case CodeForbidden:
+			return http.StatusForbidden, e.Message
+		case CodeRateLimited:
+			return http.StatusTooManyRequests, e.Message
+		case CodeUnavailable:
+			return http.StatusServiceUnavailable, e.Message
+		case CodeBadRequest:
+			return http.StatusBadRequest, e.Message
+		}
+		return http.StatusUnauthorized, e.Message
+	}
+	return http.StatusUnauthorized, "unauthorized"
+}

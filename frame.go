@@ -1,0 +1,301 @@
+package sss
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+	"unicode/utf8"
+)
+
+// Frame types of protocol v1 (docs/protocol.md).
+const (
+	typeSubscribe   = "subscribe"
+	typeUnsubscribe = "unsubscribe"
+	typePublish     = "publish"
+	typeAsk         = "ask"
+	typeTell        = "tell"
+	typeResume      = "resume"
+	typeReply       = "reply"
+	typePong        = "pong"
+)
+
+// maxID is the largest request id: the largest integer a JSON number in
+// every language (IEEE double) holds exactly.
+const maxID = 1<<53 - 1
+
+// maxNameLen bounds event and handler names.
+const maxNameLen = 255
+
+// subRequest is one entry of a resume frame.
+type subRequest struct {
+	Channel string          `json:"channel"`
+	Query   json.RawMessage `json:"query,omitempty"`
+}
+
+// inFrame is a decoded client frame. Fields unused by its type are ignored.
+type inFrame struct {
+	Type          string
+	ID            uint64
+	Channel       string
+	Query         json.RawMessage
+	Event         string
+	Name          string
+	Data          json.RawMessage
+	Result        json.RawMessage
+	Error         *wireError
+	Subscriptions []subRequest
+	HasSubs       bool // resume: "subscriptions" present (even empty)
+}
+
+type wireError struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message,omitempty"`
+}
+
+// rawFrame mirrors the JSON shape; pointer and raw fields tell "absent" from
+// "zero" and let the id be validated by hand.
+type rawFrame struct {
+	Type          string          `json:"type"`
+	ID            json.RawMessage `json:"id"`
+	Channel       *string         `json:"channel"`
+	Query         json.RawMessage `json:"query"`
+	Event         string          `json:"event"`
+	Name          *string         `json:"name"`
+	Data          json.RawMessage `json:"data"`
+	Result        json.RawMessage `json:"result"`
+	Error         *wireError      `json:"error"`
+	Subscriptions *[]subRequest   `json:"subscriptions"`
+}
+
+// decodeFrame parses one client frame. On failure it returns the request id
+// when one could be read, so the error reply can carry it.
+func decodeFrame(b []byte) (inFrame, uint64, *Error) {
+	var raw rawFrame
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return inFrame{}, salvageID(b), &Error{Code: CodeBadRequest, Message: "invalid frame: " + jsonProblem(err)}
+	}
+	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error}
+	if raw.ID != nil {
+		id, ok := parseID(raw.ID)
+		if !ok {
+			return inFrame{}, 0, &Error{Code: CodeBadRequest, Message: "id must be an integer from 1 to 2^53-1"}
+		}
+		f.ID = id
+	}
+	if raw.Channel != nil {
+		f.Channel = *raw.Channel
+	}
+	if raw.Name != nil {
+		f.Name = *raw.Name
+	}
+	f.Data = raw.Data
+	if raw.Subscriptions != nil {
+		f.HasSubs, f.Subscriptions = true, *raw.Subscriptions
+	}
+	bad := func(msg string) (inFrame, uint64, *Error) {
+		return inFrame{}, f.ID, &Error{Code: CodeBadRequest, Message: msg}
+	}
+	switch f.Type {
+	case typePong:
+		return f, 0, nil
+	case typeReply:
+		if f.ID == 0 {
+			return bad("reply needs an id")
+		}
+		return f, f.ID, nil
+	case typeSubscribe, typeUnsubscribe, typePublish, typeAsk, typeTell, typeResume:
+	case "":
+		return bad("missing frame type")
+	default:
+		return bad("unknown frame type " + strconv.Quote(truncate(f.Type, 32)))
+	}
+	if f.ID == 0 {
+		return bad(f.Type + " needs an id")
+	}
+	switch f.Type {
+	case typeSubscribe, typeUnsubscribe, typePublish:
+		if raw.Channel == nil {
+			return bad(f.Type + " needs a channel")
+		}
+	case typeAsk, typeTell:
+		if raw.Name == nil || f.Name == "" {
+			return bad(f.Type + " needs a name")
+		}
+		if len(f.Name) > maxNameLen {
+			return inFrame{}, f.ID, &Error{Code: CodeTooLarge, Message: "name longer than 255 bytes"}
+		}
+	}
+	if f.Type == typePublish && len(f.Event) > maxNameLen {
+		return inFrame{}, f.ID, &Error{Code: CodeTooLarge, Message: "event longer than 255 bytes"}
+	}
+	return f, f.ID, nil
+}
+
+func parseID(b json.RawMessage) (uint64, bool) {
+	id, err := strconv.ParseUint(string(b), 10, 64)
+	if err != nil || id == 0 || id > maxID {
+		return 0, false
+	}
+	return id, true
+}
+
+// salvageID reads just the id of a frame whose other fields are mistyped.
+func salvageID(b []byte) uint64 {
+	var v struct {
+		ID json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(b, &v) != nil || v.ID == nil {
+		return 0
+	}
+	id, _ := parseID(v.ID)
+	return id
+}
+
+func jsonProblem(err error) string {
+	switch e := err.(type) {
+	case *json.UnmarshalTypeError:
+		return "field " + strconv.Quote(e.Field) + " must be " + e.Type.String()
+	case *json.SyntaxError:
+		return "invalid JSON at offset " + strconv.FormatInt(e.Offset, 10)
+	}
+	return "invalid JSON"
+}
+
+func nullToNil(b json.RawMessage) json.RawMessage {
+	if string(b) == "null" {
+		return nil
+	}
+	return b
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// splitFrames calls f for each newline-separated frame in a message.
+func splitFrames(msg []byte, f func([]byte)) {
+	for len(msg) > 0 {
+		i := bytes.IndexByte(msg, '\n')
+		var line []byte
+		if i < 0 {
+			line, msg = msg, nil
+		} else {
+			line, msg = msg[:i], msg[i+1:]
+		}
+		if len(bytes.TrimSpace(line)) > 0 {
+			f(line)
+		}
+	}
+}
+
+// compactJSON returns data as compact JSON (no raw newline may reach a batch)
+// or nil for absent data.
+func compactJSON(data json.RawMessage) (json.RawMessage, error) {
+	if len(data) == 0 {
+		return nil, nil
+	}
+	if bytes.IndexAny(data, " \t\r\n") < 0 && json.Valid(data) {
+		return data, nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, data); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Encoding of server frames. Hot frames are appended by hand so a
+// publication is encoded once for all its local subscribers.
+
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+func appendData(b []byte, data []byte) []byte {
+	if len(data) == 0 {
+		return append(b, "null"...)
+	}
+	return append(b, data...)
+}
+
+func encodePub(ch, sub, event string, data []byte, from Sender) []byte {
+	b := make([]byte, 0, 64+len(ch)+len(sub)+len(event)+len(data))
+	b = append(b, `{"type":"pub","channel":`...)
+	b = appendString(b, ch)
+	b = append(b, `,"sub":`...)
+	b = appendString(b, sub)
+	b = append(b, `,"event":`...)
+	b = appendString(b, event)
+	b = append(b, `,"data":`...)
+	b = appendData(b, data)
+	if from.User != "" || from.Conn != "" {
+		b = append(b, `,"from":{"user":`...)
+		b = appendString(b, from.User)
+		b = append(b, `,"conn":`...)
+		b = appendString(b, from.Conn)
+		b = append(b, '}')
+	}
+	return append(b, '}')
+}
+
+func encodeTell(name string, data []byte) []byte {
+	b := make([]byte, 0, 40+len(name)+len(data))
+	b = append(b, `{"type":"tell","name":`...)
+	b = appendString(b, name)
+	b = append(b, `,"data":`...)
+	b = appendData(b, data)
+	return append(b, '}')
+}
+
+func encodeServerAsk(id uint64, name string, data []byte) []byte {
+	b := make([]byte, 0, 48+len(name)+len(data))
+	b = append(b, `{"type":"ask","id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	b = append(b, `,"name":`...)
+	b = appendString(b, name)
+	b = append(b, `,"data":`...)
+	b = appendData(b, data)
+	return append(b, '}')
+}
+
+func encodeAck(id uint64, result []byte) []byte {
+	b := make([]byte, 0, 32+len(result))
+	b = append(b, `{"type":"ack","id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	if len(result) > 0 {
+		b = append(b, `,"result":`...)
+		b = append(b, result...)
+	}
+	return append(b, '}')
+}
+
+func encodeError(id uint64, e *Error) []byte {
+	b := make([]byte, 0, 64+len(e.Message))
+	b = append(b, `{"type":"error",`...)
+	if id != 0 {
+		b = append(b, `"id":`...)
+		b = strconv.AppendUint(b, id, 10)
+		b = append(b, ',')
+	}
+	b = append(b, `"error":{"code":`...)
+	b = appendString(b, string(e.Code))
+	if e.Message != "" {
+		b = append(b, `,"message":`...)
+		b = appendString(b, e.Message)
+	}
+	return append(b, `}}`...)
+}
+
+var pingFrame = []byte(`{"type":"ping"}`)

@@ -1,0 +1,199 @@
+// Package scaler defines the contract between an sss.Server and the backend
+// that joins many server instances into one cluster: cross-instance fan-out
+// of publications, node-to-node messages (used to route tells and asks to a
+// connection wherever it is), and the persistence of each session's
+// subscriptions.
+//
+// The contract is split into small interfaces so a backend can be written a
+// piece at a time:
+//
+//   - [Scaler] attaches server instances ("nodes") to the backend.
+//   - [Broker] is the part every backend must have: publish, per-node
+//     interest in streams, and node-to-node messages.
+//   - [SessionStore] is optional: a [Node] that also implements it persists
+//     subscriptions per session, so a client that reconnects to any instance
+//     gets them back.
+//
+// The package scalertest checks an implementation against all of this; run
+// it from your backend's tests.
+//
+// # Streams and hierarchy
+//
+// Channels are hierarchical: levels are separated by '.'. A publication on
+// "news.uk.london" belongs to three streams: "news", "news.uk" and
+// "news.uk.london". A node that subscribed to stream "news" receives it once,
+// tagged with Stream "news"; a node subscribed to both "news" and "news.uk"
+// receives it twice, once per stream (the server de-duplicates per
+// connection). Channels that start with [ReservedPrefix] are flat: they
+// belong only to their own stream, so user and session channels never leak
+// into each other whatever characters their ids hold.
+//
+// # Guarantees a backend must give
+//
+//   - Per-stream order: all nodes observe the publications of one stream in
+//     the same order, and publications made by one goroutine through one node
+//     are delivered in the order Publish returned.
+//   - Publish returns nil only once the backend has accepted the publication
+//     for delivery; when the backend is unreachable it returns an error
+//     (wrapping [ErrUnavailable]) instead of silently losing it.
+//   - Subscribe and Unsubscribe are idempotent per node and stream (the server
+//     reference-counts its local subscribers and calls Subscribe once per
+//     stream). Deliveries for a stream start at the latest when Subscribe
+//     returns and stop at the latest when Unsubscribe returns. A backend that
+//     loses its link keeps the node's interests and re-establishes them by
+//     itself when the link returns; Subscribe may report the outage with an
+//     error, but the interest is still recorded.
+//   - Handler methods are called from goroutines owned by the backend, never
+//     concurrently for the same stream on the same node, and must not block:
+//     the server only enqueues.
+//   - After Node.Close, the node receives nothing more and its methods return
+//     [ErrClosed].
+package scaler
+
+import (
+	"context"
+	"errors"
+	"strings"
+)
+
+// ReservedPrefix starts the names of channels that clients cannot subscribe
+// or publish to: user, session and internal channels. Such channels are flat.
+const ReservedPrefix = "$"
+
+// Errors a backend returns. Wrap them (fmt.Errorf("...: %w", ErrUnavailable))
+// to add detail; callers test with errors.Is.
+var (
+	// ErrClosed is returned by every method of a closed Node or Scaler.
+	ErrClosed = errors.New("scaler: closed")
+	// ErrUnavailable means the backend cannot be reached now; the caller may
+	// retry later. The node keeps its interests and recovers by itself.
+	ErrUnavailable = errors.New("scaler: backend unavailable")
+	// ErrUnknownNode is returned by Send when the backend knows that no node
+	// with that id is attached. Backends that cannot know return nil.
+	ErrUnknownNode = errors.New("scaler: unknown node")
+)
+
+// Kind says what a publication is for.
+type Kind uint8
+
+const (
+	// KindPublish is an ordinary channel publication.
+	KindPublish Kind = iota
+	// KindTell carries a server tell routed to every connection of a user or
+	// session (through its flat reserved channel). Tells are transient: a
+	// backend that keeps history must not store them.
+	KindTell
+)
+
+// Sender identifies the client connection that published, stamped by the
+// server so it cannot be forged. It is zero for server-side publications.
+type Sender struct {
+	User string `json:"user,omitempty"`
+	Conn string `json:"conn,omitempty"`
+}
+
+// Publication is one message published to a channel. Data is the JSON
+// encoding of the payload, compact (it never contains a raw newline).
+// Backends must treat a Publication as immutable once passed to Publish or a
+// Handler: the server shares it between goroutines.
+type Publication struct {
+	Kind    Kind
+	Channel string
+	Event   string
+	Data    []byte
+	Sender  Sender
+}
+
+// Delivery is one publication arriving at a node through one stream it is
+// subscribed to.
+type Delivery struct {
+	// Stream is the stream the node subscribed to: Pub.Channel itself or, for
+	// a hierarchical channel, one of its ancestors.
+	Stream string
+	Pub    *Publication
+}
+
+// Handler receives what the backend delivers to a node. Its methods must be
+// fast and must not block; they are never called after Node.Close returns.
+type Handler interface {
+	// HandleDelivery is called once per publication per stream the node is
+	// subscribed to.
+	HandleDelivery(d Delivery)
+	// HandleMessage is called with a message another node (or this one) sent
+	// to this node with Send.
+	HandleMessage(from string, msg []byte)
+}
+
+// Scaler attaches server instances to a backend. One Scaler value may be
+// shared by several servers in one process: each joins as its own node, and
+// they behave exactly as if they ran on different machines.
+type Scaler interface {
+	// Join attaches a node with a unique id. Deliveries and messages for the
+	// node go to h until the returned Node is closed.
+	Join(ctx context.Context, nodeID string, h Handler) (Node, error)
+}
+
+// Node is one server instance's handle on the backend.
+type Node interface {
+	Broker
+	// Close detaches the node: its interests are dropped and its handler is
+	// no longer called once Close returns. Close is idempotent.
+	Close() error
+}
+
+// Broker carries publications and node-to-node messages.
+type Broker interface {
+	// Publish delivers pub to every node subscribed to one of its streams,
+	// this node included, once per such stream.
+	Publish(ctx context.Context, pub *Publication) error
+	// Subscribe declares this node's interest in a stream.
+	Subscribe(ctx context.Context, stream string) error
+	// Unsubscribe withdraws it. Unsubscribing a stream not subscribed is a
+	// no-op.
+	Unsubscribe(ctx context.Context, stream string) error
+	// Send delivers msg to the node with the given id (this node included),
+	// at most once. Messages from one sender to one node arrive in order.
+	Send(ctx context.Context, nodeID string, msg []byte) error
+}
+
+// StoredSubscription is a subscription persisted for a session.
+type StoredSubscription struct {
+	Channel string
+	// Query is the JSON query the client subscribed with (nil when none), so
+	// the subscription can be authorised again when restored.
+	Query []byte
+}
+
+// SessionStore persists the subscriptions of each session so that a client
+// reconnecting to any node can have them restored. A Node may implement it.
+type SessionStore interface {
+	// AddSubscription records sub for the session, replacing any entry for
+	// the same channel. It is idempotent.
+	AddSubscription(ctx context.Context, session string, sub StoredSubscription) error
+	// RemoveSubscription deletes the session's entry for channel; removing
+	// an absent entry is not an error.
+	RemoveSubscription(ctx context.Context, session, channel string) error
+	// Subscriptions lists the session's entries, ordered by channel. An
+	// unknown session has none.
+	Subscriptions(ctx context.Context, session string) ([]StoredSubscription, error)
+	// TouchSession marks the session as alive, pushing back its expiry.
+	TouchSession(ctx context.Context, session string) error
+	// ExpireSession deletes everything stored for the session.
+	ExpireSession(ctx context.Context, session string) error
+}
+
+// Streams returns the streams a publication on channel belongs to, from the
+// root down: "a.b.c" gives ["a", "a.b", "a.b.c"]; a reserved channel gives
+// only itself.
+func Streams(channel string) []string {
+	if strings.HasPrefix(channel, ReservedPrefix) {
+		return []string{channel}
+	}
+	out := make([]string, 0, strings.Count(channel, ".")+1)
+	for i := 0; i < len(channel); i++ {
+		if channel[i] == '.' {
+			out = append(out, channel[:i])
+		}
+	}
+	return append(out, channel)
+}

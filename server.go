@@ -1,0 +1,599 @@
+package sss
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/superscaled/sss/scaler"
+)
+
+// ServeHTTP upgrades a request to an sss.v1 WebSocket connection and serves
+// it until it ends.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.admit() {
+		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.done()
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		http.Error(w, "expected a WebSocket upgrade", http.StatusBadRequest)
+		return
+	}
+	if !offers(r, Subprotocol) {
+		http.Error(w, "the client must offer WebSocket subprotocol "+Subprotocol, http.StatusBadRequest)
+		return
+	}
+	sess, err := s.parseSession(r)
+	if err != nil {
+		status, msg := httpStatus(err)
+		s.log.Debug("sss: session refused", "remote", r.RemoteAddr, "status", status, "err", err)
+		http.Error(w, msg, status)
+		return
+	}
+	if _, err := s.join(r.Context()); err != nil {
+		s.log.Error("sss: cannot join scaler", "err", err)
+		http.Error(w, "cluster unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:   []string{Subprotocol},
+		OriginPatterns: s.cfg.origins,
+	})
+	if err != nil {
+		return // Accept answered the request (e.g. 403 for a foreign origin)
+	}
+	ws.SetReadLimit(s.cfg.maxMessage)
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Conn{
+		srv:     s,
+		id:      s.nodeID + "." + randomID(8),
+		session: sess,
+		persist: s.cfg.sessionP != nil && !strings.HasPrefix(sess.SessionID, "anon-"),
+		ws:      ws,
+		remote:  r.RemoteAddr,
+		ctx:     ctx,
+		cancel:  cancel,
+		wake:    make(chan struct{}, 1),
+		sem:     make(chan struct{}, s.cfg.concurrency),
+	}
+	if s.cfg.rate > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(s.cfg.rate), s.cfg.burst)
+	}
+	c.lastRead.Store(time.Now().UnixNano())
+	s.serve(c)
+}
+
+// offers reports whether the request lists a WebSocket subprotocol.
+func offers(r *http.Request, proto string) bool {
+	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(h, ",") {
+			if strings.TrimSpace(p) == proto {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (s *Server) serve(c *Conn) {
+	s.stats.connections.Add(1)
+	s.stats.accepted.Add(1)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+	reason := s.run(c)
+	c.close(CloseServerError, "", reason) // no-op if already closed
+	c.wg.Wait()                           // handlers see c.ctx cancelled
+	s.cleanup(c)
+	<-writerDone
+	if c.closeCause != nil {
+		reason = c.closeCause
+	}
+	s.stats.connections.Add(-1)
+	if h := s.cfg.hooks.OnDisconnect; h != nil {
+		s.hook("OnDisconnect", func() { h(c, reason) })
+	}
+}
+
+// run registers c, welcomes it and reads until the connection fails.
+func (s *Server) run(c *Conn) error {
+	s.cmu.Lock()
+	if s.closing {
+		s.cmu.Unlock()
+		c.close(CloseShutdown, "server shutting down", ErrServerClosed)
+		return ErrServerClosed
+	}
+	s.conns[c.id] = c
+	s.cmu.Unlock()
+
+	if u := c.session.UserID; u != "" {
+		if err := s.attach(c.ctx, c, UserChannel(u), nil); err != nil {
+			return err
+		}
+	}
+	if err := s.attach(c.ctx, c, SessionChannel(c.session.SessionID), nil); err != nil {
+		return err
+	}
+	if c.persist && s.store != nil {
+		if err := s.store.TouchSession(c.ctx, c.session.SessionID); err != nil {
+			s.storeError("touch", err)
+		}
+	}
+	c.send(s.welcome(c), false)
+	if h := s.cfg.hooks.OnConnect; h != nil {
+		s.hook("OnConnect", func() { h(c) })
+	}
+	for {
+		typ, msg, err := c.ws.Read(context.Background())
+		if err != nil {
+			return readError(err)
+		}
+		c.lastRead.Store(time.Now().UnixNano())
+		s.stats.framesIn.Add(1)
+		if typ != websocket.MessageText {
+			c.send(encodeError(0, &Error{Code: CodeBadRequest, Message: "binary messages are not supported"}), false)
+			continue
+		}
+		splitFrames(msg, c.handleFrame)
+	}
+}
+
+// readError names why the read side ended.
+func readError(err error) error {
+	switch websocket.CloseStatus(err) {
+	case websocket.StatusNormalClosure, websocket.StatusGoingAway:
+		return ErrClientClosed
+	case websocket.StatusMessageTooBig:
+		return ErrTooLarge
+	}
+	if errors.Is(err, websocket.ErrMessageTooBig) {
+		return Errorf(CodeTooLarge, "message larger than the limit")
+	}
+	return err
+}
+
+// ErrClientClosed is the disconnect reason of a client that closed normally.
+var ErrClientClosed = errors.New("sss: client closed the connection")
+
+// cleanup removes every trace of c from this instance.
+func (s *Server) cleanup(c *Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.askTimeout)
+	defer cancel()
+	c.smu.Lock()
+	subs := c.subs
+	c.subs = nil
+	c.smu.Unlock()
+	s.stats.subscriptions.Add(-int64(len(subs)))
+	for ch := range subs {
+		s.detach(ctx, c, ch)
+	}
+	if u := c.session.UserID; u != "" {
+		s.detach(ctx, c, UserChannel(u))
+	}
+	s.detach(ctx, c, SessionChannel(c.session.SessionID))
+	s.cmu.Lock()
+	delete(s.conns, c.id)
+	s.cmu.Unlock()
+	c.failAsks(ctx)
+}
+
+func (s *Server) welcome(c *Conn) []byte {
+	type channels struct {
+		User    string `json:"user,omitempty"`
+		Session string `json:"session"`
+	}
+	type limits struct {
+		MaxMessage       int64 `json:"maxMessage"`
+		MaxSubscriptions int   `json:"maxSubscriptions"`
+		Concurrency      int   `json:"concurrency"`
+	}
+	w := struct {
+		Type     string   `json:"type"`
+		Version  int      `json:"version"`
+		Conn     string   `json:"conn"`
+		Session  string   `json:"session"`
+		User     string   `json:"user"`
+		Channels channels `json:"channels"`
+		Ping     int64    `json:"ping"`
+		Pong     int64    `json:"pong"`
+		Limits   limits   `json:"limits"`
+	}{
+		Type: "welcome", Version: 1, Conn: c.id, Session: c.session.SessionID, User: c.session.UserID,
+		Channels: channels{Session: SessionChannel(c.session.SessionID)},
+		Ping:     s.cfg.pingInterval.Milliseconds(), Pong: s.cfg.pongTimeout.Milliseconds(),
+		Limits: limits{MaxMessage: s.cfg.maxMessage, MaxSubscriptions: s.cfg.maxSubs, Concurrency: s.cfg.concurrency},
+	}
+	if c.session.UserID != "" {
+		w.Channels.User = UserChannel(c.session.UserID)
+	}
+	b, _ := json.Marshal(w)
+	return b
+}
+
+// handleFrame processes one client frame on the read loop.
+func (c *Conn) handleFrame(b []byte) {
+	s := c.srv
+	f, id, e := decodeFrame(b)
+	if e != nil {
+		s.stats.badFrames.Add(1)
+		c.send(encodeError(id, e), false)
+		return
+	}
+	if c.limiter != nil && f.Type != typePong && f.Type != typeReply && !c.limiter.Allow() {
+		c.send(encodeError(id, &Error{Code: CodeRateLimited, Message: "too many requests"}), false)
+		return
+	}
+	switch f.Type {
+	case typePong:
+	case typeReply:
+		c.handleReply(f)
+	case typeSubscribe:
+		c.parsing(func() {
+			if err := s.subscribe(c, f.Channel, f.Query, f.ID); err != nil {
+				c.send(encodeError(f.ID, toWire(err)), false)
+			}
+		})
+	case typeUnsubscribe:
+		if err := s.unsubscribe(c, f.Channel); err != nil {
+			c.send(encodeError(f.ID, toWire(err)), false)
+			return
+		}
+		c.send(encodeAck(f.ID, nil), false)
+	case typePublish:
+		c.parsing(func() {
+			if err := s.clientPublish(c, f); err != nil {
+				c.send(encodeError(f.ID, toWire(err)), false)
+				return
+			}
+			c.send(encodeAck(f.ID, nil), false)
+		})
+	case typeResume:
+		c.parsing(func() { c.send(s.resume(c, f), false) })
+	case typeAsk:
+		s.handleAsk(c, f)
+	case typeTell:
+		s.handleTell(c, f)
+	}
+}
+
+// parsing runs f, which may call application parsers, without letting the
+// ping check reap a client whose frames we are not reading meanwhile.
+func (c *Conn) parsing(f func()) {
+	c.busy.Add(1)
+	defer func() {
+		c.busy.Add(-1)
+		c.lastRead.Store(time.Now().UnixNano())
+	}()
+	f()
+}
+
+// subscribe handles a client subscription. With ackID != 0 the ack is sent
+// (before the first publication); errors are returned for the caller to send.
+func (s *Server) subscribe(c *Conn, channel string, query json.RawMessage, ackID uint64) error {
+	if err := clientChannel(channel); err != nil {
+		return err
+	}
+	query, err := compactJSON(query)
+	if err != nil {
+		return Errorf(CodeBadRequest, "query is not valid JSON")
+	}
+	c.smu.Lock()
+	_, dup := c.subs[channel]
+	full := len(c.subs) >= s.cfg.maxSubs
+	c.smu.Unlock()
+	if dup {
+		return Errorf(CodeConflict, "already subscribed to %q", channel)
+	}
+	if full {
+		return Errorf(CodeLimitExceeded, "at most %d subscriptions per connection", s.cfg.maxSubs)
+	}
+	if p := s.cfg.subscriptP; p != nil {
+		if err := s.callParser(c, func(ctx context.Context) error { return p(ctx, c, channel, query) }); err != nil {
+			return err
+		}
+	}
+	c.smu.Lock()
+	if c.subs == nil {
+		c.subs = make(map[string]json.RawMessage)
+	}
+	c.nested.Add(c.nestedWith(channel))
+	c.subs[channel] = query
+	c.smu.Unlock()
+	s.stats.subscriptions.Add(1)
+	var ack []byte
+	if ackID != 0 {
+		ack = encodeAck(ackID, []byte(`{"channel":`+string(appendString(nil, channel))+`}`))
+	}
+	if err := s.attach(c.ctx, c, channel, ack); err != nil {
+		c.forget(channel)
+		return err
+	}
+	if c.persist && s.store != nil {
+		if err := s.store.AddSubscription(c.ctx, c.session.SessionID, scaler.StoredSubscription{Channel: channel, Query: query}); err != nil {
+			s.storeError("add subscription", err)
+		}
+	}
+	if h := s.cfg.hooks.OnSubscribe; h != nil {
+		s.hook("OnSubscribe", func() { h(c, channel) })
+	}
+	return nil
+}
+
+// forget drops channel from c's own list; it reports whether c held it.
+func (c *Conn) forget(channel string) bool {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	if _, ok := c.subs[channel]; !ok {
+		return false
+	}
+	delete(c.subs, channel)
+	c.nested.Add(-c.nestedWith(channel))
+	c.srv.stats.subscriptions.Add(-1)
+	return true
+}
+
+func (s *Server) unsubscribe(c *Conn, channel string) error {
+	if len(channel) > MaxChannelLen {
+		return Errorf(CodeTooLarge, "channel name longer than %d bytes", MaxChannelLen)
+	}
+	if !c.forget(channel) {
+		return Errorf(CodeNotFound, "not subscribed to %q", channel)
+	}
+	s.detach(c.ctx, c, channel)
+	if c.persist && s.store != nil {
+		if err := s.store.RemoveSubscription(c.ctx, c.session.SessionID, channel); err != nil {
+			s.storeError("remove subscription", err)
+		}
+	}
+	if h := s.cfg.hooks.OnUnsubscribe; h != nil {
+		s.hook("OnUnsubscribe", func() { h(c, channel) })
+	}
+	return nil
+}
+
+func (s *Server) clientPublish(c *Conn, f inFrame) error {
+	p := s.cfg.publishP
+	if p == nil {
+		return Errorf(CodeForbidden, "client publish is not enabled")
+	}
+	if err := clientChannel(f.Channel); err != nil {
+		return err
+	}
+	data, err := compactJSON(f.Data)
+	if err != nil {
+		return Errorf(CodeBadRequest, "data is not valid JSON")
+	}
+	if err := s.callParser(c, func(ctx context.Context) error { return p(ctx, c, f.Channel, f.Event, data) }); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
+	defer cancel()
+	return s.publishRaw(ctx, &scaler.Publication{
+		Channel: f.Channel, Event: f.Event, Data: data,
+		Sender: scaler.Sender{User: c.session.UserID, Conn: c.id},
+	})
+}
+
+// callParser runs an application parser with the ask timeout, turning a
+// refusal into forbidden and a panic into internal.
+func (s *Server) callParser(c *Conn, f func(ctx context.Context) error) (err error) {
+	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
+	defer cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			s.stats.panics.Add(1)
+			s.log.Error("sss: parser panicked", "conn", c.id, "panic", r)
+			err = &Error{Code: CodeInternal, Message: "internal error"}
+		}
+	}()
+	err = f(ctx)
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, context.DeadlineExceeded):
+		return Errorf(CodeTimeout, "authorisation took too long")
+	}
+	return Errorf(CodeForbidden, "%v", err)
+}
+
+func (s *Server) storeError(op string, err error) {
+	s.stats.scalerErrors.Add(1)
+	s.log.Warn("sss: session store", "op", op, "err", err)
+}
+
+type resumeResult struct {
+	Channel string `json:"channel"`
+	Error   *Error `json:"error,omitempty"`
+}
+
+// resume restores subscriptions after a reconnect (docs/protocol.md).
+func (s *Server) resume(c *Conn, f inFrame) []byte {
+	list := f.Subscriptions
+	if !f.HasSubs && c.persist && s.store != nil {
+		stored, err := s.store.Subscriptions(c.ctx, c.session.SessionID)
+		if err != nil {
+			s.storeError("list subscriptions", err)
+			return encodeError(f.ID, Errorf(CodeUnavailable, "cannot read the session's subscriptions"))
+		}
+		for _, st := range stored {
+			list = append(list, subRequest{Channel: st.Channel, Query: st.Query})
+		}
+	}
+	want := make(map[string]bool, len(list))
+	results := make([]resumeResult, 0, len(list))
+	for _, r := range list {
+		if want[r.Channel] {
+			continue
+		}
+		want[r.Channel] = true
+		res := resumeResult{Channel: r.Channel}
+		c.smu.Lock()
+		_, held := c.subs[r.Channel]
+		c.smu.Unlock()
+		if !held {
+			if err := s.subscribe(c, r.Channel, r.Query, 0); err != nil {
+				res.Error = toWire(err)
+			}
+		}
+		results = append(results, res)
+	}
+	if f.HasSubs {
+		// The client's list is authoritative: drop everything else.
+		for _, ch := range c.Subscriptions() {
+			if !want[ch] {
+				s.unsubscribe(c, ch)
+			}
+		}
+		if c.persist && s.store != nil {
+			if stored, err := s.store.Subscriptions(c.ctx, c.session.SessionID); err == nil {
+				for _, st := range stored {
+					if !want[st.Channel] {
+						s.store.RemoveSubscription(c.ctx, c.session.SessionID, st.Channel)
+					}
+				}
+			}
+		}
+	}
+	b, _ := json.Marshal(struct {
+		Subscriptions []resumeResult `json:"subscriptions"`
+	}{results})
+	return encodeAck(f.ID, b)
+}
+
+// admit counts a request being served unless the server is closing.
+func (s *Server) admit() bool {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.active++
+	return true
+}
+
+func (s *Server) done() {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	s.active--
+	if s.closing && s.active == 0 {
+		close(s.idle)
+	}
+}
+
+// join attaches this server to the scaler on first use.
+func (s *Server) join(ctx context.Context) (scaler.Node, error) {
+	if n := s.joined(); n != nil {
+		return n, nil
+	}
+	s.joinMu.Lock()
+	defer s.joinMu.Unlock()
+	if s.node != nil {
+		return s.node, nil
+	}
+	s.cmu.RLock()
+	closing := s.closing
+	s.cmu.RUnlock()
+	if closing {
+		return nil, ErrServerClosed
+	}
+	n, err := s.cfg.scaler.Join(ctx, s.nodeID, nodeHandler{s})
+	if err != nil {
+		return nil, err
+	}
+	s.store, _ = n.(scaler.SessionStore)
+	s.node = n
+	s.nodeRef.Store(&n)
+	return n, nil
+}
+
+// joined returns the node if the server joined the scaler, without joining.
+func (s *Server) joined() scaler.Node {
+	if p := s.nodeRef.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// nodeHandler receives what the scaler delivers; it keeps those methods out
+// of the Server's API.
+type nodeHandler struct{ s *Server }
+
+func (h nodeHandler) HandleDelivery(d scaler.Delivery)      { h.s.deliver(d) }
+func (h nodeHandler) HandleMessage(from string, msg []byte) { h.s.handleNodeMessage(from, msg) }
+
+// Shutdown stops accepting connections, closes every connection with 4000
+// (clients reconnect at once, elsewhere), waits for handlers in progress and
+// leaves the cluster. If ctx ends first, the remaining connections are
+// dropped and ctx's error returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	conns := s.startClosing()
+	for _, c := range conns {
+		c.close(CloseShutdown, "server shutting down", ErrServerClosed)
+	}
+	var err error
+	select {
+	case <-s.idle:
+	case <-ctx.Done():
+		err = ctx.Err()
+		for _, c := range conns {
+			c.ws.CloseNow()
+		}
+		<-s.idle
+	}
+	return errors.Join(err, s.leave())
+}
+
+// Close drops every connection at once and leaves the cluster. Handlers in
+// progress see their context cancelled.
+func (s *Server) Close() error {
+	conns := s.startClosing()
+	for _, c := range conns {
+		c.close(CloseShutdown, "server closed", ErrServerClosed)
+		c.ws.CloseNow()
+	}
+	<-s.idle
+	return s.leave()
+}
+
+func (s *Server) startClosing() []*Conn {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if !s.closing {
+		s.closing = true
+		if s.active == 0 {
+			close(s.idle)
+		}
+	}
+	conns := make([]*Conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+func (s *Server) leave() error {
+	s.joinMu.Lock()
+	defer s.joinMu.Unlock()
+	s.failPending()
+	var err error
+	if s.node != nil {
+		err = s.node.Close()
+	}
+	if closer, ok := s.cfg.scaler.(interface{ Close() error }); ok && s.cfg.ownScaler {
+		err = errors.Join(err, closer.Close())
+	}
+	return err
+}

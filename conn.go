@@ -179,6 +179,7 @@ func (c *Conn) writeLoop() {
 	for {
 		select {
 		case <-c.ctx.Done():
+			c.flush(buf)
 			c.ws.Close(c.closeCode, c.closeWhy)
 			return
 		case <-ping.C:
@@ -209,6 +210,22 @@ func (c *Conn) writeLoop() {
 	}
 }
 
+// flush writes what was queued before a graceful close (e.g. the ack of the
+// request that made the application disconnect the client).
+func (c *Conn) flush(buf []byte) {
+	switch c.closeCode {
+	case CloseSlowConsumer, CloseWriteTimeout, ClosePingTimeout:
+		return
+	}
+	buf = c.take(buf[:0], 1<<30)
+	if len(buf) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
+	defer cancel()
+	c.ws.Write(ctx, websocket.MessageText, buf)
+}
+
 // ErrPingTimeout is the disconnect reason of a client that went silent.
 var ErrPingTimeout = Errorf(CodeTimeout, "ping timeout")
 
@@ -218,9 +235,7 @@ func (c *Conn) close(code websocket.StatusCode, why string, cause error) {
 	c.closeOnce.Do(func() {
 		c.closeCode, c.closeWhy, c.closeCause = code, why, cause
 		c.qmu.Lock()
-		c.qclosed = true
-		c.queue = nil
-		c.qbytes = 0
+		c.qclosed = true // nothing more is queued; what is there may be flushed
 		c.qmu.Unlock()
 		c.cancel()
 	})

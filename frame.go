@@ -175,8 +175,14 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// splitFrames calls f for each newline-separated frame in a message.
+// splitFrames calls f for each newline-separated frame in a message. A
+// message that is one valid JSON value is one frame, even if a lenient
+// client pretty-printed it.
 func splitFrames(msg []byte, f func([]byte)) {
+	if bytes.IndexByte(msg, '\n') < 0 || json.Valid(msg) {
+		f(msg)
+		return
+	}
 	for len(msg) > 0 {
 		i := bytes.IndexByte(msg, '\n')
 		var line []byte

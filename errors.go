@@ -33,8 +33,8 @@ const (
 // errors.Is(err, sss.ErrForbidden) is true for every *Error with code
 // forbidden, whatever its message.
 type Error struct {
-	Code    Code
-	Message string
+	Code    Code   `json:"code"`
+	Message string `json:"message,omitempty"`
 }
 
 // Errorf returns an *Error with the code and a formatted message.

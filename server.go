@@ -432,12 +432,14 @@ func (s *Server) resume(c *Conn, f inFrame) []byte {
 			list = append(list, subRequest{Channel: st.Channel, Query: st.Query})
 		}
 	}
-	want := make(map[string]bool, len(list))
+	want := make(map[string]bool, len(list)) // channel → subscribed
+	seen := make(map[string]bool, len(list))
 	results := make([]resumeResult, 0, len(list))
 	for _, r := range list {
-		if want[r.Channel] {
+		if seen[r.Channel] {
 			continue
 		}
+		seen[r.Channel] = true
 		want[r.Channel] = true
 		res := resumeResult{Channel: r.Channel}
 		c.smu.Lock()
@@ -446,6 +448,7 @@ func (s *Server) resume(c *Conn, f inFrame) []byte {
 		if !held {
 			if err := s.subscribe(c, r.Channel, r.Query, 0); err != nil {
 				res.Error = toWire(err)
+				want[r.Channel] = false // refused: not kept for the session either
 			}
 		}
 		results = append(results, res)

@@ -343,8 +343,10 @@ func TestHooksAndStats(t *testing.T) {
 	var events []string
 	rec := func(s string) { mu.Lock(); events = append(events, s); mu.Unlock() }
 	cl := newCluster(t, 1, sss.WithHooks(sss.Hooks{
-		OnConnect:      func(c *sss.Conn) { rec("connect") },
-		OnDisconnect:   func(c *sss.Conn, reason error) { rec("disconnect:" + fmt.Sprint(errors.Is(reason, sss.ErrClientClosed))) },
+		OnConnect: func(c *sss.Conn) { rec("connect") },
+		OnDisconnect: func(c *sss.Conn, reason error) {
+			rec("disconnect:" + fmt.Sprint(errors.Is(reason, sss.ErrClientClosed)))
+		},
 		OnSubscribe:    func(c *sss.Conn, ch string) { rec("subscribe:" + ch) },
 		OnUnsubscribe:  func(c *sss.Conn, ch string) { rec("unsubscribe:" + ch) },
 		OnChannelOpen:  func(ch string) { rec("open:" + ch) },

@@ -1,0 +1,207 @@
+package sss_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+
+	"github.com/coder/websocket"
+
+	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/scaler/memory"
+)
+
+// rawDial connects with the documented protocol and returns a function
+// reading the next non-ping frame as a string. The Go client in
+// github.com/superscaled/sss/client does all this for you.
+func rawDial(url string, header http.Header) (*websocket.Conn, func() string) {
+	c, _, err := websocket.Dial(context.Background(), url, &websocket.DialOptions{
+		Subprotocols: []string{sss.Subprotocol}, HTTPHeader: header,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var pending []string
+	next := func() string {
+		for {
+			for len(pending) > 0 {
+				f := pending[0]
+				pending = pending[1:]
+				if f != `{"type":"ping"}` {
+					return f
+				}
+			}
+			_, msg, err := c.Read(context.Background())
+			if err != nil {
+				return "closed: " + err.Error()
+			}
+			pending = strings.Split(string(msg), "\n")
+		}
+	}
+	return c, next
+}
+
+func wsURL(ts *httptest.Server) string { return "ws" + strings.TrimPrefix(ts.URL, "http") }
+
+func ExampleNew() {
+	srv, err := sss.New(
+		sss.WithScaler(memory.New()), // or a Redis+MongoDB or NATS scaler
+		sss.WithSubscriptionParser(func(ctx context.Context, c *sss.Conn, channel string, query json.RawMessage) error {
+			if strings.HasPrefix(channel, "admin") {
+				return sss.Errorf(sss.CodeForbidden, "admins only")
+			}
+			return nil
+		}),
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	next() // welcome
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe","id":1,"channel":"admin.logs"}`))
+	fmt.Println(next())
+	// Output:
+	// {"type":"error","id":1,"error":{"code":"forbidden","message":"admins only"}}
+}
+
+// A Server is an http.Handler: mount it at any path of any router.
+func ExampleServer_ServeHTTP() {
+	srv, err := sss.New()
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/ws", srv)
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })
+	ts := httptest.NewServer(mux)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts)+"/ws", nil)
+	var welcome struct{ Type string }
+	json.Unmarshal([]byte(next()), &welcome)
+	fmt.Println(welcome.Type)
+	c.CloseNow()
+
+	// Shutdown closes every connection with 4000 (reconnect elsewhere) and
+	// waits for handlers in progress.
+	srv.Shutdown(context.Background())
+	// Output:
+	// welcome
+}
+
+func ExampleServer_HandleAsk() {
+	srv, _ := sss.New()
+	defer srv.Close()
+	srv.HandleAsk("add", func(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) {
+		var xs []float64
+		if err := json.Unmarshal(data, &xs); err != nil {
+			return nil, sss.Errorf(sss.CodeBadRequest, "want a list of numbers")
+		}
+		sum := 0.0
+		for _, x := range xs {
+			sum += x
+		}
+		return sum, nil
+	})
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	next() // welcome
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"ask","id":1,"name":"add","data":[1,2,3.5]}`))
+	fmt.Println(next())
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"ask","id":2,"name":"add","data":"two"}`))
+	fmt.Println(next())
+	// Output:
+	// {"type":"ack","id":1,"result":6.5}
+	// {"type":"error","id":2,"error":{"code":"bad_request","message":"want a list of numbers"}}
+}
+
+// Two servers on one scaler are a cluster: a publication on one reaches
+// subscribers on the other, through every ancestor channel.
+func ExampleServer_Publish() {
+	m := memory.New()
+	a, _ := sss.New(sss.WithScaler(m))
+	b, _ := sss.New(sss.WithScaler(m))
+	defer a.Close()
+	defer b.Close()
+	ts := httptest.NewServer(b)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	next() // welcome
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe","id":1,"channel":"news"}`))
+	fmt.Println(next())
+
+	if err := a.Publish(context.Background(), "news.uk", "article", map[string]string{"title": "Hello"}); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(next())
+	// Output:
+	// {"type":"ack","id":1,"result":{"channel":"news"}}
+	// {"type":"pub","channel":"news.uk","sub":"news","event":"article","data":{"title":"Hello"}}
+}
+
+// A session parser authenticates the upgrade request. Refusals are HTTP
+// statuses; the socket is never upgraded.
+func ExampleSessionParser() {
+	tokens := map[string]string{"t0k3n": "alice"} // your session store
+	parser := func(r *http.Request) (*sss.Session, error) {
+		cookie, err := r.Cookie("session")
+		if err != nil {
+			return nil, sss.ErrUnauthorized // 401
+		}
+		user, ok := tokens[cookie.Value]
+		if !ok {
+			return nil, &sss.StatusError{Status: http.StatusForbidden, Message: "unknown session"}
+		}
+		return &sss.Session{UserID: user, SessionID: cookie.Value}, nil
+	}
+	srv, _ := sss.New(sss.WithSessionParser(parser))
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	_, resp, err := websocket.Dial(context.Background(), wsURL(ts), &websocket.DialOptions{Subprotocols: []string{sss.Subprotocol}})
+	fmt.Println(resp.StatusCode, err != nil)
+
+	h := http.Header{}
+	h.Set("Cookie", "session=t0k3n")
+	c, next := rawDial(wsURL(ts), h)
+	defer c.CloseNow()
+	var welcome struct{ User, Session string }
+	json.Unmarshal([]byte(next()), &welcome)
+	fmt.Println(welcome.User, welcome.Session)
+
+	// Tell every connection of alice, on every instance.
+	srv.Tell(context.Background(), sss.ToUser("alice"), "notify", "you have mail")
+	fmt.Println(next())
+	// Output:
+	// 401 true
+	// alice t0k3n
+	// {"type":"tell","name":"notify","data":"you have mail"}
+}
+
+func ExampleError() {
+	err := fmt.Errorf("loading room: %w", sss.Errorf(sss.CodeNotFound, "no room 42"))
+	fmt.Println(errors.Is(err, sss.ErrNotFound))
+	var e *sss.Error
+	if errors.As(err, &e) {
+		fmt.Println(e.Code, e.Message)
+	}
+	// Output:
+	// true
+	// not_found no room 42
+}

@@ -1,0 +1,76 @@
+package sss
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// FuzzDecodeFrame feeds arbitrary client messages to the decoder: it must
+// never panic, every error must have a code, an accepted frame must be of a
+// known type with a valid id, and the error reply must be valid JSON.
+func FuzzDecodeFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"subscribe","id":1,"channel":"news","query":{"pw":"x"}}`,
+		`{"type":"unsubscribe","id":2,"channel":"news"}`,
+		`{"type":"publish","id":3,"channel":"chat","event":"m","data":[1,2]}`,
+		`{"type":"ask","id":4,"name":"time","data":null}`,
+		`{"type":"tell","id":5,"name":"like","data":"x"}`,
+		`{"type":"resume","id":6,"subscriptions":[{"channel":"a","query":1}]}`,
+		`{"type":"reply","id":7,"error":{"code":"forbidden","message":"no"}}`,
+		`{"type":"pong"}`,
+		`{"type":"subscribe","id":1e400}`,
+		`{"id":"x","type":5}`,
+		"{\"type\":\"ask\",\"id\":1,\"name\":\"\xff\"}",
+		`[{"type":"pong"}]`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, id, e := decodeFrame(b)
+		if e != nil {
+			if e.Code == "" {
+				t.Fatalf("error without code for %q", b)
+			}
+			if !json.Valid(encodeError(id, e)) {
+				t.Fatalf("invalid error frame for %q", b)
+			}
+			if id > maxID {
+				t.Fatalf("id %d out of range", id)
+			}
+			return
+		}
+		switch fr.Type {
+		case typePong:
+		case typeSubscribe, typeUnsubscribe, typePublish, typeAsk, typeTell, typeResume, typeReply:
+			if fr.ID == 0 || fr.ID > maxID {
+				t.Fatalf("accepted %s with id %d", fr.Type, fr.ID)
+			}
+		default:
+			t.Fatalf("accepted unknown type %q", fr.Type)
+		}
+		ack := encodeAck(fr.ID, nil)
+		pub := encodePub(fr.Channel, fr.Channel, fr.Event, nil, Sender{User: fr.Name})
+		if !json.Valid(ack) || !json.Valid(pub) {
+			t.Fatalf("invalid encoding for %q", b)
+		}
+	})
+}
+
+// Frame encoders must produce valid JSON for any string.
+func FuzzEncodeStrings(f *testing.F) {
+	f.Add("news", "e\n\"x\"", "u\x00")
+	f.Fuzz(func(t *testing.T, ch, event, user string) {
+		for _, b := range [][]byte{
+			encodePub(ch, ch, event, []byte(`{"a":1}`), Sender{User: user, Conn: event}),
+			encodeTell(event, nil),
+			encodeServerAsk(1, event, []byte(`1`)),
+			encodeError(1, &Error{Code: Code(ch), Message: event}),
+		} {
+			if !json.Valid(b) {
+				t.Fatalf("invalid JSON %q", b)
+			}
+			var m map[string]any
+			json.Unmarshal(b, &m)
+		}
+	})
+}

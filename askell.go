@@ -46,6 +46,21 @@ func (c *Conn) acquire() bool {
 	}
 }
 
+// waitSlot waits for a handler slot, at most the ask timeout.
+func (c *Conn) waitSlot() (ok bool) {
+	c.parsing(func() {
+		t := time.NewTimer(c.srv.cfg.askTimeout)
+		defer t.Stop()
+		select {
+		case c.sem <- struct{}{}:
+			ok = true
+		case <-t.C:
+		case <-c.ctx.Done():
+		}
+	})
+	return ok
+}
+
 func (s *Server) handleAsk(c *Conn, f inFrame) {
 	s.hmu.RLock()
 	h := s.asks[f.Name]
@@ -72,10 +87,12 @@ func (s *Server) handleAsk(c *Conn, f inFrame) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		defer func() { <-c.sem }()
-		defer cancel()
 		res, err := s.runAsk(ctx, c, f.Name, h, f.Data)
 		stop()
+		cancel()
+		// Free the slot before replying: a client that sends its next ask
+		// on seeing this reply must find it free.
+		<-c.sem
 		if err != nil {
 			reply(encodeError(f.ID, err))
 			return
@@ -123,8 +140,11 @@ func (s *Server) handleTell(c *Conn, f inFrame) {
 		c.send(encodeError(f.ID, Errorf(CodeNotFound, "no tell handler %q", f.Name)), false)
 		return
 	}
-	if !c.acquire() {
-		c.send(encodeError(f.ID, Errorf(CodeRateLimited, "more than %d requests in flight", s.cfg.concurrency)), false)
+	// A tell is acked on receipt, so the client cannot see when its handler
+	// ends: rather than refuse, wait for a slot (pausing this connection's
+	// reads), for at most the ask timeout.
+	if !c.acquire() && !c.waitSlot() {
+		c.send(encodeError(f.ID, Errorf(CodeRateLimited, "tell handlers of this connection are stuck")), false)
 		return
 	}
 	s.stats.tells.Add(1)

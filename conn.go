@@ -3,6 +3,7 @@ package sss
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ type Conn struct {
 	session *Session
 	persist bool // the session id is the application's, so store subscriptions
 	ws      *websocket.Conn
+	raw     net.Conn // under ws, to cut a close handshake short
 	remote  string
 
 	// ctx is cancelled when the connection ends; handlers derive from it.
@@ -180,7 +182,10 @@ func (c *Conn) writeLoop() {
 		select {
 		case <-c.ctx.Done():
 			c.flush(buf)
+			// A dead peer would hold the close handshake for 5s or more.
+			t := time.AfterFunc(closeGrace, c.abort)
 			c.ws.Close(c.closeCode, c.closeWhy)
+			t.Stop()
 			return
 		case <-ping.C:
 			last := time.Unix(0, c.lastRead.Load())
@@ -207,6 +212,18 @@ func (c *Conn) writeLoop() {
 		if cap(buf) > 64<<10 {
 			buf = nil // don't keep a large buffer for an idle connection
 		}
+	}
+}
+
+// closeGrace bounds the close handshake.
+const closeGrace = time.Second
+
+// abort closes the network connection at once.
+func (c *Conn) abort() {
+	if c.raw != nil {
+		c.raw.Close()
+	} else {
+		c.ws.CloseNow()
 	}
 }
 

@@ -100,7 +100,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 		return f, 0, nil
 	case typeReply:
 		if f.ID == 0 {
-			return bad("reply needs an id")
+			return inFrame{}, 0, &Error{Code: CodeBadRequest, Message: "reply needs an id"}
 		}
 		return f, f.ID, nil
 	case typeSubscribe, typeUnsubscribe, typePublish, typeAsk, typeTell, typeResume:
@@ -140,11 +140,13 @@ func parseID(b json.RawMessage) (uint64, bool) {
 }
 
 // salvageID reads just the id of a frame whose other fields are mistyped.
+// A reply's id is the server's, so an error about it carries none.
 func salvageID(b []byte) uint64 {
 	var v struct {
-		ID json.RawMessage `json:"id"`
+		Type any             `json:"type"`
+		ID   json.RawMessage `json:"id"`
 	}
-	if json.Unmarshal(b, &v) != nil || v.ID == nil {
+	if json.Unmarshal(b, &v) != nil || v.ID == nil || v.Type == typeReply {
 		return 0
 	}
 	id, _ := parseID(v.ID)

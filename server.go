@@ -1,9 +1,11 @@
 package sss
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -42,7 +44,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cluster unavailable", http.StatusServiceUnavailable)
 		return
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	hj := &hijackRecorder{ResponseWriter: w}
+	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		Subprotocols:   []string{Subprotocol},
 		OriginPatterns: s.cfg.origins,
 	})
@@ -57,6 +60,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		session: sess,
 		persist: s.cfg.sessionP != nil && !strings.HasPrefix(sess.SessionID, "anon-"),
 		ws:      ws,
+		raw:     hj.conn,
 		remote:  r.RemoteAddr,
 		ctx:     ctx,
 		cancel:  cancel,
@@ -69,6 +73,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.lastRead.Store(time.Now().UnixNano())
 	s.serve(c)
 }
+
+// hijackRecorder keeps the connection coder/websocket hijacks, so that a
+// close handshake with a dead peer can be cut short.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	h.conn = c
+	return c, rw, err
+}
+
+func (h *hijackRecorder) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 
 // offers reports whether the request lists a WebSocket subprotocol.
 func offers(r *http.Request, proto string) bool {
@@ -552,7 +571,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 		for _, c := range conns {
-			c.ws.CloseNow()
+			c.abort()
 		}
 		<-s.idle
 	}
@@ -565,7 +584,7 @@ func (s *Server) Close() error {
 	conns := s.startClosing()
 	for _, c := range conns {
 		c.close(CloseShutdown, "server closed", ErrServerClosed)
-		c.ws.CloseNow()
+		c.abort()
 	}
 	<-s.idle
 	return s.leave()

@@ -110,11 +110,16 @@ type node struct {
 	id string
 	h  scaler.Handler
 
+	// Lock order: smu, then Scaler.mu, then stream.mu, then mu. Publish
+	// holds a stream lock while it calls enter, so mu is never held while
+	// taking a stream lock.
+	smu  sync.Mutex
+	subs map[string]bool // streams this node subscribed; guarded by smu
+
 	mu       sync.Mutex
 	cond     *sync.Cond
 	closed   bool
-	inflight int             // handler calls running; Close waits for zero
-	subs     map[string]bool // streams this node subscribed
+	inflight int // handler calls running; Close waits for zero
 }
 
 // enter admits a handler call unless the node is closed.
@@ -173,9 +178,9 @@ func (n *node) Subscribe(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
+	n.smu.Lock()
+	defer n.smu.Unlock()
+	if n.subs == nil { // closed
 		return scaler.ErrClosed
 	}
 	if n.subs[name] {
@@ -199,9 +204,9 @@ func (n *node) Unsubscribe(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
+	n.smu.Lock()
+	defer n.smu.Unlock()
+	if n.subs == nil { // closed
 		return scaler.ErrClosed
 	}
 	if !n.subs[name] {
@@ -257,12 +262,14 @@ func (n *node) Close() error {
 		return nil
 	}
 	n.closed = true
-	subs := n.subs
-	n.subs = nil
 	for n.inflight > 0 {
 		n.cond.Wait()
 	}
 	n.mu.Unlock()
+	n.smu.Lock()
+	subs := n.subs
+	n.subs = nil
+	n.smu.Unlock()
 	for name := range subs {
 		n.s.removeFromStream(name, n)
 	}

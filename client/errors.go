@@ -1,0 +1,193 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// Error codes of protocol v1 (docs/protocol.md, "Error codes").
+const (
+	CodeBadRequest    = "bad_request"
+	CodeUnauthorized  = "unauthorized"
+	CodeForbidden     = "forbidden"
+	CodeNotFound      = "not_found"
+	CodeConflict      = "conflict"
+	CodeTimeout       = "timeout"
+	CodeTooLarge      = "too_large"
+	CodeRateLimited   = "rate_limited"
+	CodeLimitExceeded = "limit_exceeded"
+	CodeUnavailable   = "unavailable"
+	CodeInternal      = "internal"
+)
+
+// Sentinels for errors.Is, one per code: errors.Is(err, ErrNotFound) is true
+// for every *Error with code not_found, whatever its message. ErrUnauthorized
+// and ErrForbidden also match a refused handshake (HTTP 401/403) and the
+// close codes 4500/4501.
+var (
+	ErrBadRequest    = &Error{Code: CodeBadRequest}
+	ErrUnauthorized  = &Error{Code: CodeUnauthorized}
+	ErrForbidden     = &Error{Code: CodeForbidden}
+	ErrNotFound      = &Error{Code: CodeNotFound}
+	ErrConflict      = &Error{Code: CodeConflict}
+	ErrTimeout       = &Error{Code: CodeTimeout}
+	ErrTooLarge      = &Error{Code: CodeTooLarge}
+	ErrRateLimited   = &Error{Code: CodeRateLimited}
+	ErrLimitExceeded = &Error{Code: CodeLimitExceeded}
+	ErrUnavailable   = &Error{Code: CodeUnavailable}
+	ErrInternal      = &Error{Code: CodeInternal}
+)
+
+var (
+	// ErrDisconnected is returned by a request that could not complete because
+	// the link to the server dropped (or was down, with WithFailFast). A
+	// request that fails with it may or may not have reached the server.
+	ErrDisconnected = errors.New("sss: disconnected")
+	// ErrClosed is returned by the methods of a Client that is closed, by
+	// Close or for good by the server; Client.Err tells why.
+	ErrClosed = errors.New("sss: client closed")
+	// ErrLinkTimeout is the reason of a drop when nothing was received for
+	// the welcome's ping+pong window.
+	ErrLinkTimeout = errors.New("sss: no frame from the server within ping+pong")
+	// ErrSlowConsumer is the reason of a drop when the handlers fell more
+	// than WithMessageBuffer messages behind. The client reconnects and
+	// resumes, as when the server drops a slow consumer.
+	ErrSlowConsumer = errors.New("sss: handlers too slow, message buffer full")
+	// ErrProtocol reports a server that does not speak sss.v1 as documented.
+	ErrProtocol = errors.New("sss: protocol violation")
+)
+
+// knownCodes lists the codes of protocol v1; others are treated as internal.
+var knownCodes = map[string]bool{
+	CodeBadRequest: true, CodeUnauthorized: true, CodeForbidden: true,
+	CodeNotFound: true, CodeConflict: true, CodeTimeout: true,
+	CodeTooLarge: true, CodeRateLimited: true, CodeLimitExceeded: true,
+	CodeUnavailable: true, CodeInternal: true,
+}
+
+// Error is an error with a protocol code: what the server answered to a
+// request, or what an AskHandler returns to choose the code of its reply.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message,omitempty"`
+}
+
+// Errorf returns an *Error with the code and a formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Error returns "code: message". Requests wrap it with what failed
+// ("sss: ask \"x\": not_found: ...").
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return e.Code
+	}
+	return e.Code + ": " + e.Message
+}
+
+// Is matches any *Error with the same code. A code this client does not know
+// matches ErrInternal, as the protocol asks.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	if !ok {
+		return false
+	}
+	if t.Code == e.Code {
+		return true
+	}
+	return t.Code == CodeInternal && !knownCodes[e.Code]
+}
+
+// HandshakeError is a refusal of the WebSocket upgrade: a plain HTTP
+// response. 401 matches ErrUnauthorized and 403 ErrForbidden with errors.Is.
+// Any 4xx stops the client for good; 5xx is retried.
+type HandshakeError struct {
+	StatusCode int
+	// Body is the beginning of the response body, for diagnostics.
+	Body string
+}
+
+func (e *HandshakeError) Error() string {
+	s := fmt.Sprintf("sss: handshake refused: %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+	if e.Body != "" {
+		s += ": " + e.Body
+	}
+	return s
+}
+
+// Is matches ErrUnauthorized for 401 and ErrForbidden for 403.
+func (e *HandshakeError) Is(target error) bool {
+	switch e.StatusCode {
+	case http.StatusUnauthorized:
+		return target == ErrUnauthorized
+	case http.StatusForbidden:
+		return target == ErrForbidden
+	}
+	return false
+}
+
+func (e *HandshakeError) permanent() bool { return e.StatusCode >= 400 && e.StatusCode < 500 }
+
+// CloseError is a WebSocket close frame received from the server: the link
+// ended with Code and Reason. 4500 matches ErrUnauthorized and 4501
+// ErrForbidden with errors.Is.
+type CloseError struct {
+	Code   int
+	Reason string
+}
+
+func (e *CloseError) Error() string {
+	if e.Reason == "" {
+		return fmt.Sprintf("sss: closed by the server with %d", e.Code)
+	}
+	return fmt.Sprintf("sss: closed by the server with %d: %s", e.Code, e.Reason)
+}
+
+// Is matches ErrUnauthorized for 4500 and ErrForbidden for 4501.
+func (e *CloseError) Is(target error) bool {
+	switch e.Code {
+	case 4500:
+		return target == ErrUnauthorized
+	case 4501:
+		return target == ErrForbidden
+	}
+	return false
+}
+
+// Close codes of the protocol that the client acts on.
+const (
+	closeShutdown = 4000 // reconnect at once, elsewhere if possible
+)
+
+// Permanent reports whether the close code tells the client not to reconnect
+// (4500–4999).
+func (e *CloseError) Permanent() bool { return e.Code >= 4500 && e.Code <= 4999 }
+
+// permanent reports whether err ends the client for good instead of leading
+// to another connection attempt.
+func permanent(err error) bool {
+	var he *HandshakeError
+	if errors.As(err, &he) {
+		return he.permanent()
+	}
+	var ce *CloseError
+	if errors.As(err, &ce) {
+		return ce.Permanent()
+	}
+	return errors.Is(err, errWrongSubprotocol)
+}
+
+// errWrongSubprotocol: the server did not agree to sss.v1. It is not an sss
+// server (or a proxy strips the header): retrying cannot help.
+var errWrongSubprotocol = fmt.Errorf("%w: server did not select subprotocol %s", ErrProtocol, subprotocol)
+
+// closeCode returns the close code in err, or 0.
+func closeCode(err error) int {
+	var ce *CloseError
+	if errors.As(err, &ce) {
+		return ce.Code
+	}
+	return 0
+}

@@ -1,0 +1,131 @@
+package client_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/client"
+)
+
+// 100 clients dropped at the same instant spread their reconnection
+// attempts over the first backoff window (full jitter), instead of coming
+// back in one burst.
+//
+// Each client's attempt is timed where it starts, in the dialer of its HTTP
+// client, so the measure is the client's jitter and not how fast a loaded
+// machine serves 100 handshakes; the server's view is logged too.
+func TestReconnectSpread(t *testing.T) {
+	const (
+		n    = 100
+		base = 250 * time.Millisecond // the default first window
+	)
+	var (
+		mu        sync.Mutex
+		recording atomic.Bool
+		dials     = make(map[string]time.Time) // by user: when the client started the attempt
+		drops     = make(map[string]time.Time) // by user: when the client saw the drop
+		served    []time.Time                  // when the server saw the attempts
+	)
+	stamp := func(m map[string]time.Time, user string) {
+		now := time.Now()
+		mu.Lock()
+		defer mu.Unlock()
+		if _, dup := m[user]; dup {
+			t.Errorf("second attempt or drop for %s", user)
+		}
+		m[user] = now
+	}
+	ts := newServer(t, nil, sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
+		if recording.Load() {
+			now := time.Now()
+			mu.Lock()
+			served = append(served, now)
+			mu.Unlock()
+		}
+		return userSession(r)
+	}))
+	p := newProxy(t, ts.url)
+	var reconnected atomic.Int32
+	for i := range n {
+		user := fmt.Sprint("u", i)
+		var d net.Dialer
+		hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if recording.Load() {
+				stamp(dials, user)
+			}
+			return d.DialContext(ctx, network, addr)
+		}}}
+		dial(t, p.url, asUser(user), client.WithHTTPClient(hc), client.WithReconnectDelay(base, 30*time.Second),
+			client.WithInit(func(c *client.Client) {
+				c.OnDrop(func(error) { stamp(drops, user) })
+				c.OnReconnect(func(client.ConnInfo) { reconnected.Add(1) })
+			}))
+	}
+
+	recording.Store(true)
+	cutAt := time.Now()
+	p.cut()
+	waitFor(t, "every client to reconnect", func() bool { return reconnected.Load() == n })
+
+	mu.Lock()
+	var offsets, delays, seen []time.Duration
+	for user, at := range dials {
+		offsets = append(offsets, at.Sub(cutAt))
+		delays = append(delays, at.Sub(drops[user]))
+	}
+	for _, at := range served {
+		seen = append(seen, at.Sub(cutAt))
+	}
+	mu.Unlock()
+	if len(offsets) != n || len(seen) != n {
+		t.Fatalf("%d attempts started, %d served; want %d", len(offsets), len(seen), n)
+	}
+	slices.Sort(offsets)
+	slices.Sort(delays)
+	slices.Sort(seen)
+	busiest := func(ts []time.Duration) int { // the most within any 10ms
+		most := 0
+		for i := range ts {
+			j := i
+			for j < len(ts) && ts[j]-ts[i] < 10*time.Millisecond {
+				j++
+			}
+			most = max(most, j-i)
+		}
+		return most
+	}
+	var buckets [11]int // per 25ms of each client's delay; the last is beyond the window
+	for _, d := range delays {
+		buckets[min(max(int(d*10/base), 0), 10)]++
+	}
+	ms := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+	t.Logf("attempts started after the cut: first %v, median %v, last %v (span %v), busiest 10ms: %d",
+		ms(offsets[0]), ms(offsets[n/2]), ms(offsets[n-1]), ms(offsets[n-1]-offsets[0]), busiest(offsets))
+	t.Logf("drop-to-attempt delay: min %v, median %v, max %v; per 25ms: %v",
+		ms(delays[0]), ms(delays[n/2]), ms(delays[n-1]), buckets)
+	t.Logf("server saw them: first %v, median %v, last %v, busiest 10ms: %d",
+		ms(seen[0]), ms(seen[n/2]), ms(seen[n-1]), busiest(seen))
+
+	// Uniform over [0, 250ms] expects ~4 per 10ms and a median of 125ms;
+	// the bounds leave room for a loaded machine and still fail a burst.
+	if span := offsets[n-1] - offsets[0]; span < base/2 {
+		t.Errorf("attempts span %v, want most of %v", span, base)
+	}
+	if b := busiest(offsets); b > 25 {
+		t.Errorf("%d attempts within 10ms", b)
+	}
+	if med := delays[n/2]; med < base/4 || med > base*3/4 {
+		t.Errorf("median delay %v, want about %v", med, base/2)
+	}
+	if late := buckets[10]; late > n/10 {
+		t.Errorf("%d delays beyond the window %v", late, base)
+	}
+}

@@ -1,0 +1,319 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// SubStatus is the state of a Subscription.
+type SubStatus int32
+
+const (
+	// SubSubscribed: the server holds the subscription; messages flow.
+	SubSubscribed SubStatus = iota
+	// SubResubscribing: the link dropped; the subscription will be restored
+	// on the next connection.
+	SubResubscribing
+	// SubRefused: final. The server refused to restore it after a reconnect;
+	// Err says why (errors.Is(err, ErrForbidden), say).
+	SubRefused
+	// SubUnsubscribed: final. Unsubscribe was called, or the client closed.
+	SubUnsubscribed
+)
+
+func (s SubStatus) String() string {
+	switch s {
+	case SubSubscribed:
+		return "subscribed"
+	case SubResubscribing:
+		return "resubscribing"
+	case SubRefused:
+		return "refused"
+	case SubUnsubscribed:
+		return "unsubscribed"
+	}
+	return fmt.Sprintf("SubStatus(%d)", int32(s))
+}
+
+// Message is a publication received on a channel.
+type Message struct {
+	// Channel is the channel it was published to.
+	Channel string
+	// Sub is the subscription that matched: Channel itself or an ancestor
+	// (a subscription to "news" receives "news.uk"), or the connection's
+	// user or session channel.
+	Sub string
+	// Event is the name the publisher gave; it may be empty.
+	Event string
+	// Data is the JSON payload.
+	Data json.RawMessage
+	// From is the client that published, stamped by the server; zero when
+	// the server published.
+	From Sender
+}
+
+// Decode decodes the message's data into v with encoding/json.
+func (m Message) Decode(v any) error {
+	if len(m.Data) == 0 {
+		return json.Unmarshal([]byte("null"), v)
+	}
+	return json.Unmarshal(m.Data, v)
+}
+
+// Subscription is the client's subscription to a channel. It survives
+// reconnects: the client restores it on every new connection until
+// Unsubscribe, a refusal, or Close.
+type Subscription struct {
+	c       *Client
+	channel string
+	query   json.RawMessage
+
+	mu       sync.Mutex
+	status   SubStatus
+	err      error
+	on       map[string]func(Message)
+	onAny    func(Message)
+	onStatus func(s, old SubStatus)
+	pos      position
+}
+
+// position is where the subscription stands in its channel's history.
+// Protocol v1 has no history; a later version sends an offset and an epoch
+// with each publication and accepts them in resume entries to catch up.
+// The read loop records them already, so that only the resume entry has to
+// change then.
+type position struct {
+	known  bool
+	offset uint64
+	epoch  string
+}
+
+// SubscribeOption configures Subscribe.
+type SubscribeOption func(*Subscription) error
+
+// WithQuery sends q (encoded with encoding/json) with the subscription: the
+// server's subscription parser receives it (a password, a filter, a token).
+// It is sent again on every reconnect.
+func WithQuery(q any) SubscribeOption {
+	return func(s *Subscription) error {
+		b, err := json.Marshal(q)
+		if err != nil {
+			return fmt.Errorf("encode query: %w", err)
+		}
+		s.query = b
+		return nil
+	}
+}
+
+// WithMessageHandler sets the handler for messages with no handler for
+// their event, in place before the first message can arrive (see
+// Subscription.OnMessage).
+func WithMessageHandler(fn func(Message)) SubscribeOption {
+	return func(s *Subscription) error {
+		s.onAny = fn
+		return nil
+	}
+}
+
+// WithEventHandler sets the handler for one event, in place before the first
+// message can arrive (see Subscription.On).
+func WithEventHandler(event string, fn func(Message)) SubscribeOption {
+	return func(s *Subscription) error {
+		s.on[event] = fn
+		return nil
+	}
+}
+
+// Subscribe subscribes to channel and returns once the server acknowledged
+// it. If the link drops meanwhile, it is sent again on the next one (unless
+// WithFailFast). The server may refuse: errors.Is(err, ErrForbidden) (parser or reserved
+// channel), ErrConflict (already subscribed), ErrBadRequest (invalid name),
+// ErrLimitExceeded. Messages are delivered from the acknowledgement on; give
+// handlers as options to be sure to see the first ones.
+func (c *Client) Subscribe(ctx context.Context, channel string, opts ...SubscribeOption) (*Subscription, error) {
+	s := &Subscription{c: c, channel: channel, on: make(map[string]func(Message))}
+	for _, opt := range opts {
+		if err := opt(s); err != nil {
+			return nil, fmt.Errorf("sss: subscribe to %q: %w", channel, err)
+		}
+	}
+	f := &subscribeFrame{Type: "subscribe", Channel: channel, Query: s.query}
+	onAck := func(l *link, _ json.RawMessage, abandoned bool) {
+		c.mu.Lock()
+		if abandoned || c.status == StatusClosed {
+			c.mu.Unlock()
+			// Nobody will hold this subscription: drop it on the server too.
+			c.sendUnsubscribe(l, channel)
+			return
+		}
+		// The server acknowledges only a channel it did not hold, so an older
+		// Subscription still listed here is stale: the new one replaces it.
+		var ev func()
+		if old := c.subs[channel]; old != nil {
+			ev = old.setStatus(SubUnsubscribed, nil, nil)
+		}
+		c.subs[channel] = s
+		c.mu.Unlock()
+		if ev != nil {
+			c.d.push(ev)
+		}
+	}
+	for {
+		_, err := c.do(ctx, f, false, onAck)
+		if errors.Is(err, ErrDisconnected) && !c.opts.failFast && ctx.Err() == nil {
+			// Unlike an ask, a subscribe is safe to send again: the next
+			// link's resume did not include it, whatever the old one did.
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("sss: subscribe to %q: %w", channel, err)
+		}
+		return s, nil
+	}
+}
+
+// Channel returns the channel subscribed to.
+func (s *Subscription) Channel() string { return s.channel }
+
+// Query returns the query sent with the subscription, or nil.
+func (s *Subscription) Query() json.RawMessage { return s.query }
+
+// Status returns the subscription's state now.
+func (s *Subscription) Status() SubStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Err returns why the subscription ended: the server's refusal for
+// SubRefused, the client's close reason when it closed; nil otherwise.
+func (s *Subscription) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// On sets the handler for messages with the given event, replacing any.
+func (s *Subscription) On(event string, fn func(Message)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if fn == nil {
+		delete(s.on, event)
+		return
+	}
+	s.on[event] = fn
+}
+
+// OnMessage sets the handler for messages whose event has no handler of its
+// own (set with On): a catch-all.
+func (s *Subscription) OnMessage(fn func(Message)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onAny = fn
+}
+
+// OnStatusChange sets the callback for the subscription's status changes.
+func (s *Subscription) OnStatusChange(fn func(st, old SubStatus)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onStatus = fn
+}
+
+// Unsubscribe ends the subscription. While disconnected it only forgets it:
+// the next connection's resume will not ask for it. Unsubscribing a
+// subscription that already ended does nothing.
+func (s *Subscription) Unsubscribe(ctx context.Context) error {
+	c := s.c
+	c.mu.Lock()
+	if c.subs[s.channel] != s {
+		c.mu.Unlock()
+		return nil
+	}
+	l := c.ready
+	if l == nil {
+		c.mu.Unlock()
+		c.dropSub(s)
+		return nil
+	}
+	c.mu.Unlock()
+	f := &unsubscribeFrame{Type: "unsubscribe", Channel: s.channel}
+	_, err := l.roundTrip(ctx, f, false, func(*link, json.RawMessage, bool) { c.dropSub(s) })
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotFound), errors.Is(err, errNotSent), errors.Is(err, ErrDisconnected):
+		// The server does not hold it (any more), or the link is gone and
+		// the next resume will leave it out.
+		c.dropSub(s)
+		return nil
+	}
+	return fmt.Errorf("sss: unsubscribe from %q: %w", s.channel, err)
+}
+
+// dropSub forgets s after Unsubscribe.
+func (c *Client) dropSub(s *Subscription) {
+	c.mu.Lock()
+	if c.subs[s.channel] != s {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.subs, s.channel)
+	ev := s.setStatus(SubUnsubscribed, nil, nil)
+	c.mu.Unlock()
+	if ev != nil {
+		c.d.push(ev)
+	}
+}
+
+// setStatus changes the status and returns the callback event, or nil. The
+// caller holds c.mu. onRefused is the client's refusal callback, for
+// SubRefused.
+func (s *Subscription) setStatus(st SubStatus, err error, onRefused func(*Subscription, error)) func() {
+	s.mu.Lock()
+	old := s.status
+	if old == st || old == SubRefused || old == SubUnsubscribed {
+		s.mu.Unlock()
+		return nil // final states stay
+	}
+	s.status, s.err = st, err
+	fn := s.onStatus
+	s.mu.Unlock()
+	return func() {
+		if fn != nil {
+			fn(st, old)
+		}
+		if onRefused != nil && st == SubRefused {
+			onRefused(s, err)
+		}
+	}
+}
+
+// track records the position of a publication; on the read loop.
+func (s *Subscription) track(f *inFrame) {
+	if f.Offset == nil {
+		return
+	}
+	s.mu.Lock()
+	s.pos = position{known: true, offset: *f.Offset, epoch: f.Epoch}
+	s.mu.Unlock()
+}
+
+// deliver runs the handler for m; on the handler goroutine.
+func (s *Subscription) deliver(m Message) {
+	s.mu.Lock()
+	if s.status == SubUnsubscribed || s.status == SubRefused {
+		s.mu.Unlock()
+		return // ended after m was received: its handlers expect nothing more
+	}
+	h := s.on[m.Event]
+	if h == nil {
+		h = s.onAny
+	}
+	s.mu.Unlock()
+	if h != nil {
+		h(m)
+	}
+}

@@ -13,6 +13,10 @@
 //   - [SessionStore] is optional: a [Node] that also implements it persists
 //     subscriptions per session, so a client that reconnects to any instance
 //     gets them back.
+//   - [History] is optional: a [Node] that also implements it numbers the
+//     publications of every stream and keeps a bounded history of them, so
+//     a client that reconnects catches up on what it missed, exactly once
+//     and in order.
 //
 // The package scalertest checks an implementation against all of this; run
 // it from your backend's tests.
@@ -71,6 +75,10 @@ var (
 	// ErrUnknownNode is returned by Send when the backend knows that no node
 	// with that id is attached. Backends that cannot know return nil.
 	ErrUnknownNode = errors.New("scaler: unknown node")
+	// ErrPositionLost is returned by History.Since when the publications
+	// after a position cannot all be returned: the epoch changed or they
+	// were trimmed. The client must reload its state from elsewhere.
+	ErrPositionLost = errors.New("scaler: position lost")
 )
 
 // Kind says what a publication is for.
@@ -111,6 +119,53 @@ type Delivery struct {
 	// a hierarchical channel, one of its ancestors.
 	Stream string
 	Pub    *Publication
+	// Offset and Epoch place the publication in Stream's history (see
+	// History). Both are zero for KindTell and for backends without History.
+	Offset uint64
+	Epoch  string
+}
+
+// Position is a place in a stream's history: the offset of the last
+// publication seen (0: none yet) in the stream's epoch.
+type Position struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
+// Entry is one publication kept in a stream's history.
+type Entry struct {
+	Offset uint64
+	Pub    *Publication
+}
+
+// History numbers publications and keeps them per stream. A Node may
+// implement it; the server then offers exact catch-up on reconnect.
+//
+// A backend with History must also guarantee:
+//
+//   - Every KindPublish publication gets, in each of its streams, the next
+//     offset of that stream (1, 2, 3, ...), and is delivered with it.
+//     Appending to a stream's history and delivering it are atomic with
+//     respect to other publishers: deliveries of one stream reach every node
+//     in offset order. A node may miss deliveries while its link to the
+//     backend is broken (the server notices the jump in offsets and fills it
+//     from Since), but must never receive them out of order.
+//   - Each stream has an epoch, an opaque non-empty string that changes
+//     whenever offsets could restart or history could have been lost other
+//     than by trimming: the backend restarted empty, the stream's metadata
+//     expired, it was recreated. Offsets only mean something within an epoch.
+//   - History is bounded per stream by count and by age (backend options);
+//     trimming never changes the epoch.
+type History interface {
+	// Since returns up to limit entries of stream with offsets greater than
+	// pos.Offset, in order, and the stream's current position (the offset
+	// of its last publication). With limit 0 it returns only the position.
+	// A zero pos (no epoch) asks from the start of the current epoch's
+	// retained history without checking continuity. Since returns an error
+	// wrapping ErrPositionLost if pos.Epoch is not the current epoch, or if
+	// entries right after pos.Offset were trimmed. A stream nobody ever
+	// published to has offset 0 and a stable epoch.
+	Since(ctx context.Context, stream string, pos Position, limit int) ([]Entry, Position, error)
 }
 
 // Handler receives what the backend delivers to a node. Its methods must be

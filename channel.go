@@ -79,7 +79,12 @@ type channel struct {
 	refs int // connections subscribed or subscribing; guarded by shard.mu
 
 	mu   sync.RWMutex
-	subs map[*Conn]struct{}
+	subs map[*Conn]*sub
+
+	// last is the position of the last delivery, to notice deliveries the
+	// scaler lost (a jump in offsets) or an epoch change.
+	pmu  sync.Mutex
+	last scaler.Position
 }
 
 func (r *registry) init() {
@@ -109,7 +114,7 @@ func (r *registry) acquire(name string) *channel {
 	defer sh.mu.Unlock()
 	ch := sh.m[name]
 	if ch == nil {
-		ch = &channel{name: name, subs: make(map[*Conn]struct{})}
+		ch = &channel{name: name, subs: make(map[*Conn]*sub)}
 		sh.m[name] = ch
 	}
 	ch.refs++
@@ -175,25 +180,21 @@ func (s *Server) syncInterest(ctx context.Context, node scaler.Node, name string
 	return nil
 }
 
-// attach subscribes c to a stream locally and in the scaler. ack, if not
-// nil, is queued to c under the channel lock, so it precedes any publication
-// of the new subscription.
-func (s *Server) attach(ctx context.Context, c *Conn, name string, ack []byte) error {
+// attach subscribes sb's connection to its stream locally and in the
+// scaler. sb should be held: deliveries are buffered until start.
+func (s *Server) attach(ctx context.Context, sb *sub) error {
 	node, err := s.join(ctx)
 	if err != nil {
 		return err
 	}
-	ch := s.channels.acquire(name)
-	if err := s.syncInterest(ctx, node, name); err != nil {
+	ch := s.channels.acquire(sb.channel)
+	if err := s.syncInterest(ctx, node, sb.channel); err != nil {
 		s.channels.release(ch)
 		s.stats.scalerErrors.Add(1)
 		return Errorf(CodeUnavailable, "cannot subscribe: %v", err)
 	}
 	ch.mu.Lock()
-	ch.subs[c] = struct{}{}
-	if ack != nil {
-		c.send(ack, false)
-	}
+	ch.subs[sb.c] = sb
 	ch.mu.Unlock()
 	return nil
 }
@@ -206,10 +207,10 @@ func (s *Server) detach(ctx context.Context, c *Conn, name string) {
 		return
 	}
 	ch.mu.Lock()
-	_, held := ch.subs[c]
+	_, ok := ch.subs[c]
 	delete(ch.subs, c)
 	ch.mu.Unlock()
-	if !held {
+	if !ok {
 		return
 	}
 	s.channels.release(ch)
@@ -225,26 +226,70 @@ func (s *Server) deliver(d scaler.Delivery) {
 	if ch == nil || d.Pub == nil {
 		return
 	}
-	pub := d.Pub
-	var frame []byte
-	if pub.Kind == scaler.KindTell {
-		frame = encodeTell(pub.Event, pub.Data)
-	} else {
-		frame = encodePub(pub.Channel, d.Stream, pub.Event, pub.Data, Sender(pub.Sender))
+	s.stats.delivered.Add(1)
+	gap, from := false, scaler.Position{}
+	if d.Offset > 0 {
+		var dup bool
+		if dup, gap, from = ch.track(d); dup {
+			return
+		}
 	}
+	pub := d.Pub
+	frame := encodeDelivery(d)
 	lossy := pub.Kind == scaler.KindPublish && s.cfg.lossy != nil && s.cfg.lossy(pub.Channel)
 	nested := pub.Channel != d.Stream
 	ch.mu.RLock()
-	for c := range ch.subs {
+	defer ch.mu.RUnlock()
+	if gap {
+		s.repair(ch, d, from)
+	}
+	for c, sb := range ch.subs {
 		// A connection subscribed at several levels gets one copy, through
 		// its most specific subscription.
 		if nested && c.holdsDeeper(d.Stream, pub.Channel) {
 			continue
 		}
+		if sb.held.Load() && sb.hold(d) {
+			continue
+		}
 		c.send(frame, lossy)
 	}
-	ch.mu.RUnlock()
-	s.stats.delivered.Add(1)
+}
+
+// track records a delivery's position. It reports a duplicate to drop, or a
+// gap: deliveries after from that this node did not receive.
+func (ch *channel) track(d scaler.Delivery) (dup, gap bool, from scaler.Position) {
+	ch.pmu.Lock()
+	defer ch.pmu.Unlock()
+	last := ch.last
+	switch {
+	case last.Epoch == d.Epoch && d.Offset <= last.Offset:
+		return true, false, last
+	case last.Epoch == "", last.Epoch == d.Epoch && d.Offset == last.Offset+1:
+	default:
+		gap, from = true, last
+	}
+	ch.last = scaler.Position{Offset: d.Offset, Epoch: d.Epoch}
+	return false, gap, from
+}
+
+// repair handles deliveries this node missed (its link to the backend
+// broke): every live subscriber is held and caught up from history. After
+// an epoch change nothing can be recovered, so subscribers are asked to
+// reconnect, and their resume reports recovered: false. Callers hold ch.mu.
+func (s *Server) repair(ch *channel, d scaler.Delivery, from scaler.Position) {
+	s.stats.gaps.Add(1)
+	s.log.Warn("sss: missed deliveries", "channel", ch.name, "after", from.Offset, "got", d.Offset, "epoch_changed", from.Epoch != d.Epoch)
+	for c, sb := range ch.subs {
+		if from.Epoch != d.Epoch {
+			c.close(CloseResync, "channel history reset", nil)
+			continue
+		}
+		// A subscription held already catches up by itself.
+		if !sb.held.Swap(true) {
+			s.catchUpLater(sb, from)
+		}
+	}
 }
 
 // Sender identifies the client that published a message.

@@ -2,7 +2,6 @@ package sss
 
 import (
 	"context"
-	"encoding/json"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -39,8 +38,14 @@ type Conn struct {
 
 	// Subscriptions made by the client (not its user/session channels).
 	smu    sync.Mutex
-	subs   map[string]json.RawMessage // channel → query
-	nested atomic.Int32               // pairs of held subscriptions where one contains the other
+	subs   map[string]*sub
+	nested atomic.Int32 // pairs of held subscriptions where one contains the other
+
+	// The user and session channels, held from the upgrade until the
+	// client's first request, which may ask to catch up on them (resume).
+	own      []ownSub
+	ownOnce  sync.Once
+	ownTimer *time.Timer
 
 	sem     chan struct{} // ask/tell handler slots
 	limiter *rate.Limiter
@@ -105,6 +110,7 @@ const (
 	CloseWriteTimeout websocket.StatusCode = 4003
 	CloseServerError  websocket.StatusCode = 4004
 	CloseDisconnect   websocket.StatusCode = 4005
+	CloseResync       websocket.StatusCode = 4006
 	CloseUnauthorized websocket.StatusCode = 4500
 	CloseForbidden    websocket.StatusCode = 4501
 )
@@ -295,6 +301,11 @@ func (c *Conn) nestedWith(name string) int32 {
 // isAncestor reports whether a is a strict ancestor of b ("news" of "news.uk").
 func isAncestor(a, b string) bool {
 	return len(b) > len(a) && b[len(a)] == '.' && b[:len(a)] == a
+}
+
+type ownSub struct {
+	sb  *sub
+	pos scaler.Position // the stream's position at the welcome
 }
 
 type pendingAsk struct {

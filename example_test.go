@@ -143,15 +143,29 @@ func ExampleServer_Publish() {
 	defer c.CloseNow()
 	next() // welcome
 	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe","id":1,"channel":"news"}`))
-	fmt.Println(next())
+	var ack struct {
+		Type   string
+		Result struct {
+			Channel string
+			Offset  uint64 // where the channel's history stands
+		}
+	}
+	json.Unmarshal([]byte(next()), &ack)
+	fmt.Println(ack.Type, ack.Result.Channel, ack.Result.Offset)
 
 	if err := a.Publish(context.Background(), "news.uk", "article", map[string]string{"title": "Hello"}); err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(next())
+	var pub struct {
+		Type, Channel, Sub, Event string
+		Data                      json.RawMessage
+		Offset                    uint64 // in the stream of "news"
+	}
+	json.Unmarshal([]byte(next()), &pub)
+	fmt.Println(pub.Type, pub.Channel, pub.Sub, pub.Event, string(pub.Data), pub.Offset)
 	// Output:
-	// {"type":"ack","id":1,"result":{"channel":"news"}}
-	// {"type":"pub","channel":"news.uk","sub":"news","event":"article","data":{"title":"Hello"}}
+	// ack news 0
+	// pub news.uk news article {"title":"Hello"} 1
 }
 
 // A session parser authenticates the upgrade request. Refusals are HTTP

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/superscaled/sss/scaler"
 )
 
 // Frame types of protocol v1 (docs/protocol.md).
@@ -28,8 +30,9 @@ const maxNameLen = 255
 
 // subRequest is one entry of a resume frame.
 type subRequest struct {
-	Channel string          `json:"channel"`
-	Query   json.RawMessage `json:"query,omitempty"`
+	Channel string           `json:"channel"`
+	Query   json.RawMessage  `json:"query,omitempty"`
+	Since   *scaler.Position `json:"since,omitempty"`
 }
 
 // inFrame is a decoded client frame. Fields unused by its type are ignored.
@@ -44,7 +47,8 @@ type inFrame struct {
 	Result        json.RawMessage
 	Error         *wireError
 	Subscriptions []subRequest
-	HasSubs       bool // resume: "subscriptions" present (even empty)
+	HasSubs       bool             // resume: "subscriptions" present (even empty)
+	Since         *scaler.Position // subscribe: catch up from here
 }
 
 type wireError struct {
@@ -55,16 +59,17 @@ type wireError struct {
 // rawFrame mirrors the JSON shape; pointer and raw fields tell "absent" from
 // "zero" and let the id be validated by hand.
 type rawFrame struct {
-	Type          string          `json:"type"`
-	ID            json.RawMessage `json:"id"`
-	Channel       *string         `json:"channel"`
-	Query         json.RawMessage `json:"query"`
-	Event         string          `json:"event"`
-	Name          *string         `json:"name"`
-	Data          json.RawMessage `json:"data"`
-	Result        json.RawMessage `json:"result"`
-	Error         *wireError      `json:"error"`
-	Subscriptions *[]subRequest   `json:"subscriptions"`
+	Type          string           `json:"type"`
+	ID            json.RawMessage  `json:"id"`
+	Channel       *string          `json:"channel"`
+	Query         json.RawMessage  `json:"query"`
+	Event         string           `json:"event"`
+	Name          *string          `json:"name"`
+	Data          json.RawMessage  `json:"data"`
+	Result        json.RawMessage  `json:"result"`
+	Error         *wireError       `json:"error"`
+	Subscriptions *[]subRequest    `json:"subscriptions"`
+	Since         *scaler.Position `json:"since"`
 }
 
 // decodeFrame parses one client frame. On failure it returns the request id
@@ -74,7 +79,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return inFrame{}, salvageID(b), &Error{Code: CodeBadRequest, Message: "invalid frame: " + jsonProblem(err)}
 	}
-	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error}
+	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error, Since: raw.Since}
 	if raw.ID != nil {
 		id, ok := parseID(raw.ID)
 		if !ok {
@@ -125,11 +130,27 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 			return inFrame{}, f.ID, &Error{Code: CodeTooLarge, Message: "name longer than 255 bytes"}
 		}
 	}
+	if f.Since != nil && !validPosition(*f.Since) {
+		return bad("since needs an epoch of at most 64 bytes")
+	}
+	for _, r := range f.Subscriptions {
+		if r.Since != nil && !validPosition(*r.Since) {
+			return bad("since needs an epoch of at most 64 bytes")
+		}
+	}
+	if len(f.Subscriptions) > maxResume {
+		return inFrame{}, f.ID, &Error{Code: CodeTooLarge, Message: "too many subscriptions in one resume"}
+	}
 	if f.Type == typePublish && len(f.Event) > maxNameLen {
 		return inFrame{}, f.ID, &Error{Code: CodeTooLarge, Message: "event longer than 255 bytes"}
 	}
 	return f, f.ID, nil
 }
+
+// maxResume bounds the subscriptions one resume may name.
+const maxResume = 1024
+
+func validPosition(p scaler.Position) bool { return p.Epoch != "" && len(p.Epoch) <= 64 }
 
 func parseID(b json.RawMessage) (uint64, bool) {
 	id, err := strconv.ParseUint(string(b), 10, 64)
@@ -238,8 +259,8 @@ func appendData(b []byte, data []byte) []byte {
 	return append(b, data...)
 }
 
-func encodePub(ch, sub, event string, data []byte, from Sender) []byte {
-	b := make([]byte, 0, 64+len(ch)+len(sub)+len(event)+len(data))
+func encodePub(ch, sub, event string, data []byte, from Sender, offset uint64, epoch string) []byte {
+	b := make([]byte, 0, 96+len(ch)+len(sub)+len(event)+len(data)+len(epoch))
 	b = append(b, `{"type":"pub","channel":`...)
 	b = appendString(b, ch)
 	b = append(b, `,"sub":`...)
@@ -254,6 +275,12 @@ func encodePub(ch, sub, event string, data []byte, from Sender) []byte {
 		b = append(b, `,"conn":`...)
 		b = appendString(b, from.Conn)
 		b = append(b, '}')
+	}
+	if offset > 0 {
+		b = append(b, `,"offset":`...)
+		b = strconv.AppendUint(b, offset, 10)
+		b = append(b, `,"epoch":`...)
+		b = appendString(b, epoch)
 	}
 	return append(b, '}')
 }

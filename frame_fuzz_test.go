@@ -49,7 +49,7 @@ func FuzzDecodeFrame(f *testing.F) {
 			t.Fatalf("accepted unknown type %q", fr.Type)
 		}
 		ack := encodeAck(fr.ID, nil)
-		pub := encodePub(fr.Channel, fr.Channel, fr.Event, nil, Sender{User: fr.Name})
+		pub := encodePub(fr.Channel, fr.Channel, fr.Event, nil, Sender{User: fr.Name}, fr.ID, fr.Name)
 		if !json.Valid(ack) || !json.Valid(pub) {
 			t.Fatalf("invalid encoding for %q", b)
 		}
@@ -61,7 +61,7 @@ func FuzzEncodeStrings(f *testing.F) {
 	f.Add("news", "e\n\"x\"", "u\x00")
 	f.Fuzz(func(t *testing.T, ch, event, user string) {
 		for _, b := range [][]byte{
-			encodePub(ch, ch, event, []byte(`{"a":1}`), Sender{User: user, Conn: event}),
+			encodePub(ch, ch, event, []byte(`{"a":1}`), Sender{User: user, Conn: event}, 7, user),
 			encodeTell(event, nil),
 			encodeServerAsk(1, event, []byte(`1`)),
 			encodeError(1, &Error{Code: Code(ch), Message: event}),

@@ -111,7 +111,11 @@ func (s *Server) serve(c *Conn) {
 	}()
 	reason := s.run(c)
 	c.close(CloseServerError, "", reason) // no-op if already closed
-	c.wg.Wait()                           // handlers see c.ctx cancelled
+	c.ownOnce.Do(func() {})               // no catch-up starts from now on
+	if c.ownTimer != nil {
+		c.ownTimer.Stop()
+	}
+	c.wg.Wait() // handlers see c.ctx cancelled
 	s.cleanup(c)
 	<-writerDone
 	if c.closeCause != nil {
@@ -134,13 +138,17 @@ func (s *Server) run(c *Conn) error {
 	s.conns[c.id] = c
 	s.cmu.Unlock()
 
+	own := []string{SessionChannel(c.session.SessionID)}
 	if u := c.session.UserID; u != "" {
-		if err := s.attach(c.ctx, c, UserChannel(u), nil); err != nil {
+		own = []string{UserChannel(u), own[0]}
+	}
+	for _, name := range own {
+		sb := &sub{c: c, channel: name}
+		sb.held.Store(true)
+		if err := s.attach(c.ctx, sb); err != nil {
 			return err
 		}
-	}
-	if err := s.attach(c.ctx, c, SessionChannel(c.session.SessionID), nil); err != nil {
-		return err
+		c.own = append(c.own, ownSub{sb: sb, pos: s.position(c.ctx, name)})
 	}
 	if c.persist && s.store != nil {
 		if err := s.store.TouchSession(c.ctx, c.session.SessionID); err != nil {
@@ -148,6 +156,8 @@ func (s *Server) run(c *Conn) error {
 		}
 	}
 	c.send(s.welcome(c), false)
+	// A client that says nothing gets its user and session channels soon.
+	c.ownTimer = time.AfterFunc(ownHold, func() { s.startOwn(c, nil) })
 	if h := s.cfg.hooks.OnConnect; h != nil {
 		s.hook("OnConnect", func() { h(c) })
 	}
@@ -195,10 +205,9 @@ func (s *Server) cleanup(c *Conn) {
 	for ch := range subs {
 		s.detach(ctx, c, ch)
 	}
-	if u := c.session.UserID; u != "" {
-		s.detach(ctx, c, UserChannel(u))
+	for _, o := range c.own {
+		s.detach(ctx, c, o.sb.channel)
 	}
-	s.detach(ctx, c, SessionChannel(c.session.SessionID))
 	s.cmu.Lock()
 	delete(s.conns, c.id)
 	s.cmu.Unlock()
@@ -216,15 +225,16 @@ func (s *Server) welcome(c *Conn) []byte {
 		Concurrency      int   `json:"concurrency"`
 	}
 	w := struct {
-		Type     string   `json:"type"`
-		Version  int      `json:"version"`
-		Conn     string   `json:"conn"`
-		Session  string   `json:"session"`
-		User     string   `json:"user"`
-		Channels channels `json:"channels"`
-		Ping     int64    `json:"ping"`
-		Pong     int64    `json:"pong"`
-		Limits   limits   `json:"limits"`
+		Type      string                     `json:"type"`
+		Version   int                        `json:"version"`
+		Conn      string                     `json:"conn"`
+		Session   string                     `json:"session"`
+		User      string                     `json:"user"`
+		Channels  channels                   `json:"channels"`
+		Positions map[string]scaler.Position `json:"positions,omitempty"`
+		Ping      int64                      `json:"ping"`
+		Pong      int64                      `json:"pong"`
+		Limits    limits                     `json:"limits"`
 	}{
 		Type: "welcome", Version: 1, Conn: c.id, Session: c.session.SessionID, User: c.session.UserID,
 		Channels: channels{Session: SessionChannel(c.session.SessionID)},
@@ -233,6 +243,14 @@ func (s *Server) welcome(c *Conn) []byte {
 	}
 	if c.session.UserID != "" {
 		w.Channels.User = UserChannel(c.session.UserID)
+	}
+	for _, o := range c.own {
+		if o.pos.Epoch != "" {
+			if w.Positions == nil {
+				w.Positions = make(map[string]scaler.Position)
+			}
+			w.Positions[o.sb.channel] = o.pos
+		}
 	}
 	b, _ := json.Marshal(w)
 	return b
@@ -247,6 +265,11 @@ func (c *Conn) handleFrame(b []byte) {
 		c.send(encodeError(id, e), false)
 		return
 	}
+	if f.Type != typeResume && f.Type != typePong && f.Type != typeReply {
+		// The first request is not a resume: the user and session channels
+		// go live from the welcome's position.
+		s.startOwn(c, nil)
+	}
 	if c.limiter != nil && f.Type != typePong && f.Type != typeReply && !c.limiter.Allow() {
 		c.send(encodeError(id, &Error{Code: CodeRateLimited, Message: "too many requests"}), false)
 		return
@@ -257,9 +280,14 @@ func (c *Conn) handleFrame(b []byte) {
 		c.handleReply(f)
 	case typeSubscribe:
 		c.parsing(func() {
-			if err := s.subscribe(c, f.Channel, f.Query, f.ID); err != nil {
+			p, err := s.subscribe(c, f.Channel, f.Query, f.Since)
+			if err != nil {
 				c.send(encodeError(f.ID, toWire(err)), false)
+				return
 			}
+			res, _ := json.Marshal(p.result(f.Since != nil))
+			c.send(encodeAck(f.ID, res), false)
+			s.goLive(p)
 		})
 	case typeUnsubscribe:
 		if err := s.unsubscribe(c, f.Channel); err != nil {
@@ -276,7 +304,7 @@ func (c *Conn) handleFrame(b []byte) {
 			c.send(encodeAck(f.ID, nil), false)
 		})
 	case typeResume:
-		c.parsing(func() { c.send(s.resume(c, f), false) })
+		c.parsing(func() { s.resume(c, f) })
 	case typeAsk:
 		s.handleAsk(c, f)
 	case typeTell:
@@ -295,56 +323,125 @@ func (c *Conn) parsing(f func()) {
 	f()
 }
 
-// subscribe handles a client subscription. With ackID != 0 the ack is sent
-// (before the first publication); errors are returned for the caller to send.
-func (s *Server) subscribe(c *Conn, channel string, query json.RawMessage, ackID uint64) error {
+// subscribe makes a client subscription, held: the caller acks it with
+// the plan's result, then calls goLive. Errors are for the caller to send.
+func (s *Server) subscribe(c *Conn, channel string, query json.RawMessage, since *scaler.Position) (startPlan, error) {
 	if err := clientChannel(channel); err != nil {
-		return err
+		return startPlan{}, err
 	}
 	query, err := compactJSON(query)
 	if err != nil {
-		return Errorf(CodeBadRequest, "query is not valid JSON")
+		return startPlan{}, Errorf(CodeBadRequest, "query is not valid JSON")
 	}
 	c.smu.Lock()
 	_, dup := c.subs[channel]
 	full := len(c.subs) >= s.cfg.maxSubs
 	c.smu.Unlock()
 	if dup {
-		return Errorf(CodeConflict, "already subscribed to %q", channel)
+		return startPlan{}, Errorf(CodeConflict, "already subscribed to %q", channel)
 	}
 	if full {
-		return Errorf(CodeLimitExceeded, "at most %d subscriptions per connection", s.cfg.maxSubs)
+		return startPlan{}, Errorf(CodeLimitExceeded, "at most %d subscriptions per connection", s.cfg.maxSubs)
 	}
 	if p := s.cfg.subscriptP; p != nil {
 		if err := s.callParser(c, func(ctx context.Context) error { return p(ctx, c, channel, query) }); err != nil {
-			return err
+			return startPlan{}, err
 		}
 	}
+	sb := &sub{c: c, channel: channel, query: query}
+	sb.held.Store(true)
 	c.smu.Lock()
 	if c.subs == nil {
-		c.subs = make(map[string]json.RawMessage)
+		c.subs = make(map[string]*sub)
 	}
 	c.nested.Add(c.nestedWith(channel))
-	c.subs[channel] = query
+	c.subs[channel] = sb
 	c.smu.Unlock()
 	s.stats.subscriptions.Add(1)
-	var ack []byte
-	if ackID != 0 {
-		ack = encodeAck(ackID, []byte(`{"channel":`+string(appendString(nil, channel))+`}`))
-	}
-	if err := s.attach(c.ctx, c, channel, ack); err != nil {
+	if err := s.attach(c.ctx, sb); err != nil {
 		c.forget(channel)
-		return err
+		return startPlan{}, err
 	}
+	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
+	defer cancel()
+	p := s.prepare(ctx, sb, since)
 	if c.persist && s.store != nil {
-		if err := s.store.AddSubscription(c.ctx, c.session.SessionID, scaler.StoredSubscription{Channel: channel, Query: query}); err != nil {
+		if err := s.store.AddSubscription(ctx, c.session.SessionID, scaler.StoredSubscription{Channel: channel, Query: query}); err != nil {
 			s.storeError("add subscription", err)
 		}
 	}
 	if h := s.cfg.hooks.OnSubscribe; h != nil {
 		s.hook("OnSubscribe", func() { h(c, channel) })
 	}
-	return nil
+	return p, nil
+}
+
+// subResult is what an ack says of a subscription (docs/protocol.md).
+type subResult struct {
+	Channel   string  `json:"channel"`
+	Offset    *uint64 `json:"offset,omitempty"` // with Epoch, when the server keeps history
+	Epoch     string  `json:"epoch,omitempty"`
+	Recovered *bool   `json:"recovered,omitempty"`
+	Reason    string  `json:"reason,omitempty"`
+	Error     *Error  `json:"error,omitempty"`
+}
+
+func (p startPlan) result(asked bool) subResult {
+	r := subResult{Channel: p.sb.channel, Epoch: p.r.Position.Epoch, Reason: p.r.Reason}
+	if r.Epoch != "" {
+		r.Offset = &p.r.Position.Offset
+	}
+	if asked {
+		r.Recovered = &p.r.Recovered
+	}
+	return r
+}
+
+// position is a stream's current position, zero without history.
+func (s *Server) position(ctx context.Context, stream string) scaler.Position {
+	h := s.history()
+	if h == nil {
+		return scaler.Position{}
+	}
+	_, top, err := h.Since(ctx, stream, scaler.Position{}, 0)
+	if err != nil {
+		s.stats.scalerErrors.Add(1)
+		s.log.Warn("sss: history unavailable", "channel", stream, "err", err)
+		return scaler.Position{}
+	}
+	return top
+}
+
+// ownHold is how long the user and session channels wait for a client's
+// first request before going live.
+const ownHold = time.Second
+
+// startOwn lets the user and session channels go live, once: from the
+// positions a resume named, else from the welcome's. With a resume, the
+// caller sends its ack and then goLive; otherwise they go live at once.
+// It returns nothing if they were started already.
+func (s *Server) startOwn(c *Conn, since map[string]*scaler.Position) (plans []startPlan, asked []bool) {
+	c.ownOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
+		defer cancel()
+		for _, o := range c.own {
+			from, named := since[o.sb.channel], true
+			if from == nil {
+				from, named = &o.pos, false
+				if o.pos.Epoch == "" {
+					from = nil
+				}
+			}
+			plans = append(plans, s.prepare(ctx, o.sb, from))
+			asked = append(asked, named)
+		}
+		if since == nil {
+			for _, p := range plans {
+				s.goLive(p)
+			}
+		}
+	})
+	return plans, asked
 }
 
 // forget drops channel from c's own list; it reports whether c held it.
@@ -433,44 +530,71 @@ func (s *Server) storeError(op string, err error) {
 	s.log.Warn("sss: session store", "op", op, "err", err)
 }
 
-type resumeResult struct {
-	Channel string `json:"channel"`
-	Error   *Error `json:"error,omitempty"`
-}
-
-// resume restores subscriptions after a reconnect (docs/protocol.md).
-func (s *Server) resume(c *Conn, f inFrame) []byte {
+// resume restores subscriptions after a reconnect, catching up where the
+// client gives positions (docs/protocol.md). Results are acked before any
+// publication of the restored subscriptions is queued.
+func (s *Server) resume(c *Conn, f inFrame) {
 	list := f.Subscriptions
 	if !f.HasSubs && c.persist && s.store != nil {
 		stored, err := s.store.Subscriptions(c.ctx, c.session.SessionID)
 		if err != nil {
 			s.storeError("list subscriptions", err)
-			return encodeError(f.ID, Errorf(CodeUnavailable, "cannot read the session's subscriptions"))
+			s.startOwn(c, nil)
+			c.send(encodeError(f.ID, Errorf(CodeUnavailable, "cannot read the session's subscriptions")), false)
+			return
 		}
 		for _, st := range stored {
 			list = append(list, subRequest{Channel: st.Channel, Query: st.Query})
 		}
 	}
+	ownSince := map[string]*scaler.Position{}
+	for _, o := range c.own {
+		ownSince[o.sb.channel] = nil
+	}
+	for _, r := range list {
+		if _, own := ownSince[r.Channel]; own && r.Since != nil {
+			ownSince[r.Channel] = r.Since
+		}
+	}
+	for ch, p := range ownSince {
+		if p == nil {
+			delete(ownSince, ch)
+		}
+	}
+	ownPlans, ownAsked := s.startOwn(c, ownSince)
+	var plans []startPlan
+	results := make([]subResult, 0, len(list))
 	want := make(map[string]bool, len(list)) // channel → subscribed
 	seen := make(map[string]bool, len(list))
-	results := make([]resumeResult, 0, len(list))
 	for _, r := range list {
 		if seen[r.Channel] {
 			continue
 		}
 		seen[r.Channel] = true
-		want[r.Channel] = true
-		res := resumeResult{Channel: r.Channel}
+		if _, own := ownSince[r.Channel]; own || c.ownsChannel(r.Channel) {
+			continue // reported below
+		}
 		c.smu.Lock()
 		_, held := c.subs[r.Channel]
 		c.smu.Unlock()
-		if !held {
-			if err := s.subscribe(c, r.Channel, r.Query, 0); err != nil {
-				res.Error = toWire(err)
-				want[r.Channel] = false // refused: not kept for the session either
-			}
+		want[r.Channel] = true
+		if held {
+			results = append(results, subResult{Channel: r.Channel})
+			continue
 		}
-		results = append(results, res)
+		p, err := s.subscribe(c, r.Channel, r.Query, r.Since)
+		if err != nil {
+			results = append(results, subResult{Channel: r.Channel, Error: toWire(err)})
+			want[r.Channel] = false // refused: not kept for the session either
+			continue
+		}
+		plans = append(plans, p)
+		results = append(results, p.result(r.Since != nil))
+	}
+	for i, p := range ownPlans {
+		if seen[p.sb.channel] {
+			results = append(results, p.result(ownAsked[i]))
+		}
 	}
 	if f.HasSubs {
 		// The client's list is authoritative: drop everything else.
@@ -490,9 +614,25 @@ func (s *Server) resume(c *Conn, f inFrame) []byte {
 		}
 	}
 	b, _ := json.Marshal(struct {
-		Subscriptions []resumeResult `json:"subscriptions"`
+		Subscriptions []subResult `json:"subscriptions"`
 	}{results})
-	return encodeAck(f.ID, b)
+	c.send(encodeAck(f.ID, b), false)
+	for _, p := range ownPlans {
+		s.goLive(p)
+	}
+	for _, p := range plans {
+		s.goLive(p)
+	}
+}
+
+// ownsChannel reports whether name is c's user or session channel.
+func (c *Conn) ownsChannel(name string) bool {
+	for _, o := range c.own {
+		if o.sb.channel == name {
+			return true
+		}
+	}
+	return false
 }
 
 // admit counts a request being served unless the server is closing.

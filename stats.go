@@ -19,6 +19,7 @@ type Stats struct {
 	SlowConsumers uint64 // connections closed for overflowing their queue
 	Panics        uint64 // handler or parser panics recovered
 	ScalerErrors  uint64 // failed scaler or session store calls
+	Gaps          uint64 // jumps in a stream's offsets: deliveries the scaler lost, repaired from history
 }
 
 type counters struct {
@@ -27,7 +28,7 @@ type counters struct {
 	accepted, framesIn, framesOut       atomic.Uint64
 	badFrames, published, delivered     atomic.Uint64
 	asks, tells, dropped, slowConsumers atomic.Uint64
-	panics, scalerErrors                atomic.Uint64
+	panics, scalerErrors, gaps          atomic.Uint64
 }
 
 // Stats returns a snapshot of the server's counters.
@@ -49,5 +50,6 @@ func (s *Server) Stats() Stats {
 		SlowConsumers: c.slowConsumers.Load(),
 		Panics:        c.panics.Load(),
 		ScalerErrors:  c.scalerErrors.Load(),
+		Gaps:          c.gaps.Load(),
 	}
 }

@@ -163,8 +163,9 @@ type History interface {
 	// A zero pos (no epoch) asks from the start of the current epoch's
 	// retained history without checking continuity. Since returns an error
 	// wrapping ErrPositionLost if pos.Epoch is not the current epoch, or if
-	// entries right after pos.Offset were trimmed. A stream nobody ever
-	// published to has offset 0 and a stable epoch.
+	// entries right after pos.Offset were trimmed (or pos.Offset is beyond
+	// the stream's); the current position is returned with that error too.
+	// A stream nobody ever published to has offset 0 and a stable epoch.
 	Since(ctx context.Context, stream string, pos Position, limit int) ([]Entry, Position, error)
 }
 

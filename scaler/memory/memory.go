@@ -7,7 +7,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/superscaled/sss/scaler"
@@ -21,15 +23,31 @@ type Option func(*Scaler)
 // until ExpireSession.
 func WithSessionTTL(d time.Duration) Option { return func(s *Scaler) { s.ttl = d } }
 
+// WithHistory bounds each stream's history by count (default 1000) and age
+// (default 5 minutes). A size of 0 disables history: deliveries carry no
+// offsets and the node does not implement scaler.History.
+func WithHistory(size int, maxAge time.Duration) Option {
+	return func(s *Scaler) { s.histSize, s.histAge = size, maxAge }
+}
+
+// WithStreamRetention sets how long a stream's epoch and last offset are
+// kept after its last publication when no node subscribes to it (default
+// 24h). Past that it is forgotten, and a later publication starts a new
+// epoch. This bounds the memory held for channels no longer used.
+func WithStreamRetention(d time.Duration) Option { return func(s *Scaler) { s.retain = d } }
+
 // WithMaxSessionSubscriptions bounds the subscriptions stored per session
 // (default 1024); AddSubscription beyond it fails.
 func WithMaxSessionSubscriptions(n int) Option { return func(s *Scaler) { s.maxSubs = n } }
 
 // Scaler is an in-memory scaler.Scaler. The zero value is not usable: call New.
 type Scaler struct {
-	ttl     time.Duration
-	maxSubs int
-	now     func() time.Time
+	ttl      time.Duration
+	maxSubs  int
+	histSize int
+	histAge  time.Duration
+	retain   time.Duration
+	now      func() time.Time
 
 	mu        sync.RWMutex
 	closed    bool
@@ -37,12 +55,26 @@ type Scaler struct {
 	streams   map[string]*stream
 	sessions  map[string]*session
 	lastSweep time.Time
+	// streamSweep is when streams were last checked for retention.
+	streamSweep time.Time
 }
 
 type stream struct {
-	// mu serialises deliveries so every node sees one order per stream.
+	// mu serialises deliveries so every node sees one order per stream, and
+	// guards the history below.
 	mu    sync.Mutex
 	nodes []*node // copy-on-write under Scaler.mu and stream.mu
+
+	epoch  string  // set when the stream is created with history on
+	offset uint64  // of the last publication
+	hist   []entry // retained publications, in offset order
+	used   time.Time
+}
+
+type entry struct {
+	offset uint64
+	pub    *scaler.Publication
+	at     time.Time
 }
 
 type session struct {
@@ -55,6 +87,9 @@ func New(opts ...Option) *Scaler {
 	s := &Scaler{
 		ttl:      24 * time.Hour,
 		maxSubs:  1024,
+		histSize: 1000,
+		histAge:  5 * time.Minute,
+		retain:   24 * time.Hour,
 		now:      time.Now,
 		nodes:    make(map[string]*node),
 		streams:  make(map[string]*stream),
@@ -102,7 +137,117 @@ func (s *Scaler) Join(ctx context.Context, nodeID string, h scaler.Handler) (sca
 	n := &node{s: s, id: nodeID, h: h, subs: make(map[string]bool)}
 	n.cond = sync.NewCond(&n.mu)
 	s.nodes[nodeID] = n
+	if s.histSize > 0 {
+		return historyNode{n}, nil
+	}
 	return n, nil
+}
+
+// historyNode is a node whose scaler keeps history; only it implements
+// scaler.History, so the server can tell whether catch-up is possible.
+type historyNode struct{ *node }
+
+// Since implements scaler.History.
+func (n historyNode) Since(ctx context.Context, name string, pos scaler.Position, limit int) ([]scaler.Entry, scaler.Position, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, scaler.Position{}, err
+	}
+	if n.isClosed() {
+		return nil, scaler.Position{}, scaler.ErrClosed
+	}
+	st := n.s.stream(name, true)
+	now := n.s.now()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.used = now
+	n.s.trim(st, now)
+	top := scaler.Position{Offset: st.offset, Epoch: st.epoch}
+	first := st.offset + 1 // offset of the oldest retained entry
+	if len(st.hist) > 0 {
+		first = st.hist[0].offset
+	}
+	from := first
+	if pos.Epoch != "" {
+		switch {
+		case pos.Epoch != st.epoch:
+			return nil, top, fmt.Errorf("memory: stream %q: epoch %q is not the current one: %w", name, pos.Epoch, scaler.ErrPositionLost)
+		case pos.Offset > st.offset:
+			return nil, top, fmt.Errorf("memory: stream %q: offset %d is beyond the last (%d): %w", name, pos.Offset, st.offset, scaler.ErrPositionLost)
+		case pos.Offset+1 < first:
+			return nil, top, fmt.Errorf("memory: stream %q: publications after offset %d were trimmed: %w", name, pos.Offset, scaler.ErrPositionLost)
+		}
+		from = pos.Offset + 1
+	}
+	if limit <= 0 || from > st.offset {
+		return nil, top, nil
+	}
+	rest := st.hist[from-first:]
+	out := make([]scaler.Entry, min(limit, len(rest)))
+	for i := range out {
+		out[i] = scaler.Entry{Offset: rest[i].offset, Pub: rest[i].pub}
+	}
+	return out, top, nil
+}
+
+// stream returns the named stream, creating it (with a new epoch) if
+// create is set.
+func (s *Scaler) stream(name string, create bool) *stream {
+	s.mu.RLock()
+	st := s.streams[name]
+	s.mu.RUnlock()
+	if st != nil || !create {
+		return st
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st = s.streams[name]; st == nil {
+		st = &stream{epoch: newEpoch(), used: s.now()}
+		s.streams[name] = st
+	}
+	return st
+}
+
+var epochSeq atomic.Uint64
+
+// newEpoch is unique in the process and across restarts.
+func newEpoch() string {
+	return strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.FormatUint(epochSeq.Add(1), 36)
+}
+
+// trim drops entries past the count or age bound. Callers hold st.mu.
+func (s *Scaler) trim(st *stream, now time.Time) {
+	drop := max(0, len(st.hist)-s.histSize)
+	if s.histAge > 0 {
+		for drop < len(st.hist) && now.Sub(st.hist[drop].at) > s.histAge {
+			drop++
+		}
+	}
+	if drop == 0 {
+		return
+	}
+	clear(st.hist[:drop])
+	st.hist = st.hist[drop:]
+	if cap(st.hist) > 2*s.histSize+16 {
+		st.hist = slices.Clone(st.hist) // release the dropped prefix's array
+	}
+}
+
+// sweepStreams forgets streams without subscribers whose history is empty
+// and which saw no use for the retention period. Callers hold s.mu.
+func (s *Scaler) sweepStreamsLocked(now time.Time) {
+	if now.Sub(s.streamSweep) < s.retain/4 {
+		return
+	}
+	s.streamSweep = now
+	for name, st := range s.streams {
+		st.mu.Lock()
+		s.trim(st, now)
+		idle := len(st.nodes) == 0 && len(st.hist) == 0 && now.Sub(st.used) > s.retain
+		st.mu.Unlock()
+		if idle {
+			delete(s.streams, name)
+		}
+	}
 }
 
 type node struct {
@@ -155,17 +300,38 @@ func (n *node) Publish(ctx context.Context, pub *scaler.Publication) error {
 	if n.isClosed() {
 		return scaler.ErrClosed
 	}
+	s := n.s
+	keep := s.histSize > 0 && pub.Kind == scaler.KindPublish
+	now := s.now()
+	if keep {
+		// streamSweep is guarded by s.mu: read it under the read lock, so
+		// the write lock is only taken when a sweep is due.
+		s.mu.RLock()
+		due := now.Sub(s.streamSweep) > s.retain/4
+		s.mu.RUnlock()
+		if due {
+			s.mu.Lock()
+			s.sweepStreamsLocked(now)
+			s.mu.Unlock()
+		}
+	}
 	for _, name := range scaler.Streams(pub.Channel) {
-		n.s.mu.RLock()
-		st := n.s.streams[name]
-		n.s.mu.RUnlock()
+		st := s.stream(name, keep)
 		if st == nil {
 			continue
 		}
 		st.mu.Lock()
+		d := scaler.Delivery{Stream: name, Pub: pub}
+		if keep {
+			st.offset++
+			st.used = now
+			st.hist = append(st.hist, entry{offset: st.offset, pub: pub, at: now})
+			s.trim(st, now)
+			d.Offset, d.Epoch = st.offset, st.epoch
+		}
 		for _, dst := range st.nodes {
 			if dst.enter() {
-				dst.h.HandleDelivery(scaler.Delivery{Stream: name, Pub: pub})
+				dst.h.HandleDelivery(d)
 				dst.leave()
 			}
 		}
@@ -190,7 +356,10 @@ func (n *node) Subscribe(ctx context.Context, name string) error {
 	n.s.mu.Lock()
 	st := n.s.streams[name]
 	if st == nil {
-		st = &stream{}
+		st = &stream{used: n.s.now()}
+		if n.s.histSize > 0 {
+			st.epoch = newEpoch()
+		}
 		n.s.streams[name] = st
 	}
 	st.mu.Lock()
@@ -228,8 +397,8 @@ func (s *Scaler) removeFromStream(name string, n *node) {
 	}
 	st.mu.Lock()
 	st.nodes = slices.DeleteFunc(slices.Clone(st.nodes), func(x *node) bool { return x == n })
-	if len(st.nodes) == 0 {
-		delete(s.streams, name)
+	if len(st.nodes) == 0 && st.epoch == "" {
+		delete(s.streams, name) // no history to keep
 	}
 	st.mu.Unlock()
 }
@@ -379,6 +548,7 @@ func (s *Scaler) sweepLocked(now time.Time) {
 }
 
 var (
+	_ scaler.History      = historyNode{}
 	_ scaler.Scaler       = (*Scaler)(nil)
 	_ scaler.Node         = (*node)(nil)
 	_ scaler.SessionStore = (*node)(nil)

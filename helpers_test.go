@@ -36,6 +36,8 @@ type frame struct {
 	Data     json.RawMessage `json:"data"`
 	Result   json.RawMessage `json:"result"`
 	From     *sss.Sender     `json:"from"`
+	Offset   uint64          `json:"offset"`
+	Epoch    string          `json:"epoch"`
 	Conn     string          `json:"conn"`
 	Session  string          `json:"session"`
 	User     string          `json:"user"`

@@ -1,0 +1,329 @@
+package sss_test
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/scaler"
+	"github.com/superscaled/sss/scaler/memory"
+)
+
+type position struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
+type subAck struct {
+	Channel   string
+	Offset    *uint64
+	Epoch     string
+	Recovered *bool
+	Reason    string
+	Error     *struct{ Code string }
+}
+
+func ackResult(t testing.TB, f frame) subAck {
+	t.Helper()
+	var r subAck
+	if err := json.Unmarshal(f.Result, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func resumeResults(t testing.TB, f frame) map[string]subAck {
+	t.Helper()
+	var r struct{ Subscriptions []subAck }
+	if err := json.Unmarshal(f.Result, &r); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]subAck{}
+	for _, s := range r.Subscriptions {
+		out[s.Channel] = s
+	}
+	return out
+}
+
+// nextPub returns the next pub with its position, skipping pings.
+func (w *wsClient) nextPub(d time.Duration) (frame, bool) {
+	w.t.Helper()
+	for {
+		f, ok := w.next(d)
+		if !ok {
+			return frame{}, false
+		}
+		if f.Type == "ping" {
+			continue
+		}
+		if f.Type != "pub" {
+			w.t.Fatalf("got %+v, want a pub", f)
+		}
+		return f, true
+	}
+}
+
+// A subscriber is cut off again and again while another instance publishes
+// at full speed; every time it resumes on another instance from its last
+// position. It must end with every message once, in order.
+func TestCatchUpIsExact(t *testing.T) {
+	midStream := 0
+	for run := 0; run < 4; run++ {
+		cl := newClusterWith(t, memory.New(memory.WithHistory(20000, time.Minute)), 3)
+		const total = 10000
+		w := cl.dial(0, nil)
+		ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed"}))
+		pos := position{Offset: *ack.Offset, Epoch: ack.Epoch}
+
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 1; i <= total; i++ {
+				if err := cl.servers[1].Publish(context.Background(), "feed.items", "n", i); err != nil {
+					t.Errorf("publish %d: %v", i, err)
+					return
+				}
+			}
+		}()
+		want := 1
+		instance := 0
+		for want <= total {
+			// Read a random number of messages, then cut the connection.
+			cut := want + rand.IntN(total/4)
+			for want <= total && want < cut {
+				p, ok := w.nextPub(10 * time.Second)
+				if !ok {
+					t.Fatalf("run %d: stalled waiting for %d", run, want)
+				}
+				var n int
+				json.Unmarshal(p.Data, &n)
+				if n != want {
+					t.Fatalf("run %d: got %d, want %d", run, n, want)
+				}
+				if p.Epoch != pos.Epoch || p.Offset != pos.Offset+1 {
+					t.Fatalf("run %d: position %d/%s after %d/%s", run, p.Offset, p.Epoch, pos.Offset, pos.Epoch)
+				}
+				pos.Offset = p.Offset
+				want++
+			}
+			if want > total {
+				break
+			}
+			select {
+			case <-done:
+			default:
+				midStream++
+			}
+			w.c.CloseNow()
+			instance = (instance + 1) % 3
+			w = cl.dial(instance, nil)
+			res := resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+				{"channel": "feed", "since": pos},
+			}}))["feed"]
+			if res.Recovered == nil || !*res.Recovered || *res.Offset != pos.Offset {
+				t.Fatalf("run %d: resume %+v", run, res)
+			}
+		}
+		<-done
+		w.nothing(50 * time.Millisecond)
+	}
+	t.Logf("%d of the cuts happened while the publisher was still sending", midStream)
+	if midStream == 0 {
+		t.Fatal("no cut happened mid-stream: the test proved nothing")
+	}
+}
+
+func newClusterWith(t testing.TB, m *memory.Scaler, n int, opts ...sss.Option) *cluster {
+	t.Helper()
+	cl := &cluster{t: t}
+	for i := 0; i < n; i++ {
+		srv, err := sss.New(append([]sss.Option{sss.WithScaler(m)}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.servers = append(cl.servers, srv)
+		cl.https = append(cl.https, httptest.NewServer(srv))
+	}
+	t.Cleanup(func() {
+		for i := range cl.servers {
+			cl.servers[i].Close()
+			cl.https[i].Close()
+		}
+		m.Close()
+	})
+	return cl
+}
+
+func TestCatchUpLost(t *testing.T) {
+	cl := newClusterWith(t, memory.New(memory.WithHistory(10, time.Minute)), 2)
+	ctx := context.Background()
+	w := cl.dial(0, nil)
+	ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed"}))
+	w.c.CloseNow()
+	for i := 0; i < 100; i++ {
+		cl.servers[1].Publish(ctx, "feed", "n", i)
+	}
+	w = cl.dial(1, nil)
+	res := resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "feed", "since": position{*ack.Offset, ack.Epoch}},
+	}}))["feed"]
+	if res.Recovered == nil || *res.Recovered || res.Reason == "" || *res.Offset != 100 {
+		t.Fatalf("trimmed history: %+v", res)
+	}
+	w.nothing(50 * time.Millisecond) // nothing replayed: the client reloads instead
+	cl.servers[0].Publish(ctx, "feed", "n", "live")
+	if p, _ := w.nextPub(5 * time.Second); p.Offset != 101 {
+		t.Fatalf("live after loss: %+v", p)
+	}
+
+	// A different epoch (the backend lost its history) is lost too.
+	w.c.CloseNow()
+	w = cl.dial(0, nil)
+	res = ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed", "since": position{5, "another-epoch"}}))
+	if res.Recovered == nil || *res.Recovered || res.Epoch != ack.Epoch {
+		t.Fatalf("epoch change: %+v", res)
+	}
+	// A position from the future is not trusted either.
+	res = resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "other", "since": position{5, "whatever"}},
+	}}))["other"]
+	if res.Recovered == nil || *res.Recovered {
+		t.Fatalf("future position: %+v", res)
+	}
+}
+
+// The seed library hangs on an empty channel; here every start works.
+func TestCatchUpEmptyChannel(t *testing.T) {
+	cl := newCluster(t, 1)
+	w := cl.dial(0, nil)
+	ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "empty"}))
+	if ack.Offset == nil || *ack.Offset != 0 || ack.Epoch == "" || ack.Recovered != nil {
+		t.Fatalf("first subscribe: %+v", ack)
+	}
+	w.c.CloseNow()
+	w = cl.dial(0, nil)
+	res := resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "empty", "since": position{0, ack.Epoch}},
+		{"channel": "fresh"},
+	}}))
+	if r := res["empty"]; r.Recovered == nil || !*r.Recovered {
+		t.Fatalf("resume of an empty channel: %+v", r)
+	}
+	if r := res["fresh"]; r.Recovered != nil || r.Offset == nil {
+		t.Fatalf("resume without position: %+v", r)
+	}
+	w.nothing(50 * time.Millisecond)
+}
+
+func TestCatchUpUserChannel(t *testing.T) {
+	cl := newCluster(t, 2, sss.WithSessionParser(userParser))
+	ctx := context.Background()
+	w := cl.dial(0, as("alice", "s1"))
+	cl.servers[1].PublishUser(ctx, "alice", "n", 1)
+	p, ok := w.nextPub(5 * time.Second)
+	if !ok || p.Channel != "$u.alice" || p.Offset != 1 {
+		t.Fatalf("first user pub %+v", p)
+	}
+	w.c.CloseNow()
+	for i := 2; i <= 50; i++ {
+		cl.servers[1].PublishUser(ctx, "alice", "n", i)
+	}
+	w = cl.dial(1, as("alice", "s1"))
+	res := resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "$u.alice", "since": position{p.Offset, p.Epoch}},
+	}}))
+	if r := res["$u.alice"]; r.Recovered == nil || !*r.Recovered {
+		t.Fatalf("user channel resume: %+v", r)
+	}
+	for i := 2; i <= 50; i++ {
+		p, ok := w.nextPub(5 * time.Second)
+		var n int
+		json.Unmarshal(p.Data, &n)
+		if !ok || n != i || p.Offset != uint64(i) {
+			t.Fatalf("user catch-up: got %+v, want %d", p, i)
+		}
+	}
+	// Another user's channel cannot be resumed: it is refused like a subscribe.
+	res = resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "$u.bob", "since": position{1, p.Epoch}},
+	}}))
+	if r := res["$u.bob"]; r.Error == nil || r.Error.Code != "forbidden" {
+		t.Fatalf("other user's channel: %+v", r)
+	}
+}
+
+// Publications sent to a user while a fresh connection is being set up are
+// held, not lost, until the client's first request.
+func TestUserChannelHeldUntilFirstRequest(t *testing.T) {
+	cl := newCluster(t, 1, sss.WithSessionParser(userParser))
+	w := cl.dial(0, as("carol", "s"))
+	cl.servers[0].PublishUser(context.Background(), "carol", "early", nil)
+	w.ok(map[string]any{"type": "subscribe", "channel": "x"})
+	if p, ok := w.nextPub(5 * time.Second); !ok || p.Event != "early" {
+		t.Fatalf("held user pub %+v", p)
+	}
+}
+
+// A scaler that loses deliveries to one node, like Redis pub/sub across a
+// reconnect: the server notices the jump in offsets and fills it from
+// history.
+func TestGapRepair(t *testing.T) {
+	m := memory.New()
+	lossy := &dropScaler{Scaler: m}
+	a, _ := sss.New(sss.WithScaler(lossy))
+	b, _ := sss.New(sss.WithScaler(m))
+	ts := httptest.NewServer(a)
+	t.Cleanup(func() { a.Close(); b.Close(); ts.Close(); m.Close() })
+	w := dialWS(t, wsURL(ts), nil)
+	w.ok(map[string]any{"type": "subscribe", "channel": "feed"})
+	ctx := context.Background()
+	lossy.drop.Store(3) // the third to the ninth deliveries never arrive
+	for i := 1; i <= 20; i++ {
+		b.Publish(ctx, "feed", "n", i)
+	}
+	for i := 1; i <= 20; i++ {
+		p, ok := w.nextPub(5 * time.Second)
+		var n int
+		json.Unmarshal(p.Data, &n)
+		if !ok || n != i {
+			t.Fatalf("got %+v, want %d", p, i)
+		}
+	}
+	if a.Stats().Gaps == 0 {
+		t.Fatal("gap not counted")
+	}
+	w.nothing(50 * time.Millisecond)
+}
+
+type dropScaler struct {
+	*memory.Scaler
+	drop atomic.Int64
+}
+
+func (d *dropScaler) Join(ctx context.Context, id string, h scaler.Handler) (scaler.Node, error) {
+	return d.Scaler.Join(ctx, id, &dropHandler{Handler: h, d: d})
+}
+
+type dropHandler struct {
+	scaler.Handler
+	d  *dropScaler
+	mu sync.Mutex
+	n  int
+}
+
+func (h *dropHandler) HandleDelivery(del scaler.Delivery) {
+	h.mu.Lock()
+	h.n++
+	n := h.n
+	h.mu.Unlock()
+	if from := int(h.d.drop.Load()); from > 0 && n >= from && n < from+7 {
+		return
+	}
+	h.Handler.HandleDelivery(del)
+}

@@ -179,6 +179,13 @@ func (w *wsClient) next(d time.Duration) (frame, bool) {
 		return f, true
 	case <-timer.C:
 		return frame{}, false
+	case <-w.closed:
+		select { // what was read before the close comes first
+		case f := <-w.frames:
+			return f, true
+		default:
+			return frame{}, false
+		}
 	}
 }
 

@@ -75,8 +75,20 @@ func (sb *sub) release(pos scaler.Position) (bool, error) {
 		}
 		out = append(out, d)
 	}
-	for _, d := range out {
-		sb.c.sendDelivery(d)
+	frames := make([][]byte, len(out))
+	size := 0
+	for i, d := range out {
+		frames[i] = encodeDelivery(d)
+		size += len(frames[i])
+	}
+	if !sb.c.fits(len(frames), size) {
+		// Releasing all this at once would overflow the send queue: drop
+		// it and let catch-up read it from history, paced.
+		sb.buf = nil
+		return false, nil
+	}
+	for _, f := range frames {
+		sb.c.send(f, false)
 	}
 	sb.buf = nil
 	sb.held.Store(false)
@@ -236,6 +248,13 @@ func (s *Server) catchUp(sb *sub, pos scaler.Position) error {
 		}
 	}
 	return ErrSlowConsumer
+}
+
+// fits reports whether n frames of size bytes fit in the send queue now.
+func (c *Conn) fits(n, size int) bool {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return len(c.queue)+n <= c.srv.cfg.sendQueue && c.qbytes+size <= c.srv.cfg.sendBytes
 }
 
 // waitRoom waits until the send queue is at most half full, so catch-up

@@ -417,7 +417,7 @@ func TestLossyChannels(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithSendQueue(4, 1000), sss.WithLossyChannels(func(ch string) bool { return strings.HasPrefix(ch, "ticks") }))
 	w := cl.dial(0, nil)
 	w.subscribe("ticks")
-	for i := 0; i < 50; i++ {
+	for i := 0; i < 10000 && cl.servers[0].Stats().Dropped == 0; i++ {
 		cl.servers[0].Publish(context.Background(), "ticks", "e", strings.Repeat("y", 400))
 	}
 	if cl.servers[0].Stats().Dropped == 0 {

@@ -244,12 +244,14 @@ func (s *Server) deliver(d scaler.Delivery) {
 		s.repair(ch, d, from)
 	}
 	for c, sb := range ch.subs {
+		// A held subscription buffers everything, to see its offsets
+		// without holes; the filter below applies when it is released.
+		if sb.held.Load() && sb.hold(d) {
+			continue
+		}
 		// A connection subscribed at several levels gets one copy, through
 		// its most specific subscription.
 		if nested && c.holdsDeeper(d.Stream, pub.Channel) {
-			continue
-		}
-		if sb.held.Load() && sb.hold(d) {
 			continue
 		}
 		c.send(frame, lossy)

@@ -75,11 +75,15 @@ func (sb *sub) release(pos scaler.Position) (bool, error) {
 		}
 		out = append(out, d)
 	}
-	frames := make([][]byte, len(out))
+	frames := make([][]byte, 0, len(out))
 	size := 0
-	for i, d := range out {
-		frames[i] = encodeDelivery(d)
-		size += len(frames[i])
+	for _, d := range out {
+		if sb.coveredDeeper(d.Pub) {
+			continue
+		}
+		f := encodeDelivery(d)
+		frames = append(frames, f)
+		size += len(f)
 	}
 	if !sb.c.fits(len(frames), size) {
 		// Releasing all this at once would overflow the send queue: drop
@@ -96,6 +100,20 @@ func (sb *sub) release(pos scaler.Position) (bool, error) {
 }
 
 var errEpochChanged = errors.New("sss: the channel's history was reset during catch-up")
+
+// coveredDeeper reports whether the connection gets pub through a more
+// specific subscription than this one.
+func (sb *sub) coveredDeeper(pub *scaler.Publication) bool {
+	return pub.Channel != sb.channel && sb.c.holdsDeeper(sb.channel, pub.Channel)
+}
+
+// sendHistory queues a publication read from history, unless a more
+// specific subscription of the connection carries it.
+func (sb *sub) sendHistory(e scaler.Entry, epoch string) {
+	if !sb.coveredDeeper(e.Pub) {
+		sb.c.sendDelivery(scaler.Delivery{Stream: sb.channel, Pub: e.Pub, Offset: e.Offset, Epoch: epoch})
+	}
+}
 
 // sendDelivery queues one publication for this connection.
 func (c *Conn) sendDelivery(d scaler.Delivery) {
@@ -189,7 +207,7 @@ func (s *Server) goLive(p startPlan) {
 		return
 	}
 	for _, e := range p.entries {
-		sb.c.sendDelivery(scaler.Delivery{Stream: sb.channel, Pub: e.Pub, Offset: e.Offset, Epoch: p.epoch})
+		sb.sendHistory(e, p.epoch)
 	}
 	if !p.more {
 		done, err := sb.release(p.last)
@@ -235,7 +253,7 @@ func (s *Server) catchUp(sb *sub, pos scaler.Position) error {
 			return err
 		}
 		for _, e := range entries {
-			c.sendDelivery(scaler.Delivery{Stream: sb.channel, Pub: e.Pub, Offset: e.Offset, Epoch: top.Epoch})
+			sb.sendHistory(e, top.Epoch)
 			pos.Offset = e.Offset
 		}
 		if len(entries) < historyPage {

@@ -339,3 +339,41 @@ func (h *dropHandler) HandleDelivery(del scaler.Delivery) {
 	}
 	h.Handler.HandleDelivery(del)
 }
+
+// Catching up on a channel and its ancestor gives each publication once,
+// through the most specific subscription, as live delivery does.
+func TestCatchUpHierarchy(t *testing.T) {
+	cl := newCluster(t, 2)
+	ctx := context.Background()
+	w := cl.dial(0, nil)
+	top := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "news"}))
+	uk := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "news.uk"}))
+	w.c.CloseNow()
+	for i := 0; i < 10; i++ {
+		cl.servers[1].Publish(ctx, "news.uk.x", "uk", i)
+		cl.servers[1].Publish(ctx, "news.y", "y", i)
+	}
+	w = cl.dial(1, nil)
+	w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "news", "since": position{*top.Offset, top.Epoch}},
+		{"channel": "news.uk", "since": position{*uk.Offset, uk.Epoch}},
+	}})
+	got := map[string]int{}
+	for i := 0; i < 20; i++ {
+		p, ok := w.nextPub(5 * time.Second)
+		if !ok {
+			t.Fatalf("after %d: %v", i, got)
+		}
+		got[p.Channel+" via "+p.Sub]++
+	}
+	if got["news.uk.x via news.uk"] != 10 || got["news.y via news"] != 10 {
+		t.Fatalf("deliveries %v", got)
+	}
+	w.nothing(100 * time.Millisecond)
+	// Live publications after the resume too.
+	cl.servers[0].Publish(ctx, "news.uk.z", "uk", nil)
+	if p, _ := w.nextPub(5 * time.Second); p.Sub != "news.uk" {
+		t.Fatalf("live %+v", p)
+	}
+	w.nothing(50 * time.Millisecond)
+}

@@ -5,7 +5,11 @@
 // A Client keeps one WebSocket to one server of a cluster. When the link
 // drops it reconnects by itself (with backoff and full jitter, failing over
 // between the URLs it knows), restores its subscriptions with one resume
-// request, and reports each step through callbacks. Requests in flight when
+// request, and reports each step through callbacks. When the server keeps
+// history, the resume catches up exactly: every publication missed on each
+// subscription and on the user and session channels is delivered once, in
+// order, before the live ones; when that is impossible (history trimmed or
+// lost), OnGap says so (see RecoverInfo, Position). Requests in flight when
 // the link drops fail with ErrDisconnected; new ones wait for the next link
 // within their context (or fail fast, with WithFailFast).
 //
@@ -107,8 +111,10 @@ type Client struct {
 	info      ConnInfo
 	next      int // index in urls of the next attempt
 	subs      map[string]*Subscription
+	own       [2]ownChan // user and session channels (ownIndex)
 	tells     map[string]TellHandler
 	asks      map[string]AskHandler
+	stats     stats
 
 	onStatus    func(s, old Status)
 	onDrop      func(err error)
@@ -117,6 +123,8 @@ type Client struct {
 	onRefused   func(sub *Subscription, err error)
 	onUser      func(Message)
 	onSession   func(Message)
+	onRecover   func(RecoverInfo)
+	onGap       func(RecoverInfo)
 }
 
 // Dial connects to the sss server at url (ws:// or wss://; http(s) works
@@ -195,7 +203,7 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 func (c *Client) connect(ctx context.Context, url string, resume bool) (*link, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.dialTimeout)
 	defer cancel()
-	l, err := c.dial(ctx, url)
+	l, err := c.dial(ctx, url, resume)
 	if err != nil {
 		return nil, err
 	}
@@ -283,6 +291,11 @@ func (c *Client) reconnect(cause error, retry int) (*link, int) {
 			}
 		}
 		immediate = false
+		// Handlers far behind would refuse the catch-up the resume brings,
+		// and the new link would drop at once: let them catch up first.
+		if err := c.d.waitRoom(c.ctx); err != nil {
+			return nil, retry
+		}
 		u := c.nextURL()
 		l, err := c.connect(c.ctx, u, true)
 		if err == nil {
@@ -315,13 +328,26 @@ func (c *Client) resume(ctx context.Context, l *link) error {
 	}
 	c.mu.Unlock()
 	slices.SortFunc(subs, func(a, b *Subscription) int { return cmp.Compare(a.channel, b.channel) })
-	f := &resumeFrame{Type: "resume", Subscriptions: make([]resumeEntry, len(subs))}
+	since := make([]Position, len(subs))
+	f := &resumeFrame{Type: "resume", Subscriptions: make([]resumeEntry, len(subs), len(subs)+2)}
 	for i, s := range subs {
 		f.Subscriptions[i] = resumeEntry{Channel: s.channel, Query: s.query}
+		// Nothing of the subscription arrives on l before the resume's ack,
+		// so the position cannot move meanwhile.
+		if since[i] = s.Position(); !since[i].IsZero() {
+			f.Subscriptions[i].Since = &since[i]
+		}
+	}
+	// The user and session channels, when they are the previous
+	// connection's (welcomeOwn decided), catch up from their positions too.
+	for i, ch := range l.ownChannels() {
+		if l.ownResume[i] && !l.ownSince[i].IsZero() {
+			f.Subscriptions = append(f.Subscriptions, resumeEntry{Channel: ch, Since: &l.ownSince[i]})
+		}
 	}
 	_, err := l.roundTrip(ctx, f, false, func(l *link, result json.RawMessage, abandoned bool) {
 		if !abandoned {
-			c.applyResume(l, subs, result)
+			c.applyResume(l, subs, since, result)
 		}
 	})
 	if errors.Is(err, errNotSent) {
@@ -334,39 +360,70 @@ func (c *Client) resume(ctx context.Context, l *link) error {
 }
 
 // applyResume runs on the read loop, before any publication that follows
-// the resume's ack.
-func (c *Client) applyResume(l *link, subs []*Subscription, result json.RawMessage) {
+// the resume's ack. since holds the positions sent for subs.
+func (c *Client) applyResume(l *link, subs []*Subscription, since []Position, result json.RawMessage) {
 	var r resumeResult
 	if err := json.Unmarshal(result, &r); err != nil {
 		l.fail(fmt.Errorf("%w: resume result: %v", ErrProtocol, err))
 		return
 	}
-	verdict := make(map[string]*Error, len(r.Subscriptions))
-	for _, e := range r.Subscriptions {
-		verdict[e.Channel] = e.Error
+	results := make(map[string]*subResult, len(r.Subscriptions))
+	for i := range r.Subscriptions {
+		e := &r.Subscriptions[i]
+		results[e.Channel] = e
 	}
 	var events []func()
 	c.mu.Lock()
-	for _, s := range subs {
-		e, listed := verdict[s.channel]
+	for i, s := range subs {
+		e := results[s.channel]
 		if c.subs[s.channel] != s {
 			// Unsubscribed while the resume was in flight: the server
 			// subscribed it again, undo that.
-			if listed && e == nil {
+			if e != nil && e.Error == nil {
 				c.sendUnsubscribe(l, s.channel)
 			}
 			continue
 		}
 		switch {
-		case !listed:
-			e = Errorf(CodeInternal, "subscription missing from the resume reply")
-			fallthrough
-		case e != nil:
+		case e == nil:
+			err := Errorf(CodeInternal, "subscription missing from the resume reply")
 			delete(c.subs, s.channel)
-			events = append(events, s.setStatus(SubRefused, e, c.onRefused))
+			events = append(events, s.setStatus(SubRefused, err, c.onRefused))
+		case e.Error != nil:
+			delete(c.subs, s.channel)
+			events = append(events, s.setStatus(SubRefused, e.Error, c.onRefused))
 		default:
+			info := outcome(s.channel, KindSubscription, s, since[i], e)
+			s.mu.Lock()
+			s.pos, s.recovered = info.Position, info.Recovered
+			s.mu.Unlock()
+			s.leaving.Store(false) // an unsubscribe that failed is not pending on this link
 			events = append(events, s.setStatus(SubSubscribed, nil, nil))
+			events = c.recoveryEvents(info, events)
 		}
+	}
+	for i, ch := range l.ownChannels() {
+		if !l.ownResume[i] {
+			continue
+		}
+		var e *subResult
+		if !l.ownSince[i].IsZero() {
+			e = results[ch] // listed: reported
+		}
+		info := outcome(ch, ChannelKind(i+1), nil, l.ownSince[i], e)
+		switch {
+		case e != nil:
+			c.own[i].pos = info.Position
+		case l.ownSince[i].IsZero():
+			// Not listed: live from the welcome's position.
+			info.Position = l.positions[ch]
+			c.own[i].pos = info.Position
+		default:
+			// Listed but not reported: the position stays, publications
+			// that arrive move it on.
+			info.Position = c.own[i].pos
+		}
+		events = c.recoveryEvents(info, events)
 	}
 	c.mu.Unlock()
 	for _, ev := range events {
@@ -409,6 +466,7 @@ func (c *Client) linkUp(l *link, reconnected bool) {
 	c.mu.Unlock()
 	c.d.push(ev)
 	if reconnected {
+		c.stats.reconnects.Add(1)
 		c.d.push(func() {
 			if onReconnect != nil {
 				onReconnect(info)
@@ -583,8 +641,9 @@ func (c *Client) OnStatusChange(fn func(s, old Status)) {
 }
 
 // OnDrop sets the callback for a dropped link (not one ended by Close), with
-// the reason: a *CloseError when the server closed it, ErrLinkTimeout when
-// it went silent, a network error. The status then becomes Reconnecting, or
+// the reason: a *CloseError when the server closed it (4006: it could not
+// keep a channel exact; the client resumes, and OnRecover and OnGap tell
+// the outcome), ErrLinkTimeout when it went silent, a network error. The status then becomes Reconnecting, or
 // Closed if the reason is final (Err tells).
 func (c *Client) OnDrop(fn func(err error)) {
 	c.mu.Lock()
@@ -593,7 +652,8 @@ func (c *Client) OnDrop(fn func(err error)) {
 }
 
 // OnReconnect sets the callback for a successful reconnection; it runs after
-// every subscription was restored or reported refused.
+// every subscription was restored or reported refused, and after the
+// outcomes of their catch-up (OnRecover, OnGap).
 func (c *Client) OnReconnect(fn func(info ConnInfo)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -783,16 +843,71 @@ func (c *Client) link(ctx context.Context) (*link, error) {
 }
 
 // routePub hands a publication to its subscription's handlers. It runs on
-// the read loop, so the lookup is ordered with subscribe and resume acks.
+// the read loop, so the lookup is ordered with subscribe and resume acks,
+// and so are the positions: a publication not past its channel's position
+// is dropped, and one from an unexpected epoch is reported as a gap first.
 func (c *Client) routePub(l *link, f *inFrame) {
+	if l.dropping {
+		return // the link is going: what is not delivered, the resume sends again
+	}
 	sub := f.Sub
 	if sub == "" {
 		sub = f.Channel
 	}
 	m := Message{Channel: f.Channel, Sub: sub, Event: f.Event, Data: f.Data, From: f.From}
-	var fn func()
+	var p Position
+	if f.Offset != nil && f.Epoch != "" {
+		p = Position{Offset: *f.Offset, Epoch: f.Epoch}
+		m.Offset, m.Epoch = p.Offset, p.Epoch
+	}
+	kind := KindSubscription
+	var s *Subscription
 	switch {
 	case sub == l.info.UserChannel && sub != "":
+		kind = KindUser
+	case sub == l.info.SessionChannel && sub != "":
+		kind = KindSession
+	default:
+		c.mu.Lock()
+		s = c.subs[sub]
+		deeper := s != nil && c.deeperHeld(sub, f.Channel)
+		c.mu.Unlock()
+		if s == nil {
+			c.log.Debug("sss: publication for no subscription", "channel", f.Channel, "sub", sub)
+			return
+		}
+		if deeper {
+			// The protocol delivers a publication once, through the most
+			// specific subscription: this one comes through the other too.
+			c.stats.duplicates.Add(1)
+			c.log.Debug("sss: publication through an ancestor subscription dropped", "channel", f.Channel, "sub", sub, "offset", p.Offset)
+			return
+		}
+	}
+	pos := c.positionOf(kind, s)
+	ok, epochChanged := accept(pos, p)
+	if !ok {
+		c.stats.duplicates.Add(1)
+		c.log.Debug("sss: duplicate publication dropped", "channel", f.Channel, "sub", sub, "offset", p.Offset, "position", pos)
+		return
+	}
+	if epochChanged {
+		info := epochGap(sub, kind, s, pos, p)
+		c.mu.Lock()
+		if s != nil {
+			s.mu.Lock()
+			s.recovered = false
+			s.mu.Unlock()
+		}
+		events := c.recoveryEvents(info, nil)
+		c.mu.Unlock()
+		for _, ev := range events {
+			c.d.push(ev)
+		}
+	}
+	var fn func()
+	switch kind {
+	case KindUser:
 		fn = func() {
 			c.mu.Lock()
 			h := c.onUser
@@ -801,7 +916,7 @@ func (c *Client) routePub(l *link, f *inFrame) {
 				h(m)
 			}
 		}
-	case sub == l.info.SessionChannel && sub != "":
+	case KindSession:
 		fn = func() {
 			c.mu.Lock()
 			h := c.onSession
@@ -811,31 +926,84 @@ func (c *Client) routePub(l *link, f *inFrame) {
 			}
 		}
 	default:
-		c.mu.Lock()
-		s := c.subs[sub]
-		c.mu.Unlock()
-		if s == nil {
-			c.log.Debug("sss: publication for no subscription", "channel", f.Channel, "sub", sub)
-			return
-		}
-		s.track(f)
 		fn = func() { s.deliver(m) }
 	}
-	c.queue(l, fn)
+	if p.IsZero() {
+		c.queue(l, fn)
+		return
+	}
+	// The position moves before the handler can run (Position is never
+	// behind a message handled), and back if the publication is refused
+	// here: it comes again after the resume.
+	if epochChanged {
+		pos = Position{Offset: p.Offset - 1, Epoch: p.Epoch}
+	}
+	c.setPositionOf(kind, s, p)
+	if !c.queue(l, fn) {
+		c.setPositionOf(kind, s, pos)
+	}
+}
+
+// deeperHeld reports whether the client holds a subscription below sub that
+// channel belongs to, not being unsubscribed: the server delivers channel's
+// publications through that one. Subscriptions count from their ack, which
+// the server sends after it stopped delivering through sub. The caller holds
+// c.mu.
+func (c *Client) deeperHeld(sub, channel string) bool {
+	if len(channel) <= len(sub)+1 || channel[len(sub)] != '.' || channel[:len(sub)] != sub {
+		return false
+	}
+	for i := len(sub) + 1; i <= len(channel); i++ {
+		if i == len(channel) || channel[i] == '.' {
+			if d := c.subs[channel[:i]]; d != nil && !d.leaving.Load() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// positionOf returns where a channel the link receives stands.
+func (c *Client) positionOf(kind ChannelKind, s *Subscription) Position {
+	if s != nil {
+		return s.Position()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.own[ownIndex(kind)].pos
+}
+
+// setPositionOf moves a channel's position; on the read loop.
+func (c *Client) setPositionOf(kind ChannelKind, s *Subscription, p Position) {
+	if s != nil {
+		s.setPosition(p)
+		return
+	}
+	c.mu.Lock()
+	c.own[ownIndex(kind)].pos = p
+	c.mu.Unlock()
 }
 
 // queue hands a message handler to the dispatcher, dropping the link if the
-// handlers are too far behind.
-func (c *Client) queue(l *link, fn func()) {
-	if err := c.d.pushMsg(fn); errors.Is(err, errQueueFull) {
+// handlers are too far behind; it reports whether fn was queued. After a
+// refusal, nothing more from the link is delivered, so that no publication
+// overtakes the one refused.
+func (c *Client) queue(l *link, fn func()) bool {
+	err := c.d.pushMsg(fn)
+	if errors.Is(err, errQueueFull) {
 		c.log.Warn("sss: handlers too slow, dropping the link", "buffer", c.opts.msgBuffer)
+		l.dropping = true
 		c.emitError(ErrSlowConsumer)
 		l.fail(ErrSlowConsumer)
 	}
+	return err == nil
 }
 
 // routeTell queues a server tell for its handler.
 func (c *Client) routeTell(l *link, f *inFrame) {
+	if l.dropping {
+		return
+	}
 	name, data := f.Name, f.Data
 	c.queue(l, func() {
 		c.mu.Lock()

@@ -38,10 +38,18 @@ type link struct {
 
 	welcomed chan struct{} // closed once info, sem and window are set
 	gotHello bool          // read loop only: the welcome was handled
+	dropping bool          // read loop only: a message was refused, deliver no more
 	info     ConnInfo
-	sem      chan struct{} // asks and tells in flight, per welcome's concurrency; nil: no limit
-	window   time.Duration // ping+pong: silence longer than this means the link is dead
-	alive    *time.Timer
+	// Set from the welcome (before welcomed is closed): the positions of
+	// the user and session channels, and, on a link that resumes, which of
+	// them continue the previous connection's (ownResume) and from where.
+	positions map[string]Position
+	resuming  bool // set at dial: the client sends a resume on this link
+	ownResume [2]bool
+	ownSince  [2]Position
+	sem       chan struct{} // asks and tells in flight, per welcome's concurrency; nil: no limit
+	window    time.Duration // ping+pong: silence longer than this means the link is dead
+	alive     *time.Timer
 
 	mu      sync.Mutex
 	pending map[uint64]*call
@@ -84,7 +92,7 @@ const defaultMaxMessage = 64 << 10
 
 // dial opens a WebSocket to url and starts the link's goroutines. It does not
 // wait for the welcome.
-func (c *Client) dial(ctx context.Context, url string) (*link, error) {
+func (c *Client) dial(ctx context.Context, url string, resuming bool) (*link, error) {
 	hc := *c.opts.httpClient
 	rt := &rawCapture{base: hc.Transport}
 	hc.Transport = rt
@@ -121,6 +129,7 @@ func (c *Client) dial(ctx context.Context, url string) (*link, error) {
 		pending:    make(map[uint64]*call),
 		writerDone: make(chan struct{}),
 		done:       make(chan struct{}),
+		resuming:   resuming,
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	c.wg.Add(2)
@@ -327,6 +336,8 @@ func (l *link) setWelcome(f *inFrame) {
 	if f.Version != 1 {
 		l.c.log.Warn("sss: unexpected protocol version in welcome", "version", f.Version)
 	}
+	l.positions = f.Positions
+	l.c.welcomeOwn(l)
 	if n := f.Limits.Concurrency; n > 0 {
 		l.sem = make(chan struct{}, n)
 	}
@@ -335,6 +346,29 @@ func (l *link) setWelcome(f *inFrame) {
 	}
 	l.gotHello = true
 	close(l.welcomed)
+}
+
+// ownChannels returns the link's user and session channels, by ownIndex.
+func (l *link) ownChannels() [2]string {
+	return [2]string{l.info.UserChannel, l.info.SessionChannel}
+}
+
+// welcomeOwn records a new link's user and session channels; on the read
+// loop, before any publication. On a link that resumes, a channel that is
+// the previous connection's (same user, same session) continues: it catches
+// up from its position. Any other starts from the welcome's position: the
+// server only lets a connection catch up on its own channels.
+func (c *Client) welcomeOwn(l *link) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, ch := range l.ownChannels() {
+		o := &c.own[i]
+		if l.resuming && ch != "" && ch == o.channel {
+			l.ownResume[i], l.ownSince[i] = true, o.pos
+			continue
+		}
+		*o = ownChan{channel: ch, pos: l.positions[ch]}
+	}
 }
 
 // complete hands a reply to the call waiting for it.

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"sync"
 )
@@ -22,6 +23,7 @@ type dispatcher struct {
 	nmsgs    int
 	maxMsgs  int
 	wake     chan struct{} // capacity 1: the queue is not empty
+	room     chan struct{} // capacity 1: a message was handled
 	stopping bool          // drop messages, run the remaining lifecycle events, exit
 	running  bool          // a handler is running now
 	done     chan struct{}
@@ -43,6 +45,7 @@ func newDispatcher(maxMsgs int, recover func(v any)) *dispatcher {
 	d := &dispatcher{
 		maxMsgs: maxMsgs,
 		wake:    make(chan struct{}, 1),
+		room:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		recover: recover,
 	}
@@ -109,6 +112,26 @@ func (d *dispatcher) stop() (running bool) {
 	return running
 }
 
+// waitRoom waits until at most half of maxMsgs messages are waiting (or the
+// dispatcher stops), within ctx. The client calls it before reconnecting
+// after a slow-consumer drop: a resume would catch up on what was missed at
+// once, and drop the new link too if the handlers had no room for it.
+func (d *dispatcher) waitRoom(ctx context.Context) error {
+	for {
+		d.mu.Lock()
+		ok := d.nmsgs <= d.maxMsgs/2 || d.stopping
+		d.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-d.room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 func (d *dispatcher) loop() {
 	defer close(d.done)
 	for {
@@ -127,6 +150,10 @@ func (d *dispatcher) loop() {
 		d.q = d.q[1:]
 		if ev.msg {
 			d.nmsgs--
+			select {
+			case d.room <- struct{}{}:
+			default:
+			}
 		}
 		d.running = true
 		d.mu.Unlock()

@@ -1,6 +1,9 @@
 package client
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"strconv"
+)
 
 // The client defines its own frames from docs/protocol.md instead of sharing
 // the server's: it proves the document is enough to write a client.
@@ -27,9 +30,12 @@ type inFrame struct {
 		User    string `json:"user"`
 		Session string `json:"session"`
 	} `json:"channels"`
-	Ping   int64  `json:"ping"`
-	Pong   int64  `json:"pong"`
-	Limits Limits `json:"limits"`
+	// Positions of the user and session channels, when the server keeps
+	// history.
+	Positions map[string]Position `json:"positions"`
+	Ping      int64               `json:"ping"`
+	Pong      int64               `json:"pong"`
+	Limits    Limits              `json:"limits"`
 
 	// pub
 	Channel string          `json:"channel"`
@@ -37,9 +43,8 @@ type inFrame struct {
 	Event   string          `json:"event"`
 	Data    json.RawMessage `json:"data"`
 	From    Sender          `json:"from"`
-	// Offset and Epoch are not sent by protocol v1; a later version adds them
-	// per channel for resume with catch-up. Decoded now so positions can be
-	// kept per subscription (see Subscription.pos).
+	// Offset and Epoch, when the server keeps history: the publication's
+	// position in the stream of Sub.
 	Offset *uint64 `json:"offset"`
 	Epoch  string  `json:"epoch"`
 
@@ -47,6 +52,8 @@ type inFrame struct {
 	Name string `json:"name"`
 }
 
+// subscribeFrame never carries "since": a new subscription starts from the
+// channel's current position (the ack's).
 type subscribeFrame struct {
 	Type    string          `json:"type"` // "subscribe"
 	ID      uint64          `json:"id"`
@@ -82,17 +89,39 @@ type resumeFrame struct {
 	Subscriptions []resumeEntry `json:"subscriptions"` // never nil: present means authoritative
 }
 
-// resumeEntry is one subscription in a resume request and its reply. When
-// the protocol adds history, the subscription's position (Subscription.pos)
-// goes here.
+// resumeEntry is one channel in a resume request: a subscription, or the
+// user or session channel (with Since only).
 type resumeEntry struct {
 	Channel string          `json:"channel"`
 	Query   json.RawMessage `json:"query,omitempty"`
-	Error   *Error          `json:"error,omitempty"` // in the reply only
+	Since   *Position       `json:"since,omitempty"` // catch up after this position
+}
+
+// subResult is what an ack says of a subscription: the result of a
+// subscribe, or one entry of a resume's.
+type subResult struct {
+	Channel string `json:"channel"`
+	// Offset and Epoch (when the server keeps history): where the client
+	// stands when the publications that follow begin.
+	Offset *uint64 `json:"offset"`
+	Epoch  string  `json:"epoch"`
+	// Recovered is present when a position was sent: whether every
+	// publication after it follows. Reason says why not.
+	Recovered *bool  `json:"recovered"`
+	Reason    string `json:"reason"`
+	Error     *Error `json:"error"` // resume: this subscription was refused
+}
+
+// position returns the result's position, zero when it has none.
+func (r *subResult) position() Position {
+	if r.Offset == nil || r.Epoch == "" {
+		return Position{}
+	}
+	return Position{Offset: *r.Offset, Epoch: r.Epoch}
 }
 
 type resumeResult struct {
-	Subscriptions []resumeEntry `json:"subscriptions"`
+	Subscriptions []subResult `json:"subscriptions"`
 }
 
 type replyFrame struct {
@@ -124,6 +153,26 @@ type Limits struct {
 	// Concurrency is the number of asks and tells that may be in flight at
 	// once; the client waits for a free slot instead of exceeding it.
 	Concurrency int `json:"concurrency"`
+}
+
+// Position is a place in a channel's stream (docs/protocol.md, "Positions
+// and catch-up"): the offset of the last publication seen, in an epoch, an
+// opaque string that changes when the stream's history was lost. Offsets
+// only compare within one epoch. The zero Position means unknown: the server
+// keeps no history.
+type Position struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
+// IsZero reports whether p is unknown.
+func (p Position) IsZero() bool { return p.Epoch == "" }
+
+func (p Position) String() string {
+	if p.IsZero() {
+		return "none"
+	}
+	return strconv.FormatUint(p.Offset, 10) + "@" + p.Epoch
 }
 
 // Sender identifies the client connection that published a message, stamped

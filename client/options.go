@@ -123,7 +123,9 @@ func WithReadLimit(n int64) Option {
 // handled (default 1024). The connection is read on regardless, so replies
 // are never stuck behind slow handlers; if the handlers fall further behind,
 // the client drops the link with ErrSlowConsumer and resumes, as the server
-// does with a client that does not keep up.
+// does with a client that does not keep up: it reconnects once the handlers
+// are down to half the buffer, and the resume catches up on what was not
+// handed to them.
 func WithMessageBuffer(n int) Option {
 	return func(o *options) { o.msgBuffer = max(n, 1) }
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // SubStatus is the state of a Subscription.
@@ -53,6 +54,11 @@ type Message struct {
 	// From is the client that published, stamped by the server; zero when
 	// the server published.
 	From Sender
+	// Offset and Epoch are the publication's position in the stream of Sub
+	// (not of Channel), when the server keeps history; zero otherwise.
+	// Within an epoch, the offsets a subscription receives increase.
+	Offset uint64
+	Epoch  string
 }
 
 // Decode decodes the message's data into v with encoding/json.
@@ -77,18 +83,15 @@ type Subscription struct {
 	on       map[string]func(Message)
 	onAny    func(Message)
 	onStatus func(s, old SubStatus)
-	pos      position
-}
-
-// position is where the subscription stands in its channel's history.
-// Protocol v1 has no history; a later version sends an offset and an epoch
-// with each publication and accepts them in resume entries to catch up.
-// The read loop records them already, so that only the resume entry has to
-// change then.
-type position struct {
-	known  bool
-	offset uint64
-	epoch  string
+	onGap    func(RecoverInfo)
+	// pos is where the subscription stands in its channel's stream: set by
+	// the subscribe or resume ack, moved on by each publication received
+	// (on the read loop).
+	pos       Position
+	recovered bool // the last catch-up was exact (true until one was not)
+	// leaving is set when an unsubscribe is sent: from then on the server
+	// may deliver the channel's publications through an ancestor.
+	leaving atomic.Bool
 }
 
 // SubscribeOption configures Subscribe.
@@ -118,6 +121,15 @@ func WithMessageHandler(fn func(Message)) SubscribeOption {
 	}
 }
 
+// WithGapHandler sets the subscription's gap callback, in place from the
+// start (see Subscription.OnGap).
+func WithGapHandler(fn func(RecoverInfo)) SubscribeOption {
+	return func(s *Subscription) error {
+		s.onGap = fn
+		return nil
+	}
+}
+
 // WithEventHandler sets the handler for one event, in place before the first
 // message can arrive (see Subscription.On).
 func WithEventHandler(event string, fn func(Message)) SubscribeOption {
@@ -134,14 +146,28 @@ func WithEventHandler(event string, fn func(Message)) SubscribeOption {
 // ErrLimitExceeded. Messages are delivered from the acknowledgement on; give
 // handlers as options to be sure to see the first ones.
 func (c *Client) Subscribe(ctx context.Context, channel string, opts ...SubscribeOption) (*Subscription, error) {
-	s := &Subscription{c: c, channel: channel, on: make(map[string]func(Message))}
+	s := &Subscription{c: c, channel: channel, on: make(map[string]func(Message)), recovered: true}
 	for _, opt := range opts {
 		if err := opt(s); err != nil {
 			return nil, fmt.Errorf("sss: subscribe to %q: %w", channel, err)
 		}
 	}
 	f := &subscribeFrame{Type: "subscribe", Channel: channel, Query: s.query}
-	onAck := func(l *link, _ json.RawMessage, abandoned bool) {
+	onAck := func(l *link, result json.RawMessage, abandoned bool) {
+		var r subResult
+		if len(result) > 0 {
+			if err := json.Unmarshal(result, &r); err != nil {
+				c.log.Warn("sss: invalid subscribe result", "channel", channel, "err", err)
+			}
+		}
+		// Before any publication of the subscription: the read loop runs
+		// onAck before the next frame.
+		s.mu.Lock()
+		s.pos = r.position()
+		s.mu.Unlock()
+		if r.Reason != "" {
+			c.log.Debug("sss: subscribed", "channel", channel, "reason", r.Reason)
+		}
 		c.mu.Lock()
 		if abandoned || c.status == StatusClosed {
 			c.mu.Unlock()
@@ -196,6 +222,36 @@ func (s *Subscription) Err() error {
 	return s.err
 }
 
+// Position returns where the subscription stands in its channel's stream:
+// the position of the last publication received, or where the last
+// subscribe or resume placed it. Zero when the server keeps no history.
+func (s *Subscription) Position() Position {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pos
+}
+
+// Recovered reports whether the subscription's catch-up after the last
+// reconnect was exact: every publication since the previous connection was
+// delivered. It is true until a reconnect, and false after a gap (OnGap: a
+// reconnect that lost publications, or a publication from an unexpected
+// epoch) until the next exact catch-up.
+func (s *Subscription) Recovered() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recovered
+}
+
+// OnGap sets the callback for publications lost on this subscription (see
+// Client.OnGap, which fires too): the application should reload what it
+// derives from the channel. It runs before the publications that follow
+// the gap are delivered.
+func (s *Subscription) OnGap(fn func(RecoverInfo)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onGap = fn
+}
+
 // On sets the handler for messages with the given event, replacing any.
 func (s *Subscription) On(event string, fn func(Message)) {
 	s.mu.Lock()
@@ -238,6 +294,7 @@ func (s *Subscription) Unsubscribe(ctx context.Context) error {
 		c.dropSub(s)
 		return nil
 	}
+	s.leaving.Store(true)
 	c.mu.Unlock()
 	f := &unsubscribeFrame{Type: "unsubscribe", Channel: s.channel}
 	_, err := l.roundTrip(ctx, f, false, func(*link, json.RawMessage, bool) { c.dropSub(s) })
@@ -291,13 +348,10 @@ func (s *Subscription) setStatus(st SubStatus, err error, onRefused func(*Subscr
 	}
 }
 
-// track records the position of a publication; on the read loop.
-func (s *Subscription) track(f *inFrame) {
-	if f.Offset == nil {
-		return
-	}
+// setPosition records where the subscription stands; on the read loop.
+func (s *Subscription) setPosition(p Position) {
 	s.mu.Lock()
-	s.pos = position{known: true, offset: *f.Offset, epoch: f.Epoch}
+	s.pos = p
 	s.mu.Unlock()
 }
 

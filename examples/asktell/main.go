@@ -1,6 +1,7 @@
 // Command asktell shows the sss Go client against an in-process server: an
-// ask, a tell, a subscription fed by a server publish, and a server push to
-// the user. It starts everything on 127.0.0.1 and exits by itself.
+// ask, a tell, a subscription fed by a server publish, a server push to the
+// user, and a dropped link after which the client resumes and catches up on
+// what it missed. It starts everything on 127.0.0.1 and exits by itself.
 //
 //	go run ./examples/asktell
 package main
@@ -32,7 +33,9 @@ func run() error {
 
 	// The server. Its session parser trusts an X-User header: a real one
 	// would check a cookie or a token.
+	conns := make(chan *sss.Conn, 2)
 	srv, err := sss.New(
+		sss.WithHooks(sss.Hooks{OnConnect: func(c *sss.Conn) { conns <- c }}),
 		sss.WithLogger(slog.New(slog.DiscardHandler)),
 		sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
 			user := r.Header.Get("X-User")
@@ -78,12 +81,19 @@ func run() error {
 	// The client. Handlers for what the server pushes are registered in
 	// WithInit, so they are in place before the first frame arrives.
 	pushed := make(chan string, 1)
+	resumed := make(chan client.RecoverInfo, 2)
 	c, err := client.Dial(ctx, url,
 		client.WithHeader(http.Header{"X-User": {"alice"}}),
 		client.WithInit(func(c *client.Client) {
 			c.HandleTell("notify", func(ctx context.Context, data json.RawMessage) error {
 				pushed <- string(data)
 				return nil
+			})
+			// After a reconnect, each channel's catch-up is reported: a gap
+			// (Recovered false) means the application must reload its state.
+			c.OnRecover(func(info client.RecoverInfo) { resumed <- info })
+			c.OnGap(func(info client.RecoverInfo) {
+				log.Printf("publications lost on %s: %s", info.Channel, info.Reason)
 			})
 		}),
 	)
@@ -117,7 +127,21 @@ func run() error {
 		return err
 	}
 	m := <-articles
-	fmt.Printf("pub %s on %s (subscription %s): %s\n", m.Event, m.Channel, m.Sub, m.Data)
+	fmt.Printf("pub %s on %s (subscription %s, offset %d): %s\n", m.Event, m.Channel, m.Sub, m.Offset, m.Data)
+
+	// The link drops (here the server disconnects the client, close code
+	// 4005) and an article is published meanwhile. The client reconnects
+	// and resumes from its positions: the article arrives, once.
+	(<-conns).Close("demo", false)
+	if err := srv.Publish(ctx, "news.uk", "article", map[string]string{"title": "While you were away"}); err != nil {
+		return err
+	}
+	for range 2 { // the subscription, then the user channel
+		info := <-resumed
+		fmt.Printf("resumed %s (%s) from offset %d: recovered %t\n", info.Channel, info.Kind, info.Since.Offset, info.Recovered)
+	}
+	m = <-articles
+	fmt.Printf("pub %s on %s (subscription %s, offset %d): %s\n", m.Event, m.Channel, m.Sub, m.Offset, m.Data)
 
 	// A server push to every connection of the user, wherever they are.
 	if err := srv.Tell(ctx, sss.ToUser("alice"), "notify", map[string]string{"text": "you have mail"}); err != nil {

@@ -84,9 +84,7 @@ func (s *Server) handleAsk(c *Conn, f inFrame) {
 			reply(encodeError(f.ID, Errorf(CodeTimeout, "ask %q timed out", f.Name)))
 		}
 	})
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
+	if !c.spawn(func() {
 		res, err := s.runAsk(ctx, c, f.Name, h, f.Data)
 		stop()
 		cancel()
@@ -98,7 +96,11 @@ func (s *Server) handleAsk(c *Conn, f inFrame) {
 			return
 		}
 		reply(encodeAck(f.ID, res))
-	}()
+	}) {
+		stop()
+		cancel()
+		<-c.sem
+	}
 }
 
 // runAsk calls h, encodes its result, and turns a panic into internal.
@@ -149,9 +151,7 @@ func (s *Server) handleTell(c *Conn, f inFrame) {
 	}
 	s.stats.tells.Add(1)
 	c.send(encodeAck(f.ID, nil), false)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
+	if !c.spawn(func() {
 		defer func() { <-c.sem }()
 		ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 		defer cancel()
@@ -164,7 +164,9 @@ func (s *Server) handleTell(c *Conn, f inFrame) {
 		if err := h(ctx, c, f.Data); err != nil {
 			s.log.Warn("sss: tell handler failed", "tell", f.Name, "conn", c.id, "err", err)
 		}
-	}()
+	}) {
+		<-c.sem
+	}
 }
 
 // Target names who a server Tell reaches: a connection, every connection of
@@ -437,11 +439,7 @@ func (c *Conn) handleReply(f inFrame) {
 		c.srv.replyNode(p.origin, p.originID, data, e)
 		return
 	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		c.srv.replyNode(p.origin, p.originID, data, e)
-	}()
+	c.spawn(func() { c.srv.replyNode(p.origin, p.originID, data, e) })
 }
 
 // sweepAsks forgets server asks past their deadline (the asker gave up).

@@ -49,7 +49,12 @@ type Conn struct {
 
 	sem     chan struct{} // ask/tell handler slots
 	limiter *rate.Limiter
-	wg      sync.WaitGroup // handler goroutines
+
+	// Goroutines the connection owns (handlers, catch-up); once ended,
+	// the connection starts no more.
+	gmu   sync.Mutex
+	ended bool
+	wg    sync.WaitGroup
 
 	// Server asks awaiting this client's reply.
 	amu    sync.Mutex
@@ -301,6 +306,29 @@ func (c *Conn) nestedWith(name string) int32 {
 // isAncestor reports whether a is a strict ancestor of b ("news" of "news.uk").
 func isAncestor(a, b string) bool {
 	return len(b) > len(a) && b[len(a)] == '.' && b[:len(a)] == a
+}
+
+// spawn runs f on a goroutine owned by the connection, unless it ended.
+func (c *Conn) spawn(f func()) bool {
+	c.gmu.Lock()
+	defer c.gmu.Unlock()
+	if c.ended {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// endGoroutines stops new goroutines and waits for the running ones.
+func (c *Conn) endGoroutines() {
+	c.gmu.Lock()
+	c.ended = true
+	c.gmu.Unlock()
+	c.wg.Wait()
 }
 
 type ownSub struct {

@@ -225,16 +225,14 @@ func (s *Server) goLive(p startPlan) {
 // connection, pacing itself on the send queue, then releases the buffer.
 func (s *Server) catchUpLater(sb *sub, pos scaler.Position) {
 	c := sb.c
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
+	c.spawn(func() {
 		if err := s.catchUp(sb, pos); err != nil && c.ctx.Err() == nil {
 			s.log.Warn("sss: catch-up failed", "conn", c.id, "channel", sb.channel, "err", err)
 			// The client's view of the channel can no longer be made exact:
 			// make it reconnect and resume, which reports recovered or not.
 			c.close(CloseResync, "catch-up failed", err)
 		}
-	}()
+	})
 }
 
 func (s *Server) catchUp(sb *sub, pos scaler.Position) error {

@@ -115,7 +115,7 @@ func (s *Server) serve(c *Conn) {
 	if c.ownTimer != nil {
 		c.ownTimer.Stop()
 	}
-	c.wg.Wait() // handlers see c.ctx cancelled
+	c.endGoroutines() // handlers see c.ctx cancelled
 	s.cleanup(c)
 	<-writerDone
 	if c.closeCause != nil {
@@ -212,6 +212,13 @@ func (s *Server) cleanup(c *Conn) {
 	delete(s.conns, c.id)
 	s.cmu.Unlock()
 	c.failAsks(ctx)
+	if c.persist && s.store != nil {
+		// The session's subscriptions expire a TTL after its last
+		// connection ended, not after it began.
+		if err := s.store.TouchSession(ctx, c.session.SessionID); err != nil {
+			s.storeError("touch", err)
+		}
+	}
 }
 
 func (s *Server) welcome(c *Conn) []byte {

@@ -377,3 +377,54 @@ func TestCatchUpHierarchy(t *testing.T) {
 	}
 	w.nothing(50 * time.Millisecond)
 }
+
+// A session store that is down (its calls hang until their deadline) does
+// not stop subscriptions: they work locally, and the failure is counted.
+func TestSessionStoreDown(t *testing.T) {
+	m := memory.New()
+	down := &downStore{Scaler: m}
+	srv, _ := sss.New(sss.WithScaler(down), sss.WithSessionParser(userParser))
+	ts := httptest.NewServer(srv)
+	t.Cleanup(func() { srv.Close(); ts.Close(); m.Close() })
+	w := dialWS(t, wsURL(ts), as("dave", "sd"))
+	w.subscribe("a")
+	w.subscribe("b") // skipped while the store is known to be down
+	srv.Publish(context.Background(), "b", "e", 1)
+	if p, ok := w.nextPub(5 * time.Second); !ok || p.Channel != "b" {
+		t.Fatalf("pub %+v", p)
+	}
+	if srv.Stats().ScalerErrors < 2 {
+		t.Fatalf("store failures not counted: %+v", srv.Stats())
+	}
+	w.fails(map[string]any{"type": "resume"}, "unavailable")
+}
+
+type downStore struct{ *memory.Scaler }
+
+func (d *downStore) Join(ctx context.Context, id string, h scaler.Handler) (scaler.Node, error) {
+	n, err := d.Scaler.Join(ctx, id, h)
+	if err != nil {
+		return nil, err
+	}
+	return downNode{Node: n, History: n.(scaler.History)}, nil
+}
+
+type downNode struct {
+	scaler.Node
+	scaler.History
+}
+
+func (downNode) AddSubscription(ctx context.Context, _ string, _ scaler.StoredSubscription) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+func (downNode) RemoveSubscription(ctx context.Context, _, _ string) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+func (downNode) Subscriptions(ctx context.Context, _ string) ([]scaler.StoredSubscription, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (downNode) TouchSession(ctx context.Context, _ string) error  { <-ctx.Done(); return ctx.Err() }
+func (downNode) ExpireSession(ctx context.Context, _ string) error { <-ctx.Done(); return ctx.Err() }

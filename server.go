@@ -151,9 +151,11 @@ func (s *Server) run(c *Conn) error {
 		c.own = append(c.own, ownSub{sb: sb, pos: s.position(c.ctx, name)})
 	}
 	if c.persist && s.store != nil {
-		if err := s.store.TouchSession(c.ctx, c.session.SessionID); err != nil {
-			s.storeError("touch", err)
-		}
+		c.spawn(func() { // off the connect path: a slow store must not delay the welcome
+			s.storeCall(c.ctx, "touch", func(ctx context.Context, st scaler.SessionStore) error {
+				return st.TouchSession(ctx, c.session.SessionID)
+			})
+		})
 	}
 	c.send(s.welcome(c), false)
 	// A client that says nothing gets its user and session channels soon.
@@ -212,12 +214,12 @@ func (s *Server) cleanup(c *Conn) {
 	delete(s.conns, c.id)
 	s.cmu.Unlock()
 	c.failAsks(ctx)
-	if c.persist && s.store != nil {
+	if c.persist {
 		// The session's subscriptions expire a TTL after its last
 		// connection ended, not after it began.
-		if err := s.store.TouchSession(ctx, c.session.SessionID); err != nil {
-			s.storeError("touch", err)
-		}
+		s.storeCall(ctx, "touch", func(ctx context.Context, st scaler.SessionStore) error {
+			return st.TouchSession(ctx, c.session.SessionID)
+		})
 	}
 }
 
@@ -372,10 +374,10 @@ func (s *Server) subscribe(c *Conn, channel string, query json.RawMessage, since
 	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 	defer cancel()
 	p := s.prepare(ctx, sb, since)
-	if c.persist && s.store != nil {
-		if err := s.store.AddSubscription(ctx, c.session.SessionID, scaler.StoredSubscription{Channel: channel, Query: query}); err != nil {
-			s.storeError("add subscription", err)
-		}
+	if c.persist {
+		s.storeCall(ctx, "add subscription", func(ctx context.Context, st scaler.SessionStore) error {
+			return st.AddSubscription(ctx, c.session.SessionID, scaler.StoredSubscription{Channel: channel, Query: query})
+		})
 	}
 	if h := s.cfg.hooks.OnSubscribe; h != nil {
 		s.hook("OnSubscribe", func() { h(c, channel) })
@@ -472,10 +474,10 @@ func (s *Server) unsubscribe(c *Conn, channel string) error {
 		return Errorf(CodeNotFound, "not subscribed to %q", channel)
 	}
 	s.detach(c.ctx, c, channel)
-	if c.persist && s.store != nil {
-		if err := s.store.RemoveSubscription(c.ctx, c.session.SessionID, channel); err != nil {
-			s.storeError("remove subscription", err)
-		}
+	if c.persist {
+		s.storeCall(c.ctx, "remove subscription", func(ctx context.Context, st scaler.SessionStore) error {
+			return st.RemoveSubscription(ctx, c.session.SessionID, channel)
+		})
 	}
 	if h := s.cfg.hooks.OnUnsubscribe; h != nil {
 		s.hook("OnUnsubscribe", func() { h(c, channel) })
@@ -532,9 +534,35 @@ func (s *Server) callParser(c *Conn, f func(ctx context.Context) error) (err err
 	return Errorf(CodeForbidden, "%v", err)
 }
 
-func (s *Server) storeError(op string, err error) {
-	s.stats.scalerErrors.Add(1)
-	s.log.Warn("sss: session store", "op", op, "err", err)
+// storeTimeout bounds one session store call: the store is a convenience,
+// so an outage must not stall subscribes for the ask timeout.
+const storeTimeout = 2 * time.Second
+
+// storeRetry is how long store calls are skipped after one failed, so an
+// outage costs one timeout, not one per request.
+const storeRetry = 5 * time.Second
+
+// storeCall runs f on the session store, if there is one and it is not
+// known to be down. Failures are counted and logged, and returned.
+func (s *Server) storeCall(ctx context.Context, op string, f func(context.Context, scaler.SessionStore) error) error {
+	if s.store == nil {
+		return nil
+	}
+	if time.Now().UnixNano() < s.storeDownUntil.Load() {
+		s.stats.scalerErrors.Add(1)
+		return ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	err := f(ctx, s.store)
+	if err != nil && ctx.Err() != nil && !errors.Is(err, context.Canceled) || errors.Is(err, scaler.ErrUnavailable) {
+		s.storeDownUntil.Store(time.Now().Add(storeRetry).UnixNano())
+	}
+	if err != nil {
+		s.stats.scalerErrors.Add(1)
+		s.log.Warn("sss: session store", "op", op, "err", err)
+	}
+	return err
 }
 
 // resume restores subscriptions after a reconnect, catching up where the
@@ -543,9 +571,12 @@ func (s *Server) storeError(op string, err error) {
 func (s *Server) resume(c *Conn, f inFrame) {
 	list := f.Subscriptions
 	if !f.HasSubs && c.persist && s.store != nil {
-		stored, err := s.store.Subscriptions(c.ctx, c.session.SessionID)
+		var stored []scaler.StoredSubscription
+		err := s.storeCall(c.ctx, "list subscriptions", func(ctx context.Context, st scaler.SessionStore) (err error) {
+			stored, err = st.Subscriptions(ctx, c.session.SessionID)
+			return err
+		})
 		if err != nil {
-			s.storeError("list subscriptions", err)
 			s.startOwn(c, nil)
 			c.send(encodeError(f.ID, Errorf(CodeUnavailable, "cannot read the session's subscriptions")), false)
 			return
@@ -610,14 +641,16 @@ func (s *Server) resume(c *Conn, f inFrame) {
 				s.unsubscribe(c, ch)
 			}
 		}
-		if c.persist && s.store != nil {
-			if stored, err := s.store.Subscriptions(c.ctx, c.session.SessionID); err == nil {
-				for _, st := range stored {
-					if !want[st.Channel] {
-						s.store.RemoveSubscription(c.ctx, c.session.SessionID, st.Channel)
+		if c.persist {
+			s.storeCall(c.ctx, "prune subscriptions", func(ctx context.Context, st scaler.SessionStore) error {
+				stored, err := st.Subscriptions(ctx, c.session.SessionID)
+				for _, sub := range stored {
+					if err == nil && !want[sub.Channel] {
+						err = st.RemoveSubscription(ctx, c.session.SessionID, sub.Channel)
 					}
 				}
-			}
+				return err
+			})
 		}
 	}
 	b, _ := json.Marshal(struct {

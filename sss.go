@@ -248,6 +248,8 @@ type Server struct {
 	node    scaler.Node
 	nodeRef atomic.Pointer[scaler.Node] // lock-free read of node
 	store   scaler.SessionStore         // nil when the scaler does not persist
+	// storeDownUntil (unix nanos) skips store calls for a while after one failed.
+	storeDownUntil atomic.Int64
 
 	hmu   sync.RWMutex
 	asks  map[string]AskHandler

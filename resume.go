@@ -24,6 +24,7 @@ type sub struct {
 	query   []byte // client subscriptions: what to re-authorise on restore
 
 	held atomic.Bool // deliveries go to buf, not to the connection
+	gone atomic.Bool // unsubscribed: a catch-up in progress stops
 
 	mu       sync.Mutex
 	buf      []scaler.Delivery
@@ -243,6 +244,9 @@ func (s *Server) catchUp(sb *sub, pos scaler.Position) error {
 	for pages := 0; pages < 10000; pages++ {
 		if err := c.waitRoom(); err != nil {
 			return err
+		}
+		if sb.gone.Load() {
+			return nil
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 		entries, top, err := hist.Since(ctx, sb.channel, pos, historyPage)

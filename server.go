@@ -457,9 +457,11 @@ func (s *Server) startOwn(c *Conn, since map[string]*scaler.Position) (plans []s
 func (c *Conn) forget(channel string) bool {
 	c.smu.Lock()
 	defer c.smu.Unlock()
-	if _, ok := c.subs[channel]; !ok {
+	sb, ok := c.subs[channel]
+	if !ok {
 		return false
 	}
+	sb.gone.Store(true)
 	delete(c.subs, channel)
 	c.nested.Add(-c.nestedWith(channel))
 	c.srv.stats.subscriptions.Add(-1)

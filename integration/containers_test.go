@@ -112,6 +112,13 @@ func requireDocker(t testing.TB) {
 // host:port address. It is removed when the test ends.
 func runRedis(t testing.TB) (testcontainers.Container, string) {
 	t.Helper()
+	return runRedisWith(t)
+}
+
+// runRedisWith is runRedis with extra redis-server flags, e.g.
+// "--cluster-enabled", "yes".
+func runRedisWith(t testing.TB, flags ...string) (testcontainers.Container, string) {
+	t.Helper()
 	requireDocker(t)
 
 	req := testcontainers.ContainerRequest{
@@ -122,7 +129,7 @@ func runRedis(t testing.TB) (testcontainers.Container, string) {
 		// first argument starts with "-". Protected mode must be off for
 		// clients coming through the port mapping; no persistence keeps
 		// restarts fast and state-free.
-		Cmd: []string{"--protected-mode", "no", "--save", "", "--appendonly", "no"},
+		Cmd: append([]string{"--protected-mode", "no", "--save", "", "--appendonly", "no"}, flags...),
 		WaitingFor: wait.ForAll(
 			forLogEachStart("Ready to accept connections"),
 			// Scratch-like images have no shell for the internal check.
@@ -152,9 +159,9 @@ func runMongo(t testing.TB) (testcontainers.Container, string) {
 	// Each server announces readiness differently: mongod logs "Waiting for
 	// connections"; our FerretDB wrapper logs FerretDB's own
 	// "Listening on TCP 0.0.0.0:27017..." once its listener is bound.
-	readyLine := "Waiting for connections"
+	readyLine, dataDir := "Waiting for connections", "/data/db"
 	if strings.Contains(strings.ToLower(image), "ferretdb") {
-		readyLine = "Listening on TCP"
+		readyLine, dataDir = "Listening on TCP", "/data"
 	}
 
 	req := testcontainers.ContainerRequest{
@@ -164,7 +171,13 @@ func runMongo(t testing.TB) (testcontainers.Container, string) {
 			forLogEachStart(readyLine),
 			wait.ForListeningPort(mongoPort).SkipInternalCheck(),
 		).WithDeadline(readyTimeout),
-		HostConfigModifier: bindLoopback(mongoPort),
+		HostConfigModifier: func(hc *container.HostConfig) {
+			bindLoopback(mongoPort)(hc)
+			// Data in memory: FerretDB's SQLite syncs every commit to disk,
+			// which made writes several times slower. A restarted server
+			// therefore comes back empty, like the Redis one.
+			hc.Tmpfs = map[string]string{dataDir: ""}
+		},
 	}
 
 	c := runContainer(t, req)

@@ -1,0 +1,201 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/scaler"
+	"github.com/superscaled/sss/scaler/mongoredis"
+)
+
+// cluster is several sss.Servers, each with its own mongoredis Scaler on
+// the same Redis and database, as separate processes would be.
+type cluster struct {
+	name    string // key prefix and database name
+	scalers []*mongoredis.Scaler
+	servers []*sss.Server
+	urls    []string
+}
+
+// sessionFromHeaders names the user and the session from request headers,
+// so tests choose them (a stable session id enables persistence).
+func sessionFromHeaders(r *http.Request) (*sss.Session, error) {
+	return &sss.Session{UserID: r.Header.Get("X-User"), SessionID: r.Header.Get("X-Session")}, nil
+}
+
+func who(user, session string) http.Header {
+	h := http.Header{}
+	h.Set("X-User", user)
+	h.Set("X-Session", session)
+	return h
+}
+
+func newCluster(t *testing.T, b *backend, n int, opts ...mongoredis.Option) *cluster {
+	t.Helper()
+	cl := &cluster{name: randomName("srv")}
+	db := b.mc.Database(cl.name)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		db.Drop(ctx)
+	})
+	for range n {
+		sc, err := mongoredis.New(b.rdb, db, append([]mongoredis.Option{
+			mongoredis.WithPrefix(cl.name + ":"),
+			mongoredis.WithLogger(testLogger(t)),
+			mongoredis.WithCallTimeout(2 * time.Second),
+		}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sc.Close() })
+		srv, err := sss.New(
+			sss.WithScaler(sc),
+			sss.WithSessionParser(sessionFromHeaders),
+			sss.WithPublishParser(func(context.Context, *sss.Conn, string, string, json.RawMessage) error { return nil }),
+			sss.WithLogger(testLogger(t)),
+			sss.WithAskTimeout(5*time.Second),
+		)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs := httptest.NewServer(srv)
+		t.Cleanup(hs.Close)
+		t.Cleanup(func() { srv.Close() }) // runs before hs.Close
+		cl.scalers = append(cl.scalers, sc)
+		cl.servers = append(cl.servers, srv)
+		cl.urls = append(cl.urls, "ws"+strings.TrimPrefix(hs.URL, "http"))
+	}
+	return cl
+}
+
+// store returns a session store on the cluster's database, through a node
+// of its own: what any instance would read.
+func (cl *cluster) store(t *testing.T, b *backend) scaler.SessionStore {
+	t.Helper()
+	sc, err := mongoredis.New(b.rdb, b.mc.Database(cl.name), mongoredis.WithPrefix(cl.name+":"), mongoredis.WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sc.Close() })
+	n, _, _ := joinNode(t, sc, "probe-"+randomName(""))
+	return n.(scaler.SessionStore)
+}
+
+// TestMongoRedisServers runs three servers, each with its own Scaler, and
+// raw WebSocket clients spread over them.
+func TestMongoRedisServers(t *testing.T) {
+	b := newBackend(t)
+	cl := newCluster(t, b, 3)
+	ctx := ctxT(t)
+
+	t.Run("PublishReachesAll", func(t *testing.T) {
+		var cs []*wsClient
+		for i, url := range cl.urls {
+			c := dialWS(t, url, "c"+string(rune('0'+i)), who("u"+string(rune('0'+i)), ""))
+			c.ack(map[string]any{"type": "subscribe", "channel": "news"})
+			cs = append(cs, c)
+		}
+		if err := cl.servers[1].Publish(ctx, "news.uk", "article", map[string]int{"n": 1}); err != nil {
+			t.Fatal(err)
+		}
+		cs[2].ack(map[string]any{"type": "publish", "channel": "news", "event": "chat", "data": "hi"})
+		for _, c := range cs {
+			if got := c.waitPubs("news.uk", 1); got[0] != `{"n":1}` {
+				t.Errorf("%s got %v", c.name, got)
+			}
+			c.waitPubs("news", 1)
+			f := c.wait("pub with a position", func(f frame) bool { return f.Type == "pub" && f.Channel == "news" })
+			if f.Offset == 0 || f.Epoch == "" || f.Sub != "news" {
+				t.Errorf("%s: pub %+v lacks its position in stream news", c.name, f)
+			}
+		}
+	})
+
+	t.Run("TellUserAcrossInstances", func(t *testing.T) {
+		a0 := dialWS(t, cl.urls[0], "alice@0", who("alice", ""))
+		a1 := dialWS(t, cl.urls[1], "alice@1", who("alice", ""))
+		other := dialWS(t, cl.urls[2], "bob@2", who("bob", ""))
+		// The user channel goes live on the first request (or after 1s).
+		for _, c := range []*wsClient{a0, a1, other} {
+			c.ack(map[string]any{"type": "subscribe", "channel": "warmup"})
+		}
+		if err := cl.servers[2].Tell(ctx, sss.ToUser("alice"), "notify", map[string]string{"text": "hi"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []*wsClient{a0, a1} {
+			f := c.wait("tell", func(f frame) bool { return f.Type == "tell" && f.Name == "notify" })
+			if string(f.Data) != `{"text":"hi"}` {
+				t.Errorf("%s: tell data %s", c.name, f.Data)
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // a misrouted tell would have arrived by now
+		if _, ok := other.find(func(f frame) bool { return f.Type == "tell" }); ok {
+			t.Errorf("bob received alice's tell")
+		}
+	})
+
+	t.Run("AskAcrossInstances", func(t *testing.T) {
+		bob := dialWS(t, cl.urls[1], "bob@1", who("bob", ""))
+		bob.mu.Lock()
+		bob.replyAsk = func(name string, data json.RawMessage) any {
+			return map[string]any{"name": name, "echo": data}
+		}
+		bob.mu.Unlock()
+		welcome := bob.wait("welcome", func(f frame) bool { return f.Type == "welcome" })
+		res, err := cl.servers[0].Ask(ctx, welcome.Conn, "confirm", "delete?")
+		if err != nil {
+			t.Fatalf("Ask from server 0 to a connection on server 1: %v", err)
+		}
+		if string(res) != `{"echo":"delete?","name":"confirm"}` {
+			t.Errorf("Ask result %s", res)
+		}
+		// A connection id on an instance that does not exist: not found,
+		// at once (the scaler knows no node has that id).
+		if _, err := cl.servers[2].Ask(ctx, "nosuchnode.conn", "confirm", nil); err == nil {
+			t.Error("Ask to a connection on an unknown node succeeded")
+		}
+	})
+
+	t.Run("ResumeOnAnotherInstance", func(t *testing.T) {
+		st := cl.store(t, b)
+		c := dialWS(t, cl.urls[0], "carol@0", who("carol", "carol-session"))
+		c.ack(map[string]any{"type": "subscribe", "channel": "room.a"})
+		c.ack(map[string]any{"type": "subscribe", "channel": "room.b", "query": map[string]string{"pw": "x"}})
+		poll(t, 10*time.Second, "carol's subscriptions to be stored", func() bool {
+			subs, err := st.Subscriptions(ctx, "carol-session")
+			return err == nil && len(subs) == 2
+		})
+		c.close()
+
+		// Carol's client reconnects to another instance and resumes
+		// without a list: the server restores what it stored.
+		c2 := dialWS(t, cl.urls[2], "carol@2", who("carol", "carol-session"))
+		res := c2.ack(map[string]any{"type": "resume"})
+		var r struct {
+			Subscriptions []struct {
+				Channel string          `json:"channel"`
+				Error   json.RawMessage `json:"error"`
+			} `json:"subscriptions"`
+		}
+		if err := json.Unmarshal(res.Result, &r); err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Subscriptions) != 2 || r.Subscriptions[0].Channel != "room.a" || r.Subscriptions[1].Channel != "room.b" ||
+			r.Subscriptions[0].Error != nil || r.Subscriptions[1].Error != nil {
+			t.Fatalf("resume restored %s; want room.a and room.b", res.Result)
+		}
+		if err := cl.servers[1].Publish(ctx, "room.b", "msg", "after resume"); err != nil {
+			t.Fatal(err)
+		}
+		if got := c2.waitPubs("room.b", 1); got[0] != `"after resume"` {
+			t.Errorf("got %v", got)
+		}
+	})
+}

@@ -1,0 +1,166 @@
+// Package mongoredis is a scaler.Scaler on Redis and MongoDB: Redis carries
+// publications between server instances, numbers them and keeps a bounded
+// history per stream; MongoDB persists each session's subscriptions.
+//
+// # Choosing it
+//
+// Use it when an application runs several sss.Server instances:
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379"}) // or a failover or cluster client
+//	mc, _ := mongo.Connect(options.Client().ApplyURI("mongodb://mongo:27017"))
+//	sc, err := mongoredis.New(rdb, mc.Database("app"), mongoredis.WithHistory(500, 10*time.Minute))
+//	if err != nil { ... }
+//	defer sc.Close()
+//	srv, err := sss.New(sss.WithScaler(sc))
+//
+// or let Dial create (and Close close) both clients:
+//
+//	sc, err := mongoredis.Dial(ctx, "redis://redis:6379/0", "mongodb://mongo:27017", "app")
+//
+// Each server joins as its own node; one Scaler may also be shared by
+// several servers in one process. The nodes' Node values implement
+// scaler.Broker, scaler.History and, when New got a database,
+// scaler.SessionStore. Redis 6.2 or later is required (Redis 7 is what the
+// tests run); any server speaking the MongoDB wire protocol with plain CRUD,
+// upserts and unique compound indexes will do (MongoDB, FerretDB): no
+// transactions, TTL indexes or change streams are used.
+//
+// # Redis: keys and channels
+//
+// All names start with the prefix (WithPrefix, default "sss:"). A stream's
+// names carry its name as a Redis Cluster hash tag, {stream}, with '%' and
+// '}' escaped as %25 and %7D, so a stream's keys live in one slot:
+//
+//	<prefix>{<stream>}:m   hash {e: epoch, o: last offset}; expires after the
+//	                       stream TTL (WithStreamTTL, default 24h) without a
+//	                       publication or a Since call
+//	<prefix>{<stream>}:h   Redis stream, the history: entry id "<offset>-0",
+//	                       fields t (Redis time, ms) and p (the publication);
+//	                       at most the history size (XADD MAXLEN), none older
+//	                       than the history age (WithHistory, default 1000
+//	                       entries and 5m); the key expires with its newest
+//	                       entry
+//	<prefix>{<stream>}     pub/sub channel of the stream's deliveries
+//	<prefix>node:<id>      pub/sub channel of node <id>'s messages (Send)
+//
+// A KindPublish publication on "a.b.c" runs one Lua script per stream ("a",
+// "a.b", "a.b.c"), pipelined. The script gets or creates the stream's epoch
+// (a random id from the publishing node, set only if absent), increments
+// its offset, appends to the history, trims it by count and age, and
+// PUBLISHes the delivery — stream offset, epoch, publishing node and the
+// publication itself, never a reference to read back. Redis runs scripts
+// one at a time, so every node receives a stream's deliveries in offset
+// order; a publisher's own node receives them through Redis too, which keeps
+// its own publications in their place in that order. A KindTell is
+// PUBLISHed directly: no offset, no history.
+//
+// Each node holds one pub/sub connection (a go-redis PubSub) subscribed to
+// its message channel and to the channels of the streams it is interested
+// in, and one goroutine reading it and calling the Handler in order.
+// Subscribe returns once Redis has registered the channel (a PING after the
+// SUBSCRIBE comes back). Plain PUBLISH/SUBSCRIBE is used in every mode: it
+// works unchanged with a single Redis, Sentinel and Cluster (where Redis
+// forwards publications over the cluster bus). Sharded pub/sub would spread
+// that load in a large cluster, but needs one pub/sub connection per shard
+// per node and re-homing on resharding; the channel names already carry the
+// hash tag it would need.
+//
+// Send PUBLISHes on the target's node channel. PUBLISH returns how many
+// connections received it, so a Send to a node that is not attached fails
+// with scaler.ErrUnknownNode — except with Redis Cluster, whose count covers
+// only one cluster node, where such a Send returns nil.
+//
+// # Epochs and history
+//
+// A stream's epoch changes whenever its metadata is lost: it expired
+// (WithStreamTTL), or Redis restarted empty. History.Since then reports
+// scaler.ErrPositionLost for positions in the old epoch. A stream nobody
+// published to gets an epoch at its first Since, and keeps it for the
+// stream TTL. What Redis cannot tell apart is metadata brought back older
+// than what clients saw, with the same epoch: a restart from an RDB
+// snapshot or an AOF not fsynced on every write, or a failover to a replica
+// that lagged (replication is asynchronous). Offsets are then reused. Run
+// Redis without persistence (or with appendfsync always), and flush it on
+// failover, if clients must never see that.
+//
+// The history lives only in Redis. Keeping a copy in MongoDB was considered
+// and left out: Redis must stay the sequencer (offsets and the delivery
+// order come from one atomic script), so a MongoDB copy could only be a
+// write-behind archive, valid within one epoch, that serves positions older
+// than Redis retains. Catch-up after a reconnect needs seconds to minutes
+// of history, which Redis holds cheaply; an archive would add a second
+// write per publication and a consistency window for little gain.
+//
+// # MongoDB: collections
+//
+// Collection names start with the collection prefix (WithCollectionPrefix,
+// default "sss_"):
+//
+//	<cp>sessions        {_id: session id, seen: date, n: int}
+//	                    index seen_1 ("seen"), for the sweep
+//	<cp>subscriptions   {_id: "<len(session)>:<session><channel>", session,
+//	                     channel, query: binary|null, updated: date}
+//	                    unique index {session: 1, channel: 1} ("session_channel")
+//
+// One document per (session, channel): concurrent calls for different
+// channels never write the same document. Its _id encodes the pair (the
+// session's length makes it unambiguous), so AddSubscription and
+// RemoveSubscription address it by _id alone, which every
+// MongoDB-compatible server serves from its primary key.
+//
+// AddSubscription upserts the entry, then touches (or creates) the session,
+// refreshing seen and counting the entry in n. n only grows (a removal
+// stays a single write), so it bounds the number of entries from above;
+// when it reaches the maximum (WithMaxSessionSubscriptions, default 1024)
+// the entries are counted exactly and an entry beyond the bound is taken
+// back. Subscriptions reads the session, then its entries (sorted by
+// channel in byte order by the Scaler); TouchSession refreshes seen;
+// ExpireSession deletes the entries, then the session.
+//
+// A session not seen for the session TTL (WithSessionTTL, default 24h) reads
+// as empty at once and is not revived by TouchSession; AddSubscription
+// starts it afresh (deleting its stale entries). A goroutine owned by the
+// Scaler, running while at least one node is joined, deletes expired
+// sessions and their entries every sweep interval (WithSweepInterval,
+// default 1m): TTL indexes are not used because not every
+// MongoDB-compatible server has them. Indexes are created on Join, or on the
+// first store call if MongoDB was down then.
+//
+// On FerretDB 1.x (SQLite backend), which applies concurrent updates of one
+// document without isolation, n may miss concurrent increments, so the
+// bound can be exceeded by a few entries under concurrent adds to one
+// session; and listing a session scans the collection, as FerretDB uses no
+// index but _id's.
+//
+// # When a backend is down
+//
+// Every call is bounded by the caller's context and by WithCallTimeout
+// (default 5s).
+//
+//   - Redis unreachable: Publish, Send and Since return an error wrapping
+//     scaler.ErrUnavailable; nothing is silently dropped. Subscribe records
+//     the interest and returns such an error; Unsubscribe succeeds (the
+//     interest is dropped locally at once). The receive loop retries with
+//     backoff (up to 2s) and, once Redis is back, subscribes every
+//     interest again: deliveries resume by themselves. Deliveries published
+//     while a node was cut off are lost for it; the server notices the jump
+//     in offsets and fills it from Since. If Redis came back empty, the
+//     streams start new epochs. Join fails while Redis is unreachable.
+//   - MongoDB unreachable: the session store's methods return errors
+//     wrapping scaler.ErrUnavailable; publishing, subscribing and history
+//     are unaffected. Set a short server selection timeout on the MongoDB
+//     client (Dial uses 5s) so calls fail fast.
+//   - Publish retries: if Redis fails after running a publish script but
+//     before answering, a client configured to retry (go-redis' MaxRetries,
+//     default 3) runs it again, and the publication is delivered twice with
+//     two offsets. Set MaxRetries to -1 to trade that for an error.
+//
+// A Publish that fails midway may have reached some of its streams (each
+// stream is one script; the error says the publication as a whole was not
+// accepted).
+//
+// After Node.Close the node's methods return scaler.ErrClosed and its
+// Handler is not called once Close has returned. The Handler runs on the
+// node's receive goroutine with a lock held that Unsubscribe and Close
+// take: it must not call the node's methods.
+package mongoredis

@@ -1,0 +1,231 @@
+package mongoredis
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/superscaled/sss/scaler"
+)
+
+// Redis is the sequencer: one script call per stream gets or creates the
+// stream's epoch, takes the next offset, appends to the bounded history and
+// publishes the delivery, atomically. Redis runs scripts one at a time, so
+// the deliveries of a stream leave Redis in offset order, for every node.
+
+// luaCommon is shared by both scripts. The history stream's entry ids are
+// "<offset>-0", so offsets map to ids directly; field t is the Redis server
+// time in ms (one clock for every node), p the publication body.
+const luaCommon = `
+local function nowms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function idoff(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
+-- getEpoch returns the stream's epoch and last offset, creating the epoch
+-- (and dropping any history left from an earlier one) when there is none.
+local function getEpoch(meta, hist, candidate, ttl)
+  local m = redis.call('HMGET', meta, 'e', 'o')
+  local epoch, last = m[1], tonumber(m[2])
+  if not epoch then
+    epoch, last = candidate, 0
+    redis.call('DEL', hist)
+    redis.call('HSET', meta, 'e', epoch, 'o', 0)
+  end
+  redis.call('PEXPIRE', meta, ttl)
+  return epoch, last or 0
+end
+
+-- trimAge drops entries older than age ms. Entries are in time order, so
+-- it stops at the first fresh one; the work is bounded by the history size.
+local function trimAge(hist, now, age)
+  if age <= 0 then return end
+  local cutoff = now - age
+  while true do
+    local batch = redis.call('XRANGE', hist, '-', '+', 'COUNT', 100)
+    if #batch == 0 then return end
+    for i = 1, #batch do
+      if tonumber(batch[i][2][2]) >= cutoff then
+        if i > 1 then redis.call('XTRIM', hist, 'MINID', batch[i][1]) end
+        return
+      end
+    end
+    redis.call('XTRIM', hist, 'MINID', string.format('%d-0', idoff(batch[#batch][1]) + 1))
+  end
+end
+`
+
+// publishScript: KEYS meta, history. ARGV channel, body, epoch candidate,
+// history size, history age ms, meta ttl ms, history ttl ms. Returns the
+// offset.
+var publishScript = redis.NewScript(luaCommon + `
+local epoch, last = getEpoch(KEYS[1], KEYS[2], ARGV[3], ARGV[6])
+local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local size = tonumber(ARGV[4])
+if size > 0 then
+  local now = nowms()
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, string.format('%d-0', off),
+    't', string.format('%d', now), 'p', ARGV[2])
+  trimAge(KEYS[2], now, tonumber(ARGV[5]))
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+redis.call('PUBLISH', ARGV[1], '\1' .. string.format('%d', off) .. '\n' .. epoch .. '\n' .. ARGV[2])
+return off
+`)
+
+// sinceScript: KEYS meta, history. ARGV after offset, count, epoch
+// candidate, history age ms, meta ttl ms. Returns {epoch, last offset,
+// first retained offset, id, body, id, body, ...}.
+var sinceScript = redis.NewScript(luaCommon + `
+local epoch, last = getEpoch(KEYS[1], KEYS[2], ARGV[3], ARGV[5])
+trimAge(KEYS[2], nowms(), tonumber(ARGV[4]))
+local first = last + 1
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #head > 0 then first = idoff(head[1][1]) end
+local out = {epoch, string.format('%d', last), string.format('%d', first)}
+local count = tonumber(ARGV[2])
+if count > 0 then
+  local from = string.format('%d-0', tonumber(ARGV[1]) + 1)
+  for _, e in ipairs(redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', count)) do
+    out[#out + 1] = e[1]
+    out[#out + 1] = e[2][4]
+  end
+end
+return out
+`)
+
+func (s *Scaler) metaKey(stream string) string { return s.cfg.prefix + "{" + hashTag(stream) + "}:m" }
+func (s *Scaler) histKey(stream string) string { return s.cfg.prefix + "{" + hashTag(stream) + "}:h" }
+
+// streamChannel is the Redis channel of a stream's deliveries. It carries
+// the same hash tag as the stream's keys, which sharded pub/sub would need.
+func (s *Scaler) streamChannel(stream string) string {
+	return s.cfg.prefix + "{" + hashTag(stream) + "}"
+}
+
+func (s *Scaler) nodeChannel(id string) string { return s.cfg.prefix + "node:" + id }
+
+// newEpoch returns a random epoch candidate. It must come from here: Redis
+// seeds Lua's random generator identically on every start.
+func newEpoch() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// publish runs the publish script for each stream, pipelined, or for a
+// tell plain PUBLISHes.
+func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publication) error {
+	streams := scaler.Streams(pub.Channel)
+	body := appendBody(make([]byte, 0, 64+len(pub.Channel)+len(pub.Event)+len(pub.Data)), node, pub)
+	if pub.Kind == scaler.KindTell {
+		frame := appendFrame(make([]byte, 0, len(body)+4), 0, "", body)
+		if len(streams) == 1 {
+			return s.rdb.Publish(ctx, s.streamChannel(streams[0]), frame).Err()
+		}
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, st := range streams {
+				p.Publish(ctx, s.streamChannel(st), frame)
+			}
+			return nil
+		})
+		return err
+	}
+	args := func(st string) []any {
+		return []any{
+			s.streamChannel(st), body, newEpoch(),
+			s.cfg.historySize, s.cfg.historyAge.Milliseconds(),
+			s.cfg.streamTTL.Milliseconds(), s.cfg.historyTTL().Milliseconds(),
+		}
+	}
+	keys := func(st string) []string { return []string{s.metaKey(st), s.histKey(st)} }
+	if len(streams) == 1 {
+		// Run tries EVALSHA and falls back to EVAL when Redis lost the script.
+		return publishScript.Run(ctx, s.rdb, keys(streams[0]), args(streams[0])...).Err()
+	}
+	cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, st := range streams {
+			publishScript.EvalSha(ctx, p, keys(st), args(st)...)
+		}
+		return nil
+	})
+	if err == nil {
+		return nil
+	}
+	// A pipeline cannot fall back by itself: rerun, with the script's body,
+	// the streams whose EVALSHA found no script. Nothing ran for those, so
+	// their order is kept.
+	var retry []string
+	for i, c := range cmds {
+		if cerr := c.Err(); cerr != nil {
+			if !redis.HasErrorPrefix(cerr, "NOSCRIPT") {
+				return cerr
+			}
+			retry = append(retry, streams[i])
+		}
+	}
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, st := range retry {
+			publishScript.Eval(ctx, p, keys(st), args(st)...)
+		}
+		return nil
+	})
+	return err
+}
+
+// since implements scaler.History.
+func (s *Scaler) since(ctx context.Context, stream string, pos scaler.Position, limit int) ([]scaler.Entry, scaler.Position, error) {
+	if limit < 0 {
+		limit = 0
+	}
+	after := pos.Offset
+	res, err := sinceScript.Run(ctx, s.rdb, []string{s.metaKey(stream), s.histKey(stream)},
+		after, limit, newEpoch(), s.cfg.historyAge.Milliseconds(), s.cfg.streamTTL.Milliseconds()).Slice()
+	if err != nil {
+		return nil, scaler.Position{}, err
+	}
+	if len(res) < 3 || len(res)%2 != 1 {
+		return nil, scaler.Position{}, fmt.Errorf("mongoredis: since: unexpected reply of %d elements", len(res))
+	}
+	epoch, _ := res[0].(string)
+	last, err1 := strconv.ParseUint(fmt.Sprint(res[1]), 10, 64)
+	first, err2 := strconv.ParseUint(fmt.Sprint(res[2]), 10, 64)
+	if epoch == "" || err1 != nil || err2 != nil {
+		return nil, scaler.Position{}, fmt.Errorf("mongoredis: since: malformed reply %v", res[:3])
+	}
+	top := scaler.Position{Offset: last, Epoch: epoch}
+	if pos.Epoch != "" {
+		switch {
+		case pos.Epoch != epoch:
+			return nil, top, fmt.Errorf("mongoredis: stream %q: epoch %q is not the current %q: %w", stream, pos.Epoch, epoch, scaler.ErrPositionLost)
+		case pos.Offset > last:
+			return nil, top, fmt.Errorf("mongoredis: stream %q: offset %d is beyond the last %d: %w", stream, pos.Offset, last, scaler.ErrPositionLost)
+		case pos.Offset < last && pos.Offset+1 < first:
+			return nil, top, fmt.Errorf("mongoredis: stream %q: publications %d to %d were trimmed: %w", stream, pos.Offset+1, first-1, scaler.ErrPositionLost)
+		}
+	}
+	entries := make([]scaler.Entry, 0, (len(res)-3)/2)
+	for i := 3; i+1 < len(res); i += 2 {
+		id, _ := res[i].(string)
+		raw, _ := res[i+1].(string)
+		off, err := strconv.ParseUint(strings.TrimSuffix(id, "-0"), 10, 64)
+		if err != nil {
+			return nil, top, fmt.Errorf("mongoredis: since: malformed entry id %q", id)
+		}
+		_, pub, err := parseBody([]byte(raw))
+		if err != nil {
+			return nil, top, fmt.Errorf("mongoredis: since: entry %d of %q: %w", off, stream, err)
+		}
+		entries = append(entries, scaler.Entry{Offset: off, Pub: pub})
+	}
+	return entries, top, nil
+}

@@ -19,5 +19,15 @@ if [[ ${SSS_OFFLINE_IMAGES:-1} == 1 && -z ${SSS_REDIS_IMAGE:-} && -z ${SSS_MONGO
 fi
 
 go vet ./...
-go test -race -count=1 -timeout 20m ./...
+go test -race -count=1 -timeout 20m $(go list ./... | grep -v /integration)
+# Integration tests verbosely, so the log shows each one that ran or
+# skipped; everything they printed is shown if they fail.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if go test -race -count=1 -timeout 20m -v ./integration/ >"$log" 2>&1; then
+	grep -E '^\s*--- |^ok' "$log"
+else
+	cat "$log"
+	exit 1
+fi
 go test -run '^$' -fuzz '^FuzzDecodeFrame$' -fuzztime "${SSS_FUZZTIME:-15s}" .

@@ -104,7 +104,14 @@ func BenchmarkIdleConnections(b *testing.B) {
 	defer func() { srv.Close(); ts.Close() }()
 	url := "ws" + strings.TrimPrefix(ts.URL, "http")
 	ctx := context.Background()
+	settle := func(want int64) {
+		for srv.Stats().Connections != want || srv.Stats().Subscriptions != want {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(1100 * time.Millisecond) // user and session channels released
+	}
 	for i := 0; i < b.N; i++ {
+		settle(0)
 		before := memInUse()
 		conns := make([]*websocket.Conn, n)
 		for j := range conns {
@@ -117,6 +124,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 			c.Read(ctx)
 			conns[j] = c
 		}
+		settle(n)
 		after := memInUse()
 		b.ReportMetric(float64(after-before)/n, "B/conn-pair")
 		for _, c := range conns {

@@ -30,11 +30,14 @@ type Conn struct {
 
 	// Outgoing frames, written in order by the writer goroutine. Bounded by
 	// count and bytes; overflow is the slow-consumer policy.
-	qmu     sync.Mutex
-	queue   [][]byte
-	qbytes  int
-	qclosed bool
-	wake    chan struct{}
+	qmu       sync.Mutex
+	queue     [][]byte
+	qbytes    int
+	qclosed   bool
+	writing   bool           // a writer goroutine is running
+	idle      chan struct{}  // signalled when the writer stops
+	wwg       sync.WaitGroup // the writer and finish goroutines
+	pingTimer *time.Timer
 
 	// Subscriptions made by the client (not its user/session channels).
 	smu    sync.Mutex
@@ -140,18 +143,22 @@ func (c *Conn) send(frame []byte, lossy bool) {
 	}
 	c.queue = append(c.queue, frame)
 	c.qbytes += len(frame)
-	c.qmu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
+	if !c.writing {
+		// The writer runs only while there is something to write, so an
+		// idle connection costs one goroutine, not two.
+		c.writing = true
+		c.wwg.Add(1)
+		go c.writer()
 	}
+	c.qmu.Unlock()
 }
 
 // ErrSlowConsumer is the disconnect reason of a connection whose send queue
 // overflowed.
 var ErrSlowConsumer = Errorf(CodeRateLimited, "slow consumer")
 
-// take removes up to maxBatch bytes of queued frames.
+// take removes up to maxBatch bytes of queued frames. With nothing queued
+// it marks the writer stopped and returns nothing.
 func (c *Conn) take(buf []byte, maxBatch int) []byte {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
@@ -173,57 +180,82 @@ func (c *Conn) take(buf []byte, maxBatch int) []byte {
 	if len(c.queue) == 0 {
 		// Drop the backing array: an idle connection should hold nothing.
 		c.queue = nil
-	} else {
+	}
+	if n == 0 {
+		c.writing = false
 		select {
-		case c.wake <- struct{}{}:
+		case c.idle <- struct{}{}:
 		default:
 		}
 	}
 	return buf
 }
 
-// writeLoop writes queued frames, batching those that are ready into one
-// WebSocket message, and pings the client. It owns the final ws.Close.
-func (c *Conn) writeLoop() {
-	cfg := &c.srv.cfg
-	ping := time.NewTicker(cfg.pingInterval)
-	defer ping.Stop()
+// writer writes queued frames, batching those that are ready into one
+// WebSocket message, until the queue is empty.
+func (c *Conn) writer() {
+	defer c.wwg.Done()
 	var buf []byte
 	for {
-		select {
-		case <-c.ctx.Done():
-			c.flush(buf)
-			// A dead peer would hold the close handshake for 5s or more.
-			t := time.AfterFunc(closeGrace, c.abort)
-			c.ws.Close(c.closeCode, c.closeWhy)
-			t.Stop()
-			return
-		case <-ping.C:
-			last := time.Unix(0, c.lastRead.Load())
-			if c.busy.Load() == 0 && time.Since(last) > cfg.pingInterval+cfg.pongTimeout {
-				c.close(ClosePingTimeout, "ping timeout", ErrPingTimeout)
-				continue
-			}
-			c.sweepAsks(time.Now())
-			c.send(pingFrame, false)
-		case <-c.wake:
-		}
 		buf = c.take(buf[:0], 64<<10)
 		if len(buf) == 0 {
-			continue
+			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.writeTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
 		err := c.ws.Write(ctx, websocket.MessageText, buf)
 		cancel()
 		if err != nil {
 			c.close(CloseWriteTimeout, "write failed", err)
-			continue
+			continue // close dropped the queue: the next take ends the writer
 		}
 		c.srv.stats.framesOut.Add(1)
 		if cap(buf) > 64<<10 {
-			buf = nil // don't keep a large buffer for an idle connection
+			buf = nil // don't keep a large buffer
 		}
 	}
+}
+
+// ping runs every ping interval on a timer: it reaps a silent client, or
+// queues a ping.
+func (c *Conn) ping() {
+	if c.ctx.Err() != nil {
+		return
+	}
+	cfg := &c.srv.cfg
+	last := time.Unix(0, c.lastRead.Load())
+	if c.busy.Load() == 0 && time.Since(last) > cfg.pingInterval+cfg.pongTimeout {
+		c.close(ClosePingTimeout, "ping timeout", ErrPingTimeout)
+		return
+	}
+	c.sweepAsks(time.Now())
+	c.send(pingFrame, false)
+	c.qmu.Lock() // orders this with the timer's creation and Stop
+	if c.ctx.Err() == nil {
+		c.pingTimer.Reset(cfg.pingInterval)
+	}
+	c.qmu.Unlock()
+}
+
+// finish runs once the connection is closing: it lets the writer flush what
+// a graceful close leaves queued, then says goodbye with the close code.
+func (c *Conn) finish() {
+	defer c.wwg.Done()
+	c.qmu.Lock()
+	c.pingTimer.Stop()
+	c.qmu.Unlock()
+	for {
+		c.qmu.Lock()
+		writing := c.writing
+		c.qmu.Unlock()
+		if !writing {
+			break
+		}
+		<-c.idle
+	}
+	// A dead peer would hold the close handshake for 5s or more.
+	t := time.AfterFunc(closeGrace, c.abort)
+	c.ws.Close(c.closeCode, c.closeWhy)
+	t.Stop()
 }
 
 // closeGrace bounds the close handshake.
@@ -238,22 +270,6 @@ func (c *Conn) abort() {
 	}
 }
 
-// flush writes what was queued before a graceful close (e.g. the ack of the
-// request that made the application disconnect the client).
-func (c *Conn) flush(buf []byte) {
-	switch c.closeCode {
-	case CloseSlowConsumer, CloseWriteTimeout, ClosePingTimeout:
-		return
-	}
-	buf = c.take(buf[:0], 1<<30)
-	if len(buf) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
-	defer cancel()
-	c.ws.Write(ctx, websocket.MessageText, buf)
-}
-
 // ErrPingTimeout is the disconnect reason of a client that went silent.
 var ErrPingTimeout = Errorf(CodeTimeout, "ping timeout")
 
@@ -263,7 +279,15 @@ func (c *Conn) close(code websocket.StatusCode, why string, cause error) {
 	c.closeOnce.Do(func() {
 		c.closeCode, c.closeWhy, c.closeCause = code, why, cause
 		c.qmu.Lock()
-		c.qclosed = true // nothing more is queued; what is there may be flushed
+		c.qclosed = true // nothing more is queued
+		switch code {
+		case CloseSlowConsumer, CloseWriteTimeout, ClosePingTimeout:
+			// The client is not reading: don't wait to flush.
+			c.queue, c.qbytes = nil, 0
+		default:
+			// What is queued is flushed (e.g. the ack of the request that
+			// made the application disconnect the client).
+		}
 		c.qmu.Unlock()
 		c.cancel()
 	})

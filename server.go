@@ -64,8 +64,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		remote:  r.RemoteAddr,
 		ctx:     ctx,
 		cancel:  cancel,
-		wake:    make(chan struct{}, 1),
 		sem:     make(chan struct{}, s.cfg.concurrency),
+		idle:    make(chan struct{}, 1),
 	}
 	if s.cfg.rate > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(s.cfg.rate), s.cfg.burst)
@@ -104,11 +104,11 @@ func offers(r *http.Request, proto string) bool {
 func (s *Server) serve(c *Conn) {
 	s.stats.connections.Add(1)
 	s.stats.accepted.Add(1)
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		c.writeLoop()
-	}()
+	c.qmu.Lock()
+	c.pingTimer = time.AfterFunc(s.cfg.pingInterval, c.ping)
+	c.qmu.Unlock()
+	c.wwg.Add(1)
+	context.AfterFunc(c.ctx, c.finish) // the goodbye, whoever closes
 	reason := s.run(c)
 	c.close(CloseServerError, "", reason) // no-op if already closed
 	c.ownOnce.Do(func() {})               // no catch-up starts from now on
@@ -117,7 +117,7 @@ func (s *Server) serve(c *Conn) {
 	}
 	c.endGoroutines() // handlers see c.ctx cancelled
 	s.cleanup(c)
-	<-writerDone
+	c.wwg.Wait()
 	if c.closeCause != nil {
 		reason = c.closeCause
 	}

@@ -36,6 +36,7 @@ type Conn struct {
 	qclosed   bool
 	writing   bool           // a writer goroutine is running
 	idle      chan struct{}  // signalled when the writer stops
+	wake      chan struct{}  // signalled when a frame is queued
 	wwg       sync.WaitGroup // the writer and finish goroutines
 	pingTimer *time.Timer
 
@@ -151,6 +152,10 @@ func (c *Conn) send(frame []byte, lossy bool) {
 		go c.writer()
 	}
 	c.qmu.Unlock()
+	select { // wake a writer lingering for more
+	case c.wake <- struct{}{}:
+	default:
+	}
 }
 
 // ErrSlowConsumer is the disconnect reason of a connection whose send queue
@@ -158,8 +163,8 @@ func (c *Conn) send(frame []byte, lossy bool) {
 var ErrSlowConsumer = Errorf(CodeRateLimited, "slow consumer")
 
 // take removes up to maxBatch bytes of queued frames. With nothing queued
-// it marks the writer stopped and returns nothing.
-func (c *Conn) take(buf []byte, maxBatch int) []byte {
+// and stop set, it marks the writer stopped.
+func (c *Conn) take(buf []byte, maxBatch int, stop bool) []byte {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	n := 0
@@ -181,7 +186,7 @@ func (c *Conn) take(buf []byte, maxBatch int) []byte {
 		// Drop the backing array: an idle connection should hold nothing.
 		c.queue = nil
 	}
-	if n == 0 {
+	if n == 0 && stop {
 		c.writing = false
 		select {
 		case c.idle <- struct{}{}:
@@ -196,10 +201,25 @@ func (c *Conn) take(buf []byte, maxBatch int) []byte {
 func (c *Conn) writer() {
 	defer c.wwg.Done()
 	var buf []byte
+	var linger *time.Timer
 	for {
-		buf = c.take(buf[:0], 64<<10)
+		buf = c.take(buf[:0], 64<<10, false)
 		if len(buf) == 0 {
-			return
+			// Linger a moment: under load, frames keep coming, and
+			// starting a goroutine per batch would cost more than waiting.
+			if linger == nil {
+				linger = time.NewTimer(writerLinger)
+			} else {
+				linger.Reset(writerLinger)
+			}
+			select {
+			case <-c.wake:
+				continue
+			case <-linger.C:
+			}
+			if buf = c.take(buf[:0], 64<<10, true); len(buf) == 0 {
+				return
+			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
 		err := c.ws.Write(ctx, websocket.MessageText, buf)
@@ -214,6 +234,9 @@ func (c *Conn) writer() {
 		}
 	}
 }
+
+// writerLinger is how long an idle writer waits for more before it stops.
+const writerLinger = 20 * time.Millisecond
 
 // ping runs every ping interval on a timer: it reaps a silent client, or
 // queues a ping.

@@ -66,6 +66,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		cancel:  cancel,
 		sem:     make(chan struct{}, s.cfg.concurrency),
 		idle:    make(chan struct{}, 1),
+		wake:    make(chan struct{}, 1),
 	}
 	if s.cfg.rate > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(s.cfg.rate), s.cfg.burst)

@@ -41,34 +41,66 @@
 //	                       entries and 5m); the key expires with its newest
 //	                       entry
 //	<prefix>{<stream>}     pub/sub channel of the stream's deliveries
-//	<prefix>node:<id>      pub/sub channel of node <id>'s messages (Send)
+//	<prefix>node:<id>      pub/sub channel of node <id>'s messages (Send);
+//	                       with Redis Cluster <prefix>node:{<id>} (id escaped
+//	                       like a stream name), a shard channel hashed on the
+//	                       id, which no stream channel can equal
 //
 // A KindPublish publication on "a.b.c" runs one Lua script per stream ("a",
 // "a.b", "a.b.c"), pipelined. The script gets or creates the stream's epoch
 // (a random id from the publishing node, set only if absent), increments
 // its offset, appends to the history, trims it by count and age, and
-// PUBLISHes the delivery — stream offset, epoch, publishing node and the
+// publishes the delivery — stream offset, epoch, publishing node and the
 // publication itself, never a reference to read back. Redis runs scripts
 // one at a time, so every node receives a stream's deliveries in offset
 // order; a publisher's own node receives them through Redis too, which keeps
 // its own publications in their place in that order. A KindTell is
-// PUBLISHed directly: no offset, no history.
+// published directly: no offset, no history.
 //
-// Each node holds one pub/sub connection (a go-redis PubSub) subscribed to
-// its message channel and to the channels of the streams it is interested
-// in, and one goroutine reading it and calling the Handler in order.
-// Subscribe returns once Redis has registered the channel (a PING after the
-// SUBSCRIBE comes back). Plain PUBLISH/SUBSCRIBE is used in every mode: it
-// works unchanged with a single Redis, Sentinel and Cluster (where Redis
-// forwards publications over the cluster bus). Sharded pub/sub would spread
-// that load in a large cluster, but needs one pub/sub connection per shard
-// per node and re-homing on resharding; the channel names already carry the
-// hash tag it would need.
+// With a single Redis or Sentinel, deliveries and node messages use plain
+// PUBLISH/SUBSCRIBE. Each node holds one pub/sub connection (a go-redis
+// PubSub) subscribed to its message channel and to the channels of the
+// streams it is interested in, and one goroutine reading it and calling the
+// Handler in order. Subscribe returns once Redis has registered the channel
+// (a PING after the SUBSCRIBE comes back).
 //
-// Send PUBLISHes on the target's node channel. PUBLISH returns how many
+// With a *redis.ClusterClient, sharded pub/sub is used, so a publication is
+// sent only to the shard owning its channel's slot instead of being
+// broadcast over the cluster bus to every node: the publish script
+// SPUBLISHes on the stream's channel (which carries the hash tag of the
+// script's keys, so it is in the script's slot, as Redis 7 requires), tells
+// and Send use SPUBLISH, and nodes SSUBSCRIBE. A shard channel can only be
+// subscribed on the master owning its slot, and a go-redis PubSub talks to
+// one cluster node, so each node keeps one PubSub per master ("shard")
+// holding the channels whose slots that master owns (as resolved by
+// go-redis' ClusterClient.MasterForKey, the same slot function its PubSub
+// uses to pick a node), each read by its own goroutine. All of a node's
+// goroutines call the Handler under one lock, so calls are never
+// concurrent; a stream's channel lives on one shard, whose connection keeps
+// Redis' order. Subscribe returns once the SSUBSCRIBE is registered (a PING
+// on the same shard connection comes back). Topology changes: when a shard
+// connection fails — MOVED in reply to SSUBSCRIBE, a broken link, or the
+// "sunsubscribe" Redis pushes when a slot migrates away — the whole shard is
+// closed and never reused, and a per-node repair goroutine asks go-redis to
+// reload the cluster state, resolves the owners of its channels again and
+// subscribes them on the right shards (retrying with backoff, up to 2s). A
+// shard only delivers messages of channels it still carries, so a stream
+// that moved never gets an old shard's message after a new one's: order is
+// kept, and deliveries published while a channel was between shards are
+// lost for the node, which sees the jump in offsets and fills it from
+// Since. A Subscribe whose shard failed before confirming returns an error
+// wrapping scaler.ErrUnavailable; the interest is kept and subscribed by the
+// repair. A ClusterClient with ReadOnly (or RouteByLatency/RouteRandomly)
+// makes go-redis subscribe on replicas of the shard; that works but is not
+// covered by the tests.
+//
+// Send publishes on the target's node channel. (S)PUBLISH returns how many
 // connections received it, so a Send to a node that is not attached fails
-// with scaler.ErrUnknownNode — except with Redis Cluster, whose count covers
-// only one cluster node, where such a Send returns nil.
+// with scaler.ErrUnknownNode. With Cluster, SPUBLISH counts the subscribers
+// of the master owning the node channel's slot, where nodes subscribe it;
+// with a ReadOnly ClusterClient they subscribe on replicas, which the count
+// misses, so there such a Send returns nil. A node whose channel is being
+// moved between shards may briefly be reported unknown.
 //
 // # Epochs and history
 //
@@ -145,7 +177,9 @@
 //     interest again: deliveries resume by themselves. Deliveries published
 //     while a node was cut off are lost for it; the server notices the jump
 //     in offsets and fills it from Since. If Redis came back empty, the
-//     streams start new epochs. Join fails while Redis is unreachable.
+//     streams start new epochs. Join fails while Redis is unreachable. With
+//     Cluster the same holds per master: only the streams (and node
+//     channels) whose slots a down master owns are affected.
 //   - MongoDB unreachable: the session store's methods return errors
 //     wrapping scaler.ErrUnavailable; publishing, subscribing and history
 //     are unaffected. Set a short server selection timeout on the MongoDB

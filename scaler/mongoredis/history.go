@@ -65,8 +65,9 @@ end
 `
 
 // publishScript: KEYS meta, history. ARGV channel, body, epoch candidate,
-// history size, history age ms, meta ttl ms, history ttl ms. Returns the
-// offset.
+// history size, history age ms, meta ttl ms, history ttl ms, publish
+// command (PUBLISH, or SPUBLISH with Cluster: the channel carries the keys'
+// hash tag, so it is in the script's slot). Returns the offset.
 var publishScript = redis.NewScript(luaCommon + `
 local epoch, last = getEpoch(KEYS[1], KEYS[2], ARGV[3], ARGV[6])
 local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
@@ -78,7 +79,7 @@ if size > 0 then
   trimAge(KEYS[2], now, tonumber(ARGV[5]))
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
-redis.call('PUBLISH', ARGV[1], '\1' .. string.format('%d', off) .. '\n' .. epoch .. '\n' .. ARGV[2])
+redis.call(ARGV[8], ARGV[1], '\1' .. string.format('%d', off) .. '\n' .. epoch .. '\n' .. ARGV[2])
 return off
 `)
 
@@ -107,12 +108,37 @@ func (s *Scaler) metaKey(stream string) string { return s.cfg.prefix + "{" + has
 func (s *Scaler) histKey(stream string) string { return s.cfg.prefix + "{" + hashTag(stream) + "}:h" }
 
 // streamChannel is the Redis channel of a stream's deliveries. It carries
-// the same hash tag as the stream's keys, which sharded pub/sub would need.
+// the same hash tag as the stream's keys: with Cluster it is a shard channel
+// in the keys' slot.
 func (s *Scaler) streamChannel(stream string) string {
 	return s.cfg.prefix + "{" + hashTag(stream) + "}"
 }
 
-func (s *Scaler) nodeChannel(id string) string { return s.cfg.prefix + "node:" + id }
+// nodeChannel is the Redis channel of a node's messages. With Cluster it is
+// a shard channel hashed on the node id; "node:" before the brace keeps it
+// apart from every stream channel ("<prefix>{...}").
+func (s *Scaler) nodeChannel(id string) string {
+	if s.cluster {
+		return s.cfg.prefix + "node:{" + hashTag(id) + "}"
+	}
+	return s.cfg.prefix + "node:" + id
+}
+
+// publishCmd is the command that publishes deliveries.
+func (s *Scaler) publishCmd() string {
+	if s.cluster {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
+}
+
+// publishRaw publishes without a script (tells).
+func (s *Scaler) publishRaw(ctx context.Context, c redis.Cmdable, channel string, msg []byte) *redis.IntCmd {
+	if s.cluster {
+		return c.SPublish(ctx, channel, msg)
+	}
+	return c.Publish(ctx, channel, msg)
+}
 
 // newEpoch returns a random epoch candidate. It must come from here: Redis
 // seeds Lua's random generator identically on every start.
@@ -130,11 +156,11 @@ func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publicati
 	if pub.Kind == scaler.KindTell {
 		frame := appendFrame(make([]byte, 0, len(body)+4), 0, "", body)
 		if len(streams) == 1 {
-			return s.rdb.Publish(ctx, s.streamChannel(streams[0]), frame).Err()
+			return s.publishRaw(ctx, s.rdb, s.streamChannel(streams[0]), frame).Err()
 		}
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, st := range streams {
-				p.Publish(ctx, s.streamChannel(st), frame)
+				s.publishRaw(ctx, p, s.streamChannel(st), frame)
 			}
 			return nil
 		})
@@ -145,6 +171,7 @@ func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publicati
 			s.streamChannel(st), body, newEpoch(),
 			s.cfg.historySize, s.cfg.historyAge.Milliseconds(),
 			s.cfg.streamTTL.Milliseconds(), s.cfg.historyTTL().Milliseconds(),
+			s.publishCmd(),
 		}
 	}
 	keys := func(st string) []string { return []string{s.metaKey(st), s.histKey(st)} }

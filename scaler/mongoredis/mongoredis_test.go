@@ -256,3 +256,34 @@ type handlerFunc func(scaler.Delivery)
 
 func (f handlerFunc) HandleDelivery(d scaler.Delivery) { f(d) }
 func (handlerFunc) HandleMessage(string, []byte)       {}
+
+// With Redis Cluster a node's channel is a shard channel hashed on the node
+// id, and never equal to a stream's channel.
+func TestClusterNames(t *testing.T) {
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	defer cc.Close()
+	s, err := New(cc, nil, WithPrefix("p:"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.cluster || s.inexactSend || s.publishCmd() != "SPUBLISH" {
+		t.Errorf("cluster %v, inexactSend %v, publish command %q", s.cluster, s.inexactSend, s.publishCmd())
+	}
+	streams := []string{"", "n1", "node:n1", "node:{n1}", "{n1}", "%", "}"}
+	for _, id := range []string{"n1", "", "a}b", "%"} {
+		ch := s.nodeChannel(id)
+		if !strings.HasPrefix(ch, "p:node:{") || redisTag(ch) != hashTag(id) {
+			t.Errorf("nodeChannel(%q) = %q: tag %q, want %q", id, ch, redisTag(ch), hashTag(id))
+		}
+		for _, st := range append(streams, id, "node:"+id) {
+			if s.streamChannel(st) == ch {
+				t.Errorf("stream %q and node %q share the channel %q", st, id, ch)
+			}
+		}
+	}
+	ro := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}, ReadOnly: true})
+	defer ro.Close()
+	if s, _ := New(ro, nil); !s.inexactSend {
+		t.Error("a ReadOnly ClusterClient: Send would report subscribed nodes as unknown")
+	}
+}

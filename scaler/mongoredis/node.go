@@ -33,6 +33,8 @@ var errLinkDown = errors.New("pub/sub connection lost")
 // node is one server instance: one Redis PubSub connection carrying its
 // message channel and the channels of the streams it is interested in, and
 // one goroutine reading it and calling the handler in order.
+// With Redis Cluster it holds one such connection per master instead
+// (sharded.go).
 type node struct {
 	s    *Scaler
 	id   string
@@ -60,7 +62,20 @@ type node struct {
 	// processed the SUBSCRIBE on the connection that carries deliveries.
 	bmu      sync.Mutex
 	bseq     uint64
-	barriers map[string]chan error
+	barriers map[string]barrier
+
+	// Redis Cluster (sharded pub/sub, see sharded.go); ps is nil then.
+	sharded bool
+	shards  map[string]*shard // master address → its live shard; under subMu
+	owner   map[string]*shard // channel → shard carrying it; under dmu
+	kick    chan struct{}     // wakes the repair loop
+}
+
+// barrier is a pending Subscribe confirmation, on the shard whose
+// connection carries it (nil without Cluster).
+type barrier struct {
+	ch chan error
+	sh *shard
 }
 
 // join creates the node, waits for its message channel to be subscribed and
@@ -72,9 +87,12 @@ func (s *Scaler) join(ctx context.Context, id string, h scaler.Handler) (*node, 
 	n := &node{
 		s: s, id: id, h: h, self: s.nodeChannel(id),
 		streams:  make(map[string]string),
-		barriers: make(map[string]chan error),
+		barriers: make(map[string]barrier),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	if s.cluster {
+		return n, n.joinSharded(ctx, cctx)
+	}
 	n.ps = s.rdb.Subscribe(cctx, n.self)
 	for {
 		timeout := s.cfg.callTimeout
@@ -99,7 +117,7 @@ func (s *Scaler) join(ctx context.Context, id string, h scaler.Handler) (*node, 
 	return n, nil
 }
 
-// abort releases a node whose join failed.
+// abort releases a node whose join failed (without Cluster).
 func (n *node) abort() {
 	n.cancel()
 	n.ps.Close()
@@ -156,7 +174,7 @@ func (n *node) loop() {
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
-			n.dispatch(m)
+			n.dispatch(nil, m)
 		case *redis.Pong:
 			n.releaseBarrier(m.Payload)
 		}
@@ -189,8 +207,11 @@ func (n *node) resubscribeAll() error {
 }
 
 // dispatch decodes a message and calls the handler, in the loop's
-// goroutine: calls are never concurrent, and arrive in Redis' order.
-func (n *node) dispatch(m *redis.Message) {
+// goroutine: calls are never concurrent (dmu), and arrive in Redis' order.
+// With Cluster, sh is the shard that read m: a message is delivered only if
+// that shard still carries its channel, so a channel that moved to another
+// shard never gets a stale message from the old one after newer ones.
+func (n *node) dispatch(sh *shard, m *redis.Message) {
 	if m.Channel == n.self {
 		from, msg, err := parseMessage(m.Payload)
 		if err != nil {
@@ -199,7 +220,7 @@ func (n *node) dispatch(m *redis.Message) {
 		}
 		n.dmu.Lock()
 		defer n.dmu.Unlock()
-		if !n.closed.Load() {
+		if !n.closed.Load() && (sh == nil || n.owner[m.Channel] == sh) {
 			n.h.HandleMessage(from, msg)
 		}
 		return
@@ -216,19 +237,19 @@ func (n *node) dispatch(m *redis.Message) {
 	n.dmu.Lock()
 	defer n.dmu.Unlock()
 	stream, ok := n.streams[m.Channel]
-	if !ok || n.closed.Load() {
+	if !ok || n.closed.Load() || (sh != nil && n.owner[m.Channel] != sh) {
 		return // unsubscribed locally; Redis may not have processed it yet
 	}
 	n.h.HandleDelivery(scaler.Delivery{Stream: stream, Pub: pub, Offset: off, Epoch: epoch})
 }
 
-func (n *node) addBarrier() (string, chan error) {
+func (n *node) addBarrier(sh *shard) (string, chan error) {
 	n.bmu.Lock()
 	defer n.bmu.Unlock()
 	n.bseq++
 	token := "sss-barrier-" + strconv.FormatUint(n.bseq, 10)
 	ch := make(chan error, 1)
-	n.barriers[token] = ch
+	n.barriers[token] = barrier{ch: ch, sh: sh}
 	return token, ch
 }
 
@@ -240,20 +261,26 @@ func (n *node) dropBarrier(token string) {
 
 func (n *node) releaseBarrier(token string) {
 	n.bmu.Lock()
-	ch := n.barriers[token]
+	b, ok := n.barriers[token]
 	delete(n.barriers, token)
 	n.bmu.Unlock()
-	if ch != nil {
-		ch <- nil
+	if ok {
+		b.ch <- nil
 	}
 }
 
-func (n *node) failBarriers(err error) {
+func (n *node) failBarriers(err error) { n.failBarriersOf(nil, err) }
+
+// failBarriersOf fails the barriers pending on sh, or all of them if sh is
+// nil.
+func (n *node) failBarriersOf(sh *shard, err error) {
 	n.bmu.Lock()
 	defer n.bmu.Unlock()
-	for token, ch := range n.barriers {
-		ch <- err
-		delete(n.barriers, token)
+	for token, b := range n.barriers {
+		if sh == nil || b.sh == sh {
+			b.ch <- err
+			delete(n.barriers, token)
+		}
 	}
 }
 
@@ -306,11 +333,16 @@ func (n *node) Subscribe(ctx context.Context, stream string) error {
 
 	cctx, cancel := n.s.callCtx(ctx)
 	defer cancel()
+	if n.sharded {
+		token, done, err := n.subscribeShardLocked(cctx, ch)
+		n.subMu.Unlock()
+		return n.awaitBarrier(ctx, cctx, "subscribe to "+strconv.Quote(stream), token, done, err)
+	}
 	var token string
 	var done chan error
 	err := n.ps.Subscribe(cctx, ch)
 	if err == nil {
-		token, done = n.addBarrier()
+		token, done = n.addBarrier(nil)
 		if err = n.ps.Ping(cctx, token); err != nil {
 			n.dropBarrier(token)
 		}
@@ -356,6 +388,10 @@ func (n *node) Unsubscribe(ctx context.Context, stream string) error {
 		return nil
 	}
 	delete(n.streams, ch)
+	if n.sharded {
+		n.unsubscribeShard(ctx, stream, ch) // unlocks dmu
+		return nil
+	}
 	n.dmu.Unlock()
 	cctx, cancel := n.s.callCtx(ctx)
 	defer cancel()
@@ -367,10 +403,11 @@ func (n *node) Unsubscribe(ctx context.Context, stream string) error {
 	return nil
 }
 
-// Send implements scaler.Broker. With a single Redis (or Sentinel), a node
-// that is not attached is reported with scaler.ErrUnknownNode; Redis
-// Cluster counts only the receivers on the node we publish to, so there a
-// Send that reaches nobody returns nil.
+// Send implements scaler.Broker. A node that is not attached is reported
+// with scaler.ErrUnknownNode, except with a ClusterClient that reads from
+// replicas (ReadOnly): node channels are then subscribed on replicas, and
+// SPUBLISH counts only the master's receivers, so there a Send that reaches
+// nobody returns nil.
 func (n *node) Send(ctx context.Context, nodeID string, msg []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -380,11 +417,18 @@ func (n *node) Send(ctx context.Context, nodeID string, msg []byte) error {
 	}
 	cctx, cancel := n.s.callCtx(ctx)
 	defer cancel()
-	got, err := n.s.rdb.Publish(cctx, n.s.nodeChannel(nodeID), appendMessage(make([]byte, 0, len(n.id)+len(msg)+4), n.id, msg)).Result()
+	payload := appendMessage(make([]byte, 0, len(n.id)+len(msg)+4), n.id, msg)
+	var got int64
+	var err error
+	if n.s.cluster {
+		got, err = n.s.rdb.SPublish(cctx, n.s.nodeChannel(nodeID), payload).Result()
+	} else {
+		got, err = n.s.rdb.Publish(cctx, n.s.nodeChannel(nodeID), payload).Result()
+	}
 	if err != nil {
 		return n.s.redisErr(ctx, "send to "+strconv.Quote(nodeID), err)
 	}
-	if got == 0 && !n.s.cluster {
+	if got == 0 && !n.s.inexactSend {
 		return fmt.Errorf("mongoredis: send to %q: %w", nodeID, scaler.ErrUnknownNode)
 	}
 	return nil
@@ -418,7 +462,11 @@ func (n *node) Close() error {
 	n.closed.Store(true)
 	n.dmu.Unlock()
 	n.cancel()
-	n.ps.Close() // unblocks the loop's read; Redis drops the subscriptions
+	if n.sharded {
+		n.closeShards()
+	} else {
+		n.ps.Close() // unblocks the loop's read; Redis drops the subscriptions
+	}
 	n.wg.Wait()
 	n.failBarriers(scaler.ErrClosed)
 	n.s.removeNode(n)

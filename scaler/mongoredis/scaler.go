@@ -21,8 +21,11 @@ import (
 type Scaler struct {
 	cfg     config
 	rdb     redis.UniversalClient
-	cluster bool // Redis Cluster: PUBLISH counts only the local node's receivers
-	store   *store
+	cluster bool // Redis Cluster: sharded pub/sub (SPUBLISH, SSUBSCRIBE)
+	// inexactSend: a publish's receiver count does not cover every
+	// subscriber (a ClusterClient subscribing on replicas).
+	inexactSend bool
+	store       *store
 
 	// Clients Dial created, closed by Close.
 	ownRedis redis.UniversalClient
@@ -57,7 +60,10 @@ func New(rdb redis.UniversalClient, db *mongo.Database, opts ...Option) (*Scaler
 		return nil, err
 	}
 	s := &Scaler{cfg: cfg, rdb: rdb, nodes: make(map[string]*node)}
-	_, s.cluster = rdb.(*redis.ClusterClient)
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		s.cluster = true
+		s.inexactSend = cc.Options().ReadOnly
+	}
 	if db != nil {
 		s.store = newStore(s, db)
 	}

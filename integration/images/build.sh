@@ -15,6 +15,7 @@
 #
 # builds what is missing and points the tests at the local images.
 set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
 
 REDIS_IMAGE=${SSS_REDIS_IMAGE_TAG:-sss-test/redis:7}
 MONGO_IMAGE=${SSS_MONGO_IMAGE_TAG:-sss-test/ferretdb:1.24}

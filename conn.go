@@ -132,7 +132,13 @@ func (c *Conn) send(frame []byte, lossy bool) {
 		c.qmu.Unlock()
 		return
 	}
-	if len(c.queue) >= c.srv.cfg.sendQueue || c.qbytes+len(frame) > c.srv.cfg.sendBytes {
+	maxFrames, maxBytes := c.srv.cfg.sendQueue, c.srv.cfg.sendBytes
+	if lossy {
+		// Lossy frames may fill three quarters of the queue: the rest is
+		// kept for replies, so dropping never turns into disconnecting.
+		maxFrames, maxBytes = max(1, maxFrames*3/4), max(1, maxBytes*3/4)
+	}
+	if len(c.queue) >= maxFrames || c.qbytes+len(frame) > maxBytes {
 		c.qmu.Unlock()
 		if lossy {
 			c.srv.stats.dropped.Add(1)

@@ -129,7 +129,8 @@ func WithHooks(h Hooks) Option {
 
 // WithLossyChannels marks channels whose publications may be dropped for a
 // connection whose send queue is full, instead of disconnecting it (the
-// default slow-consumer policy). Drops are counted in Stats.
+// default slow-consumer policy). They may fill three quarters of the queue,
+// so replies still fit. Drops are counted in Stats.
 func WithLossyChannels(isLossy func(channel string) bool) Option {
 	return func(c *config) error { c.lossy = isLossy; return nil }
 }

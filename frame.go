@@ -226,7 +226,7 @@ func compactJSON(data json.RawMessage) (json.RawMessage, error) {
 	if len(data) == 0 {
 		return nil, nil
 	}
-	if bytes.IndexAny(data, " \t\r\n") < 0 && json.Valid(data) {
+	if !bytes.ContainsAny(data, " \t\r\n") && json.Valid(data) {
 		return data, nil
 	}
 	var buf bytes.Buffer

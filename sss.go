@@ -283,8 +283,6 @@ func randomID(n int) string {
 	return idEncoding.EncodeToString(b)
 }
 
-var nextConn atomic.Uint64
-
 // Hooks are lifecycle callbacks. Each may be nil. They run synchronously on
 // the connection's goroutine: keep them fast. A panic in one is recovered
 // and logged.

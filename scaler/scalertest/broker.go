@@ -256,7 +256,7 @@ func testUnsubscribeStops(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 				err := n[2].node.Publish(ctx, pub(s+".x", "e", strconv.Itoa(i)))
 				cancel()
 				if err != nil {
-					return fmt.Errorf("Publish: %w", err)
+					return fmt.Errorf("publish: %w", err)
 				}
 				published.Add(1)
 				if i%16 == 0 {

@@ -142,13 +142,6 @@ func runRedisWith(t testing.TB, flags ...string) (testcontainers.Container, stri
 	return c, containerAddr(t, c, redisPort)
 }
 
-// startRedis starts a Redis container and returns its host:port address.
-func startRedis(t testing.TB) (addr string) {
-	t.Helper()
-	_, addr = runRedis(t)
-	return addr
-}
-
 // runMongo starts a MongoDB-wire container (official MongoDB or the local
 // FerretDB image) and returns it and its host:port address.
 func runMongo(t testing.TB) (testcontainers.Container, string) {

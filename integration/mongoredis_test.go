@@ -509,6 +509,239 @@ func TestMongoRedisHistory(t *testing.T) {
 	})
 }
 
+// sinceAll pages through stream from pos with Since(limit) until the
+// stream's position, returning the offsets, or the first error.
+func sinceAll(t *testing.T, h scaler.History, stream string, pos scaler.Position, limit int) ([]uint64, error) {
+	t.Helper()
+	var got []uint64
+	for {
+		es, top, err := h.Since(ctxT(t), stream, pos, limit)
+		if err != nil {
+			return got, err
+		}
+		if len(es) > limit {
+			t.Fatalf("Since(%+v, %d) gave %d entries", pos, limit, len(es))
+		}
+		for _, e := range es {
+			got = append(got, e.Offset)
+			if string(e.Pub.Data) != fmt.Sprint(e.Offset) {
+				t.Fatalf("entry %d of %q holds %s", e.Offset, stream, e.Pub.Data)
+			}
+		}
+		if pos.Offset >= top.Offset {
+			return got, nil
+		}
+		if len(es) == 0 {
+			t.Fatalf("Since(%+v) gave nothing below the top %d", pos, top.Offset)
+		}
+		pos.Offset = es[len(es)-1].Offset
+	}
+}
+
+func wantRange(t *testing.T, got []uint64, from, to uint64) {
+	t.Helper()
+	ok := len(got) == int(to-from+1)
+	for i := 0; ok && i < len(got); i++ {
+		ok = got[i] == from+uint64(i)
+	}
+	if !ok {
+		t.Fatalf("offsets %v; want %d..%d in order", got, from, to)
+	}
+}
+
+// TestMongoRedisArchive checks the MongoDB history archive (WithArchive)
+// behind a tiny Redis history.
+func TestMongoRedisArchive(t *testing.T) {
+	b := newBackend(t)
+
+	t.Run("ServesTrimmedAndDetectsHoles", func(t *testing.T) {
+		s, db := b.newScaler(t, mongoredis.WithHistory(5, time.Minute), mongoredis.WithArchive(time.Minute, 0))
+		n, h, _ := joinNode(t, s, "n1")
+		publishN(t, n, "ar.x", 1, 50) // two streams: "ar" and "ar.x"
+		_, top, err := h.Since(ctxT(t), "ar", scaler.Position{}, 0)
+		if err != nil || top.Offset != 50 {
+			t.Fatalf("Since: %+v, %v", top, err)
+		}
+		// Redis keeps 46..50; 4..45 come from the archive, in pages of 10,
+		// the last one joining the archive to Redis (44, 45 then 46..50).
+		got, err := sinceAll(t, h, "ar", scaler.Position{Offset: 3, Epoch: top.Epoch}, 10)
+		if err != nil {
+			t.Fatalf("Since from 3 after %v: %v", got, err)
+		}
+		wantRange(t, got, 4, 50)
+		es, _, err := h.Since(ctxT(t), "ar", scaler.Position{Offset: 43, Epoch: top.Epoch}, 10)
+		if err != nil || len(es) != 7 || es[0].Offset != 44 || es[6].Offset != 50 || es[0].Pub.Channel != "ar.x" {
+			t.Fatalf("page across the archive and Redis: %d entries, %v", len(es), err)
+		}
+		_, xtop, err := h.Since(ctxT(t), "ar.x", scaler.Position{}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err = sinceAll(t, h, "ar.x", scaler.Position{Offset: 0, Epoch: xtop.Epoch}, 20)
+		if err != nil {
+			t.Fatalf("ar.x from 0 after %v: %v", got, err)
+		}
+		wantRange(t, got, 1, 50)
+		if _, _, err := h.Since(ctxT(t), "ar", scaler.Position{Offset: 3, Epoch: top.Epoch}, 0); err != nil {
+			t.Fatalf("Since limit 0 from an archived position: %v", err)
+		}
+		// Another epoch is never served from the archive.
+		if _, _, err := h.Since(ctxT(t), "ar", scaler.Position{Offset: 3, Epoch: "other"}, 10); !errors.Is(err, scaler.ErrPositionLost) {
+			t.Fatalf("Since in another epoch: %v; want ErrPositionLost", err)
+		}
+
+		// A hole in the archive (as if a publisher died between Redis and
+		// MongoDB): never a silent gap.
+		ctx := ctxT(t)
+		res, err := db.Collection("sss_history").DeleteOne(ctx, bson.D{{Key: "stream", Value: "ar"}, {Key: "offset", Value: 20}})
+		if err != nil || res.DeletedCount != 1 {
+			t.Fatalf("deleting archived entry 20: %v, %v", res, err)
+		}
+		got, err = sinceAll(t, h, "ar", scaler.Position{Offset: 3, Epoch: top.Epoch}, 10)
+		if !errors.Is(err, scaler.ErrPositionLost) {
+			t.Fatalf("Since across the hole at 20: %v, %v; want ErrPositionLost", got, err)
+		}
+		wantRange(t, got, 4, 13) // the first page, before the hole
+		for _, c := range []struct {
+			after uint64
+			limit int
+		}{{18, 10}, {19, 0}, {19, 1}, {19, 10}} {
+			if es, _, err := h.Since(ctx, "ar", scaler.Position{Offset: c.after, Epoch: top.Epoch}, c.limit); !errors.Is(err, scaler.ErrPositionLost) {
+				t.Fatalf("Since(%d, %d) with 20 missing: %d entries, %v; want ErrPositionLost", c.after, c.limit, len(es), err)
+			}
+		}
+		// Up to the hole is fine: a page that ends before it.
+		if es, _, err := h.Since(ctx, "ar", scaler.Position{Offset: 17, Epoch: top.Epoch}, 2); err != nil || len(es) != 2 || es[1].Offset != 19 {
+			t.Fatalf("Since(17, 2) with 20 missing: %d entries, %v; want 18, 19", len(es), err)
+		}
+		got, err = sinceAll(t, h, "ar", scaler.Position{Offset: 20, Epoch: top.Epoch}, 10)
+		if err != nil {
+			t.Fatalf("Since from 20: %v", err)
+		}
+		wantRange(t, got, 21, 50)
+		if f := s.ArchiveFailures(); f != 0 {
+			t.Errorf("ArchiveFailures = %d", f)
+		}
+	})
+
+	t.Run("CountBound", func(t *testing.T) {
+		s, db := b.newScaler(t, mongoredis.WithHistory(2, time.Minute), mongoredis.WithArchive(time.Minute, 10))
+		n, h, _ := joinNode(t, s, "n1")
+		publishN(t, n, "cb", 1, 30)
+		c, err := db.Collection("sss_history").CountDocuments(ctxT(t), bson.D{{Key: "stream", Value: "cb"}})
+		if err != nil || c < 10 || c > 12 {
+			t.Fatalf("archived entries of a stream bounded to 10: %d, %v", c, err)
+		}
+		_, top, _ := h.Since(ctxT(t), "cb", scaler.Position{}, 0)
+		if _, _, err := h.Since(ctxT(t), "cb", scaler.Position{Offset: 3, Epoch: top.Epoch}, 10); !errors.Is(err, scaler.ErrPositionLost) {
+			t.Fatalf("Since from a position trimmed from both: %v; want ErrPositionLost", err)
+		}
+		got, err := sinceAll(t, h, "cb", scaler.Position{Offset: 20, Epoch: top.Epoch}, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantRange(t, got, 21, 30)
+	})
+
+	t.Run("Off", func(t *testing.T) {
+		s, db := b.newScaler(t, mongoredis.WithHistory(5, time.Minute))
+		n, h, _ := joinNode(t, s, "n1")
+		publishN(t, n, "off", 1, 10)
+		_, top, _ := h.Since(ctxT(t), "off", scaler.Position{}, 0)
+		if _, _, err := h.Since(ctxT(t), "off", scaler.Position{Offset: 3, Epoch: top.Epoch}, 10); !errors.Is(err, scaler.ErrPositionLost) {
+			t.Fatalf("Since from 3 with 6..10 kept and no archive: %v; want ErrPositionLost", err)
+		}
+		if c, err := db.Collection("sss_history").CountDocuments(ctxT(t), bson.D{}); err != nil || c != 0 {
+			t.Fatalf("archive collection without WithArchive: %d documents, %v", c, err)
+		}
+	})
+
+	t.Run("ExpiryByAge", func(t *testing.T) {
+		const age = time.Second
+		s, db := b.newScaler(t, mongoredis.WithHistory(2, time.Minute), mongoredis.WithArchive(age, 0),
+			mongoredis.WithSessionTTL(0), mongoredis.WithSweepInterval(100*time.Millisecond))
+		n, h, _ := joinNode(t, s, "n1")
+		start := time.Now()
+		publishN(t, n, "ex", 1, 5)
+		coll := db.Collection("sss_history")
+		ctx := ctxT(t)
+		c, err := coll.CountDocuments(ctx, bson.D{{Key: "stream", Value: "ex"}})
+		if time.Since(start) < age && (err != nil || c != 5) {
+			t.Fatalf("fresh archive: %d documents, %v; want 5", c, err)
+		}
+		_, top, _ := h.Since(ctx, "ex", scaler.Position{}, 0)
+		if time.Since(start) < age {
+			if _, _, err := h.Since(ctx, "ex", scaler.Position{Offset: 1, Epoch: top.Epoch}, 10); err != nil {
+				t.Fatalf("fresh archive: Since from 1: %v", err)
+			}
+		}
+		poll(t, 5*time.Second, "the sweeper to delete the expired archive", func() bool {
+			c, err := coll.CountDocuments(ctx, bson.D{})
+			return err == nil && c == 0
+		})
+		if _, _, err := h.Since(ctx, "ex", scaler.Position{Offset: 1, Epoch: top.Epoch}, 10); !errors.Is(err, scaler.ErrPositionLost) {
+			t.Fatalf("Since from 1 after expiry: %v; want ErrPositionLost", err)
+		}
+	})
+
+	// MongoDB unreachable: Publish still succeeds (the publication was
+	// delivered), the failures are counted, and Since cannot read the
+	// archive: ErrUnavailable, not a gap.
+	t.Run("WriteFailureIsBestEffort", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead := l.Addr().String()
+		l.Close()
+		mc, err := mongo.Connect(options.Client().ApplyURI(mongoURI(dead)).SetServerSelectionTimeout(300 * time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { mc.Disconnect(context.Background()) })
+		s, err := mongoredis.New(b.rdb, mc.Database("x"), mongoredis.WithPrefix(randomName("wf")+":"),
+			mongoredis.WithLogger(testLogger(t)), mongoredis.WithHistory(1, time.Minute), mongoredis.WithArchive(time.Minute, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		n, h, rec := joinNode(t, s, "n1")
+		if err := n.Subscribe(ctxT(t), "wf"); err != nil {
+			t.Fatal(err)
+		}
+		publishN(t, n, "wf", 1, 3)
+		poll(t, 5*time.Second, "3 deliveries", func() bool { return len(rec.on("wf")) == 3 })
+		if f := s.ArchiveFailures(); f != 3 {
+			t.Errorf("ArchiveFailures = %d, want 3", f)
+		}
+		_, top, _ := h.Since(ctxT(t), "wf", scaler.Position{}, 0)
+		if _, _, err := h.Since(ctxT(t), "wf", scaler.Position{Offset: 1, Epoch: top.Epoch}, 10); !errors.Is(err, scaler.ErrUnavailable) {
+			t.Fatalf("Since from a trimmed position with MongoDB down: %v; want ErrUnavailable", err)
+		}
+	})
+
+	// Nothing else changes with the archive on. On FerretDB the suite's
+	// publish-heavy ordering and concurrency workloads are skipped: each
+	// publication adds an archive insert, which FerretDB's SQLite backend
+	// serialises on the same 2 cores, tripling their time without testing
+	// anything the archive touches (order comes from Redis alone, and is
+	// checked by TestMongoRedisConformance).
+	t.Run("Conformance", func(t *testing.T) {
+		scalertest.Run(t, func(t *testing.T) scaler.Scaler {
+			skipThroughputOnFerretDB(t)
+			if onFerretDB() {
+				for _, heavy := range []string{"/Broker/PerPublisherOrder", "/Broker/PerStreamTotalOrder", "/Concurrency/"} {
+					if strings.Contains(t.Name(), heavy) {
+						t.Skip("publish-heavy workload, slow with an archive on FerretDB; see TestMongoRedisArchive")
+					}
+				}
+			}
+			s, _ := b.newScaler(t, mongoredis.WithArchive(time.Minute, 0))
+			return s
+		})
+	})
+}
+
 // TestMongoRedisSessions checks the session store's expiry, sweep and bound
 // against the MongoDB-wire server.
 func TestMongoRedisSessions(t *testing.T) {

@@ -1,6 +1,7 @@
 // Package mongoredis is a scaler.Scaler on Redis and MongoDB: Redis carries
 // publications between server instances, numbers them and keeps a bounded
-// history per stream; MongoDB persists each session's subscriptions.
+// history per stream; MongoDB persists each session's subscriptions and,
+// optionally (WithArchive), an archive of the history that outlives Redis'.
 //
 // # Choosing it
 //
@@ -115,13 +116,56 @@
 // Redis without persistence (or with appendfsync always), and flush it on
 // failover, if clients must never see that.
 //
-// The history lives only in Redis. Keeping a copy in MongoDB was considered
-// and left out: Redis must stay the sequencer (offsets and the delivery
-// order come from one atomic script), so a MongoDB copy could only be a
-// write-behind archive, valid within one epoch, that serves positions older
-// than Redis retains. Catch-up after a reconnect needs seconds to minutes
-// of history, which Redis holds cheaply; an archive would add a second
-// write per publication and a consistency window for little gain.
+// By default the history lives only in Redis: catch-up after a reconnect
+// needs seconds to minutes of history, which Redis holds cheaply. An
+// application that needs positions older than that can opt into an archive
+// in MongoDB (below).
+//
+// # The history archive (WithArchive)
+//
+// WithArchive(maxAge, maxPerStream), off by default and only with a
+// database, keeps a write-behind copy of every stream's history in MongoDB.
+// Redis stays the sequencer: the publish script also returns each stream's
+// offset, epoch and the Redis time, and once it has, the publishing node
+// inserts one document per stream into <cp>history (a duplicate key is
+// ignored). The write is best effort: the publication has been delivered,
+// so a failed insert is logged and counted (Scaler.ArchiveFailures) but
+// Publish still returns nil; after a failure, archive writes are skipped
+// (and counted) for a second, so that an unreachable MongoDB does not make
+// every Publish wait for its timeout. The insert runs after Redis answered
+// and is not cancelled with the caller's context, but a publisher that dies
+// between the two, or a Publish that fails midway through a hierarchical
+// channel's streams, leaves a hole. So does, for a moment, an entry Redis
+// trims before its archive write lands: size the Redis history to outlive
+// that write (a few publications of the stream's peak rate).
+//
+// Since is unchanged while Redis retains the position asked for. When Redis
+// has trimmed what follows it but the epoch is the current one, Since reads
+// the archive for that stream and epoch, offsets after the position, in
+// order, up to the limit, and checks contiguity: the entries must be
+// position+1, +2, ... and, if fewer than the limit, reach the first offset
+// Redis retains, in which case the page goes on with Redis' entries. A
+// page that fills up before reaching Redis is continued by the next Since
+// call, from its last offset. Any hole (a lost write, an entry expired or
+// trimmed from the archive) makes Since fail with scaler.ErrPositionLost,
+// as without the archive: never a silent gap. With limit 0 only the entry
+// right after the position is checked. An archive that cannot be read
+// (MongoDB down) gives an error wrapping scaler.ErrUnavailable. The zero
+// position (no epoch) and other epochs are never served from the archive.
+//
+// Expiry: the sweeper (see below; it runs while nodes are joined, with or
+// without a session TTL) deletes archived entries whose Redis time is older
+// than maxAge by the node's clock (clock skew between nodes and Redis
+// shifts the expiry by as much). Per-stream bounding is done by the
+// publisher, which knows the offset: every max(1, min(maxPerStream/4, 256))
+// offsets it deletes the stream's entries more than maxPerStream behind,
+// one range delete on _id (so a stream holds at most that many more than
+// maxPerStream); 0 disables it. On real MongoDB that delete is an _id index
+// range; FerretDB 1.x scans the collection for it (and for Since's range
+// reads), so there keep maxPerStream 0 and rely on maxAge, or keep the
+// archive small. Entries of older epochs are only removed by age. Entries
+// are deleted oldest first in each stream, so expiry only shortens what
+// Since can serve, and Since reports the rest as lost.
 //
 // # MongoDB: collections
 //
@@ -133,6 +177,17 @@
 //	<cp>subscriptions   {_id: "<len(session)>:<session><channel>", session,
 //	                     channel, query: binary|null, updated: date}
 //	                    unique index {session: 1, channel: 1} ("session_channel")
+//	<cp>history         only with WithArchive: {_id: "<len(stream)>:<stream>|
+//	                     <epoch>|<offset, 20 digits zero-padded>", stream,
+//	                     epoch, offset: int64, at: date (Redis time),
+//	                     channel, event, p: binary (the publication, in the
+//	                     format Redis stores)}
+//	                    index at_1 ("at"), for the sweep
+//
+// An archived entry's _id sorts, within one stream and epoch, in offset
+// order, so Since reads a range of offsets as a range of _ids (indexed on
+// every MongoDB-compatible server that indexes _id ranges; FerretDB 1.x
+// scans), and the count bound deletes one.
 //
 // One document per (session, channel): concurrent calls for different
 // channels never write the same document. Its _id encodes the pair (the
@@ -153,7 +208,8 @@
 // as empty at once and is not revived by TouchSession; AddSubscription
 // starts it afresh (deleting its stale entries). A goroutine owned by the
 // Scaler, running while at least one node is joined, deletes expired
-// sessions and their entries every sweep interval (WithSweepInterval,
+// sessions and their entries (and expired archived entries) every sweep
+// interval (WithSweepInterval,
 // default 1m): TTL indexes are not used because not every
 // MongoDB-compatible server has them. Indexes are created on Join, or on the
 // first store call if MongoDB was down then.
@@ -182,7 +238,9 @@
 //     channels) whose slots a down master owns are affected.
 //   - MongoDB unreachable: the session store's methods return errors
 //     wrapping scaler.ErrUnavailable; publishing, subscribing and history
-//     are unaffected. Set a short server selection timeout on the MongoDB
+//     are unaffected, except with the archive: its writes fail (Publish
+//     still succeeds, see above) and Since from a position only the archive
+//     could serve returns an error wrapping scaler.ErrUnavailable. Set a short server selection timeout on the MongoDB
 //     client (Dial uses 5s) so calls fail fast.
 //   - Publish retries: if Redis fails after running a publish script but
 //     before answering, a client configured to retry (go-redis' MaxRetries,

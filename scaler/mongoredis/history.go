@@ -67,20 +67,21 @@ end
 // publishScript: KEYS meta, history. ARGV channel, body, epoch candidate,
 // history size, history age ms, meta ttl ms, history ttl ms, publish
 // command (PUBLISH, or SPUBLISH with Cluster: the channel carries the keys'
-// hash tag, so it is in the script's slot). Returns the offset.
+// hash tag, so it is in the script's slot). Returns {offset, epoch, Redis
+// time in ms}: where the publication went, for the archive.
 var publishScript = redis.NewScript(luaCommon + `
 local epoch, last = getEpoch(KEYS[1], KEYS[2], ARGV[3], ARGV[6])
 local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local size = tonumber(ARGV[4])
+local now = nowms()
 if size > 0 then
-  local now = nowms()
   redis.call('XADD', KEYS[2], 'MAXLEN', size, string.format('%d-0', off),
     't', string.format('%d', now), 'p', ARGV[2])
   trimAge(KEYS[2], now, tonumber(ARGV[5]))
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
 redis.call(ARGV[8], ARGV[1], '\1' .. string.format('%d', off) .. '\n' .. epoch .. '\n' .. ARGV[2])
-return off
+return {off, epoch, now}
 `)
 
 // sinceScript: KEYS meta, history. ARGV after offset, count, epoch
@@ -148,15 +149,42 @@ func newEpoch() string {
 	return hex.EncodeToString(b[:])
 }
 
+// placed is where the publish script put a publication in one stream.
+type placed struct {
+	stream string
+	offset uint64
+	epoch  string
+	at     int64 // Redis time, ms
+}
+
+// parsePlaced reads the publish script's reply.
+func parsePlaced(stream string, c *redis.Cmd) (placed, error) {
+	v, err := c.Slice()
+	if err != nil {
+		return placed{}, err
+	}
+	if len(v) != 3 {
+		return placed{}, fmt.Errorf("mongoredis: publish: unexpected reply of %d elements", len(v))
+	}
+	off, ok1 := v[0].(int64)
+	epoch, ok2 := v[1].(string)
+	at, ok3 := v[2].(int64)
+	if !ok1 || !ok2 || !ok3 || off <= 0 || epoch == "" {
+		return placed{}, fmt.Errorf("mongoredis: publish: malformed reply %v", v)
+	}
+	return placed{stream: stream, offset: uint64(off), epoch: epoch, at: at}, nil
+}
+
 // publish runs the publish script for each stream, pipelined, or for a
-// tell plain PUBLISHes.
-func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publication) error {
+// tell plain PUBLISHes. It returns the publication's body and, for a
+// KindPublish, where it went in each stream.
+func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publication) ([]byte, []placed, error) {
 	streams := scaler.Streams(pub.Channel)
 	body := appendBody(make([]byte, 0, 64+len(pub.Channel)+len(pub.Event)+len(pub.Data)), node, pub)
 	if pub.Kind == scaler.KindTell {
 		frame := appendFrame(make([]byte, 0, len(body)+4), 0, "", body)
 		if len(streams) == 1 {
-			return s.publishRaw(ctx, s.rdb, s.streamChannel(streams[0]), frame).Err()
+			return body, nil, s.publishRaw(ctx, s.rdb, s.streamChannel(streams[0]), frame).Err()
 		}
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, st := range streams {
@@ -164,7 +192,7 @@ func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publicati
 			}
 			return nil
 		})
-		return err
+		return body, nil, err
 	}
 	args := func(st string) []any {
 		return []any{
@@ -177,7 +205,11 @@ func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publicati
 	keys := func(st string) []string { return []string{s.metaKey(st), s.histKey(st)} }
 	if len(streams) == 1 {
 		// Run tries EVALSHA and falls back to EVAL when Redis lost the script.
-		return publishScript.Run(ctx, s.rdb, keys(streams[0]), args(streams[0])...).Err()
+		pl, err := parsePlaced(streams[0], publishScript.Run(ctx, s.rdb, keys(streams[0]), args(streams[0])...))
+		if err != nil {
+			return body, nil, err
+		}
+		return body, []placed{pl}, nil
 	}
 	cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, st := range streams {
@@ -185,28 +217,43 @@ func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publicati
 		}
 		return nil
 	})
-	if err == nil {
-		return nil
-	}
-	// A pipeline cannot fall back by itself: rerun, with the script's body,
-	// the streams whose EVALSHA found no script. Nothing ran for those, so
-	// their order is kept.
-	var retry []string
-	for i, c := range cmds {
-		if cerr := c.Err(); cerr != nil {
-			if !redis.HasErrorPrefix(cerr, "NOSCRIPT") {
-				return cerr
+	if err != nil {
+		// A pipeline cannot fall back by itself: rerun, with the script's
+		// body, the streams whose EVALSHA found no script. Nothing ran for
+		// those, so their order is kept.
+		var retry []int
+		for i, c := range cmds {
+			if cerr := c.Err(); cerr != nil {
+				if !redis.HasErrorPrefix(cerr, "NOSCRIPT") {
+					return body, nil, cerr
+				}
+				retry = append(retry, i)
 			}
-			retry = append(retry, streams[i])
+		}
+		again, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, i := range retry {
+				publishScript.Eval(ctx, p, keys(streams[i]), args(streams[i])...)
+			}
+			return nil
+		})
+		if err != nil {
+			return body, nil, err
+		}
+		for k, i := range retry {
+			cmds[i] = again[k]
 		}
 	}
-	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, st := range retry {
-			publishScript.Eval(ctx, p, keys(st), args(st)...)
+	out := make([]placed, len(streams))
+	for i, c := range cmds {
+		rc, ok := c.(*redis.Cmd)
+		if !ok {
+			return body, nil, fmt.Errorf("mongoredis: publish: unexpected pipeline reply %T", c)
 		}
-		return nil
-	})
-	return err
+		if out[i], err = parsePlaced(streams[i], rc); err != nil {
+			return body, nil, err
+		}
+	}
+	return body, out, nil
 }
 
 // since implements scaler.History.
@@ -230,6 +277,7 @@ func (s *Scaler) since(ctx context.Context, stream string, pos scaler.Position, 
 		return nil, scaler.Position{}, fmt.Errorf("mongoredis: since: malformed reply %v", res[:3])
 	}
 	top := scaler.Position{Offset: last, Epoch: epoch}
+	trimmed := false
 	if pos.Epoch != "" {
 		switch {
 		case pos.Epoch != epoch:
@@ -237,7 +285,10 @@ func (s *Scaler) since(ctx context.Context, stream string, pos scaler.Position, 
 		case pos.Offset > last:
 			return nil, top, fmt.Errorf("mongoredis: stream %q: offset %d is beyond the last %d: %w", stream, pos.Offset, last, scaler.ErrPositionLost)
 		case pos.Offset < last && pos.Offset+1 < first:
-			return nil, top, fmt.Errorf("mongoredis: stream %q: publications %d to %d were trimmed: %w", stream, pos.Offset+1, first-1, scaler.ErrPositionLost)
+			if s.store == nil || !s.cfg.archive() {
+				return nil, top, fmt.Errorf("mongoredis: stream %q: publications %d to %d were trimmed: %w", stream, pos.Offset+1, first-1, scaler.ErrPositionLost)
+			}
+			trimmed = true
 		}
 	}
 	entries := make([]scaler.Entry, 0, (len(res)-3)/2)
@@ -254,5 +305,24 @@ func (s *Scaler) since(ctx context.Context, stream string, pos scaler.Position, 
 		}
 		entries = append(entries, scaler.Entry{Offset: off, Pub: pub})
 	}
-	return entries, top, nil
+	if !trimmed {
+		return entries, top, nil
+	}
+	// Redis no longer has pos.Offset+1 .. first-1: the archive must.
+	arch, err := s.store.archived(ctx, stream, epoch, pos.Offset, first-1, limit)
+	if err != nil {
+		return nil, top, err
+	}
+	if limit == 0 {
+		return nil, top, nil
+	}
+	if len(arch) < limit {
+		// The archive reached first-1 (archived checked it): go on with
+		// what Redis retains, which starts at first.
+		if len(entries) > 0 && entries[0].Offset != first {
+			return nil, top, fmt.Errorf("mongoredis: stream %q: history starts at %d, not %d: %w", stream, entries[0].Offset, first, scaler.ErrPositionLost)
+		}
+		arch = append(arch, entries[:min(len(entries), limit-len(arch))]...)
+	}
+	return arch, top, nil
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.uber.org/goleak"
 
 	"github.com/superscaled/sss/scaler"
@@ -148,6 +150,30 @@ func TestSubID(t *testing.T) {
 	}
 }
 
+func TestArchiveID(t *testing.T) {
+	// Within one stream and epoch, _id order is offset order.
+	prev := ""
+	for _, off := range []uint64{0, 1, 9, 10, 99, 100, 12345, 1 << 40, ^uint64(0)} {
+		id := archiveID("a.b", "ep", off)
+		if id <= prev {
+			t.Errorf("archiveID(%d) = %q sorts before %q", off, id, prev)
+		}
+		prev = id
+	}
+	// Streams never share a range: the length prefix separates "a|x" and "a".
+	if p, q := archivePrefix("a|x", "e"), archivePrefix("a", "x|e"); p == q {
+		t.Errorf("prefixes collide: %q", p)
+	}
+	c := config{archivePerStream: 5}
+	if c.trimEvery() != 1 {
+		t.Errorf("trimEvery(5) = %d", c.trimEvery())
+	}
+	c.archivePerStream = 1 << 20
+	if c.trimEvery() != 256 {
+		t.Errorf("trimEvery(1M) = %d", c.trimEvery())
+	}
+}
+
 func TestOptions(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{})
 	defer rdb.Close()
@@ -164,6 +190,9 @@ func TestOptions(t *testing.T) {
 		"zero max subscriptions": {WithMaxSessionSubscriptions(0)},
 		"zero call timeout":      {WithCallTimeout(0)},
 		"nil logger":             {WithLogger(nil)},
+		"archive without db":     {WithArchive(time.Hour, 10)},
+		"zero archive age":       {WithArchive(0, 10)},
+		"negative archive count": {WithArchive(time.Hour, -1)},
 	}
 	for name, opts := range bad {
 		if _, err := New(rdb, nil, opts...); err == nil {
@@ -176,6 +205,14 @@ func TestOptions(t *testing.T) {
 	}
 	if s.cfg.historyTTL() != time.Millisecond {
 		t.Errorf("history TTL without age = %v, want the stream TTL", s.cfg.historyTTL())
+	}
+	mc, err := mongo.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1")) // no I/O yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mc.Disconnect(context.Background())
+	if _, err := New(rdb, mc.Database("x"), WithArchive(time.Hour, 0)); err != nil {
+		t.Errorf("archive with a database refused: %v", err)
 	}
 	if _, err := New(nil, nil); err == nil {
 		t.Error("New accepted a nil Redis client")

@@ -301,9 +301,11 @@ func (n *node) Publish(ctx context.Context, pub *scaler.Publication) error {
 	}
 	cctx, cancel := n.s.callCtx(ctx)
 	defer cancel()
-	if err := n.s.publish(cctx, n.id, pub); err != nil {
+	body, pls, err := n.s.publish(cctx, n.id, pub)
+	if err != nil {
 		return n.s.redisErr(ctx, "publish to "+strconv.Quote(pub.Channel), err)
 	}
+	n.s.archive(ctx, n.id, pub, body, pls)
 	return nil
 }
 
@@ -445,6 +447,10 @@ func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, li
 	cctx, cancel := n.s.callCtx(ctx)
 	defer cancel()
 	entries, top, err := n.s.since(cctx, stream, pos, limit)
+	var ae *archiveError
+	if errors.As(err, &ae) {
+		return nil, scaler.Position{}, n.s.mongoErr(ctx, "archived history of "+strconv.Quote(stream), ae.err)
+	}
 	if err != nil && !errors.Is(err, scaler.ErrPositionLost) {
 		return nil, scaler.Position{}, n.s.redisErr(ctx, "history of "+strconv.Quote(stream), err)
 	}

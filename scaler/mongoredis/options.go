@@ -22,6 +22,10 @@ type config struct {
 	maxSubs       int
 	callTimeout   time.Duration
 	logger        *slog.Logger
+
+	// The MongoDB history archive (WithArchive); off when archiveAge is 0.
+	archiveAge       time.Duration
+	archivePerStream int
 }
 
 // Defaults.
@@ -121,8 +125,9 @@ func WithSessionTTL(d time.Duration) Option {
 	}
 }
 
-// WithSweepInterval sets how often expired sessions are deleted from
-// MongoDB (default 1m). Expired sessions already look empty before that.
+// WithSweepInterval sets how often expired sessions (and, with WithArchive,
+// expired archived publications) are deleted from MongoDB (default 1m).
+// Expired sessions already look empty before that.
 func WithSweepInterval(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 {
@@ -169,6 +174,28 @@ func WithLogger(l *slog.Logger) Option {
 		return nil
 	}
 }
+
+// WithArchive turns on the write-behind history archive in MongoDB (off by
+// default; New fails without a database): every publication numbered by
+// Redis is also written to the collection <cp>history, so that Since can
+// serve positions older than the Redis history retains, within the same
+// epoch. Archived publications are deleted once older than maxAge (which
+// must be positive) by the sweeper, and each stream keeps about its last
+// maxPerStream (0: no count bound). Archive writes are best effort: a
+// failed one is logged and counted (ArchiveFailures) and does not fail
+// Publish; Since then reports the hole as scaler.ErrPositionLost. See the
+// package documentation.
+func WithArchive(maxAge time.Duration, maxPerStream int) Option {
+	return func(c *config) error {
+		if maxAge < time.Millisecond || maxPerStream < 0 {
+			return fmt.Errorf("mongoredis: WithArchive(%v, %d): the age must be at least 1ms and the count not negative", maxAge, maxPerStream)
+		}
+		c.archiveAge, c.archivePerStream = maxAge, maxPerStream
+		return nil
+	}
+}
+
+func (c *config) archive() bool { return c.archiveAge > 0 }
 
 func (c *config) validate() error {
 	if c.historyAge > 0 && c.streamTTL < c.historyAge {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,6 +31,13 @@ type Scaler struct {
 	// Clients Dial created, closed by Close.
 	ownRedis redis.UniversalClient
 	ownMongo *mongo.Client
+
+	// archiveFailures counts publications whose archive write failed.
+	archiveFailures atomic.Uint64
+	archiveFailing  atomic.Bool // the last archive write failed: log only changes
+	// archivePausedUntil (Unix ns): archive writes are skipped until then,
+	// after a failure.
+	archivePausedUntil atomic.Int64
 
 	mu      sync.Mutex
 	closed  bool
@@ -66,6 +74,8 @@ func New(rdb redis.UniversalClient, db *mongo.Database, opts ...Option) (*Scaler
 	}
 	if db != nil {
 		s.store = newStore(s, db)
+	} else if cfg.archive() {
+		return nil, errors.New("mongoredis: WithArchive needs a MongoDB database")
 	}
 	return s, nil
 }
@@ -181,7 +191,7 @@ func (s *Scaler) Join(ctx context.Context, nodeID string, h scaler.Handler) (sca
 		return nil, err
 	}
 	s.nodes[nodeID] = n
-	if s.store != nil && s.cfg.sessionTTL > 0 && s.sweeper == nil {
+	if s.store != nil && (s.cfg.sessionTTL > 0 || s.cfg.archive()) && s.sweeper == nil {
 		s.sweeper = startSweeper(s.store)
 	}
 	s.mu.Unlock()

@@ -29,6 +29,7 @@ type store struct {
 	s        *Scaler
 	sessions *mongo.Collection
 	subs     *mongo.Collection
+	hist     *mongo.Collection // the archive (WithArchive)
 
 	imu     sync.Mutex
 	indexed bool
@@ -39,6 +40,7 @@ func newStore(s *Scaler, db *mongo.Database) *store {
 		s:        s,
 		sessions: db.Collection(s.cfg.collPrefix + "sessions"),
 		subs:     db.Collection(s.cfg.collPrefix + "subscriptions"),
+		hist:     db.Collection(s.cfg.collPrefix + "history"),
 	}
 }
 
@@ -74,6 +76,12 @@ func (st *store) ensureIndexes(ctx context.Context) error {
 		_, err = st.sessions.Indexes().CreateOne(ctx, mongo.IndexModel{
 			Keys:    bson.D{{Key: "seen", Value: 1}},
 			Options: options.Index().SetName("seen"),
+		})
+	}
+	if err == nil && st.s.cfg.archive() {
+		_, err = st.hist.Indexes().CreateOne(ctx, mongo.IndexModel{
+			Keys:    bson.D{{Key: "at", Value: 1}},
+			Options: options.Index().SetName("at"),
 		})
 	}
 	if err != nil && !mongoUnavailable(err) {
@@ -365,7 +373,8 @@ func (st *store) sweep(ctx context.Context) (int, error) {
 	return total, nil
 }
 
-// sweeper runs store.sweep periodically while the Scaler has nodes.
+// sweeper runs store.sweep and store.sweepArchive periodically while the
+// Scaler has nodes.
 type sweeper struct {
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -388,16 +397,19 @@ func startSweeper(st *store) *sweeper {
 			}
 			cctx, ccancel := context.WithTimeout(ctx, max(st.s.cfg.callTimeout, interval))
 			err := st.ensureIndexes(cctx)
-			n := 0
+			n, a := 0, 0
 			if err == nil {
 				n, err = st.sweep(cctx)
+			}
+			if err == nil {
+				a, err = st.sweepArchive(cctx)
 			}
 			ccancel()
 			switch {
 			case err != nil && ctx.Err() == nil:
-				st.s.cfg.logger.Warn("mongoredis: session sweep failed", "err", err)
-			case n > 0:
-				st.s.cfg.logger.Debug("mongoredis: expired sessions deleted", "sessions", n)
+				st.s.cfg.logger.Warn("mongoredis: sweep failed", "err", err)
+			case n > 0 || a > 0:
+				st.s.cfg.logger.Debug("mongoredis: expired documents deleted", "sessions", n, "archived", a)
 			}
 			t.Reset(interval)
 		}

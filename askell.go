@@ -201,15 +201,47 @@ func (t Target) String() string {
 // returns once the scaler accepted it; delivery is not acknowledged by the
 // clients, and a target with no connection is not an error.
 func (s *Server) Tell(ctx context.Context, t Target, name string, data any) error {
-	if t.id == "" {
-		return Errorf(CodeBadRequest, "empty target")
-	}
-	if name == "" || len(name) > maxNameLen {
-		return Errorf(CodeBadRequest, "tell name must be 1 to %d bytes", maxNameLen)
+	if name == "" || len(name) > maxNameLen || strings.HasPrefix(name, scaler.ReservedPrefix) {
+		return Errorf(CodeBadRequest, "tell name must be 1 to %d bytes, not starting with %q", maxNameLen, scaler.ReservedPrefix)
 	}
 	raw, err := encodeData(data)
 	if err != nil {
 		return err
+	}
+	return s.tell(ctx, t, name, raw)
+}
+
+// disconnectTell is the reserved tell that closes its target's connections.
+const disconnectTell = scaler.ReservedPrefix + "disconnect"
+
+type disconnectOrder struct {
+	Reason string `json:"reason"`
+	Final  bool   `json:"final"`
+}
+
+// Disconnect closes the target's connections wherever they are in the
+// cluster (e.g. on logout, or when a user is banned), with close code 4005
+// (the clients may reconnect) or, if final, 4501 (they must not). It
+// returns once the scaler accepted the order.
+func (s *Server) Disconnect(ctx context.Context, t Target, reason string, final bool) error {
+	raw, _ := json.Marshal(disconnectOrder{Reason: truncate(reason, 120), Final: final})
+	return s.tell(ctx, t, disconnectTell, raw)
+}
+
+// obey carries out a disconnect order; it reports false for other tells.
+func (c *Conn) obey(name string, data []byte) bool {
+	if name != disconnectTell {
+		return false
+	}
+	var o disconnectOrder
+	json.Unmarshal(data, &o)
+	c.Close(o.Reason, o.Final)
+	return true
+}
+
+func (s *Server) tell(ctx context.Context, t Target, name string, raw []byte) error {
+	if t.id == "" {
+		return Errorf(CodeBadRequest, "empty target")
 	}
 	switch t.kind {
 	case 'u':
@@ -358,7 +390,7 @@ func (s *Server) handleNode(m nodeMsg) {
 		c := s.conns[m.Conn]
 		s.cmu.RUnlock()
 		if m.K == "tell" {
-			if c != nil {
+			if c != nil && !c.obey(m.Name, m.Data) {
 				c.send(encodeTell(m.Name, m.Data), false)
 			}
 			return

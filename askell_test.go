@@ -258,3 +258,30 @@ func resumed(result json.RawMessage) string {
 	}
 	return strings.Join(out, " ")
 }
+
+func TestDisconnectAcrossInstances(t *testing.T) {
+	cl := newCluster(t, 3, sss.WithSessionParser(userParser))
+	ctx := context.Background()
+	phone := cl.dial(0, as("alice", "phone"))
+	laptop := cl.dial(1, as("alice", "laptop"))
+	bob := cl.dial(1, as("bob", "b"))
+	if err := cl.servers[2].Disconnect(ctx, sss.ToUser("alice"), "banned", true); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []*wsClient{phone, laptop} {
+		if code := w.closeStatus(); code != sss.CloseForbidden {
+			t.Fatalf("close code %d, want %d", code, sss.CloseForbidden)
+		}
+	}
+	bob.ok(map[string]any{"type": "subscribe", "channel": "still-here"})
+	if err := cl.servers[0].Disconnect(ctx, sss.ToConn(bob.welcome.Conn), "moved", false); err != nil {
+		t.Fatal(err)
+	}
+	if code := bob.closeStatus(); code != sss.CloseDisconnect {
+		t.Fatalf("close code %d, want %d", code, sss.CloseDisconnect)
+	}
+	// The order's name is reserved: applications cannot send it as a tell.
+	if err := cl.servers[0].Tell(ctx, sss.ToUser("x"), "$disconnect", nil); !errors.Is(err, sss.ErrBadRequest) {
+		t.Fatalf("reserved tell name: %v", err)
+	}
+}

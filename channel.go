@@ -235,6 +235,14 @@ func (s *Server) deliver(d scaler.Delivery) {
 		}
 	}
 	pub := d.Pub
+	if pub.Kind == scaler.KindTell && pub.Event == disconnectTell {
+		ch.mu.RLock()
+		for c := range ch.subs {
+			c.obey(pub.Event, pub.Data)
+		}
+		ch.mu.RUnlock()
+		return
+	}
 	frame := encodeDelivery(d)
 	lossy := pub.Kind == scaler.KindPublish && s.cfg.lossy != nil && s.cfg.lossy(pub.Channel)
 	nested := pub.Channel != d.Stream

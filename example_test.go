@@ -219,3 +219,51 @@ func ExampleError() {
 	// true
 	// not_found no room 42
 }
+
+// The server asks a client a question and waits for its reply, wherever in
+// the cluster the client is connected.
+func ExampleServer_Ask() {
+	m := memory.New()
+	a, _ := sss.New(sss.WithScaler(m))
+	b, _ := sss.New(sss.WithScaler(m))
+	defer a.Close()
+	defer b.Close()
+	ts := httptest.NewServer(b)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	var welcome struct{ Conn string }
+	json.Unmarshal([]byte(next()), &welcome)
+
+	go func() { // the client: answer the ask
+		var ask struct{ ID int }
+		json.Unmarshal([]byte(next()), &ask)
+		c.Write(context.Background(), websocket.MessageText, []byte(fmt.Sprintf(`{"type":"reply","id":%d,"result":"yes"}`, ask.ID)))
+	}()
+	answer, err := a.Ask(context.Background(), welcome.Conn, "confirm", "Delete the draft?")
+	fmt.Println(string(answer), err)
+	// Output:
+	// "yes" <nil>
+}
+
+// Disconnect closes every connection of a user, on every instance.
+func ExampleServer_Disconnect() {
+	srv, _ := sss.New(sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
+		return &sss.Session{UserID: r.Header.Get("X-User")}, nil
+	}))
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	h := http.Header{}
+	h.Set("X-User", "mallory")
+	c, next := rawDial(wsURL(ts), h)
+	defer c.CloseNow()
+	next() // welcome
+	srv.Disconnect(context.Background(), sss.ToUser("mallory"), "banned", true)
+	_, _, err := c.Read(context.Background())
+	fmt.Println(websocket.CloseStatus(err))
+	// Output:
+	// StatusCode(4501)
+}

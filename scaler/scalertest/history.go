@@ -26,17 +26,7 @@ var historyTests = []test{
 // the backend keeps none.
 func histories(t *testing.T, ns func(*testing.T) scaler.Scaler, n int) (*env, []*member, []scaler.History) {
 	t.Helper()
-	e := newEnv(t, ns)
-	ms := e.nodes(n)
-	out := make([]scaler.History, n)
-	for i, m := range ms {
-		h, ok := m.node.(scaler.History)
-		if !ok {
-			t.Skipf("the Node (%T) does not implement scaler.History", m.node)
-		}
-		out[i] = h
-	}
-	return e, ms, out
+	return joinAs[scaler.History](t, ns, n)
 }
 
 func since(t *testing.T, h scaler.History, stream string, pos scaler.Position, limit int) ([]scaler.Entry, scaler.Position) {

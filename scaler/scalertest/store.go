@@ -3,6 +3,7 @@ package scalertest
 import (
 	"bytes"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -27,15 +28,22 @@ var storeTests = []test{
 // when the backend does not persist sessions.
 func stores(t *testing.T, ns func(*testing.T) scaler.Scaler, n int) (*env, []*member, []scaler.SessionStore) {
 	t.Helper()
+	return joinAs[scaler.SessionStore](t, ns, n)
+}
+
+// joinAs joins n nodes and returns them as the optional interface T,
+// skipping the test when the backend's Node does not implement it.
+func joinAs[T any](t *testing.T, ns func(*testing.T) scaler.Scaler, n int) (*env, []*member, []T) {
+	t.Helper()
 	e := newEnv(t, ns)
 	ms := e.nodes(n)
-	out := make([]scaler.SessionStore, n)
+	out := make([]T, n)
 	for i, m := range ms {
-		st, ok := m.node.(scaler.SessionStore)
+		v, ok := m.node.(T)
 		if !ok {
-			t.Skipf("the Node (%T) does not implement scaler.SessionStore", m.node)
+			t.Skipf("the Node (%T) does not implement %v", m.node, reflect.TypeFor[T]())
 		}
-		out[i] = st
+		out[i] = v
 	}
 	return e, ms, out
 }

@@ -120,16 +120,12 @@ func (s *Server) runAsk(ctx context.Context, c *Conn, name string, h AskHandler,
 		}
 		return nil, w
 	}
-	if raw, ok := v.(json.RawMessage); ok {
-		if res, err = compactJSON(raw); err != nil {
-			s.log.Error("sss: ask handler returned invalid JSON", "ask", name, "err", err)
-			return nil, &Error{Code: CodeInternal, Message: "internal error"}
-		}
-		return res, nil
-	}
-	if res, err = json.Marshal(v); err != nil {
+	if res, err = encodeData(v); err != nil {
 		s.log.Error("sss: cannot encode ask result", "ask", name, "err", err)
 		return nil, &Error{Code: CodeInternal, Message: "internal error"}
+	}
+	if res == nil {
+		res = []byte("null")
 	}
 	return res, nil
 }
@@ -293,7 +289,7 @@ func (s *Server) Ask(ctx context.Context, connID, name string, data any) (json.R
 	select {
 	case r := <-ch:
 		if r.Err != nil {
-			return nil, &Error{Code: r.Err.Code, Message: r.Err.Message}
+			return nil, r.Err
 		}
 		return r.Data, nil
 	case <-ctx.Done():
@@ -336,7 +332,7 @@ type nodeMsg struct {
 	Conn     string          `json:"conn,omitempty"`
 	Name     string          `json:"name,omitempty"`
 	Data     json.RawMessage `json:"data,omitempty"`
-	Err      *wireError      `json:"err,omitempty"`
+	Err      *Error          `json:"err,omitempty"`
 	Reply    string          `json:"reply,omitempty"`    // node awaiting the reply
 	Deadline int64           `json:"deadline,omitempty"` // unix ms
 }
@@ -407,9 +403,7 @@ func (s *Server) handleNode(m nodeMsg) {
 // the scaler's delivery goroutine or the read loop when remote.
 func (s *Server) replyNode(node string, id uint64, data json.RawMessage, e *Error) {
 	m := nodeMsg{K: "reply", ID: id, Data: data}
-	if e != nil {
-		m.Err = &wireError{Code: e.Code, Message: e.Message}
-	}
+	m.Err = e
 	if node == s.nodeID {
 		s.handleNode(m)
 		return
@@ -502,7 +496,7 @@ func (s *Server) failPending() {
 	defer s.pending.mu.Unlock()
 	for id, ch := range s.pending.m {
 		select {
-		case ch <- nodeMsg{K: "reply", ID: id, Err: &wireError{Code: CodeUnavailable, Message: "server closed"}}:
+		case ch <- nodeMsg{K: "reply", ID: id, Err: &Error{Code: CodeUnavailable, Message: "server closed"}}:
 		default:
 		}
 	}

@@ -2,7 +2,6 @@ package sss
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -312,7 +311,7 @@ func (s *Server) Publish(ctx context.Context, channel, event string, data any) e
 	if err := ValidChannel(channel); err != nil {
 		return err
 	}
-	return s.publish(ctx, scaler.KindPublish, channel, event, data, scaler.Sender{})
+	return s.publish(ctx, channel, event, data)
 }
 
 // PublishUser publishes to every connection of a user, on every instance.
@@ -320,7 +319,7 @@ func (s *Server) PublishUser(ctx context.Context, userID, event string, data any
 	if userID == "" {
 		return Errorf(CodeBadRequest, "empty user id")
 	}
-	return s.publish(ctx, scaler.KindPublish, UserChannel(userID), event, data, scaler.Sender{})
+	return s.publish(ctx, UserChannel(userID), event, data)
 }
 
 // PublishSession publishes to every connection of a session, on every
@@ -329,25 +328,15 @@ func (s *Server) PublishSession(ctx context.Context, sessionID, event string, da
 	if sessionID == "" {
 		return Errorf(CodeBadRequest, "empty session id")
 	}
-	return s.publish(ctx, scaler.KindPublish, SessionChannel(sessionID), event, data, scaler.Sender{})
+	return s.publish(ctx, SessionChannel(sessionID), event, data)
 }
 
-func (s *Server) publish(ctx context.Context, kind scaler.Kind, channel, event string, data any, from scaler.Sender) error {
-	var raw []byte
-	switch d := data.(type) {
-	case json.RawMessage:
-		var err error
-		if raw, err = compactJSON(d); err != nil {
-			return Errorf(CodeBadRequest, "data is not valid JSON: %v", err)
-		}
-	case nil:
-	default:
-		var err error
-		if raw, err = json.Marshal(d); err != nil {
-			return fmt.Errorf("sss: encode data: %w", err)
-		}
+func (s *Server) publish(ctx context.Context, channel, event string, data any) error {
+	raw, err := encodeData(data)
+	if err != nil {
+		return err
 	}
-	return s.publishRaw(ctx, &scaler.Publication{Kind: kind, Channel: channel, Event: event, Data: raw, Sender: from})
+	return s.publishRaw(ctx, &scaler.Publication{Channel: channel, Event: event, Data: raw})
 }
 
 func (s *Server) publishRaw(ctx context.Context, pub *scaler.Publication) error {

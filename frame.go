@@ -45,15 +45,10 @@ type inFrame struct {
 	Name          string
 	Data          json.RawMessage
 	Result        json.RawMessage
-	Error         *wireError
+	Error         *Error
 	Subscriptions []subRequest
 	HasSubs       bool             // resume: "subscriptions" present (even empty)
 	Since         *scaler.Position // subscribe: catch up from here
-}
-
-type wireError struct {
-	Code    Code   `json:"code"`
-	Message string `json:"message,omitempty"`
 }
 
 // rawFrame mirrors the JSON shape; pointer and raw fields tell "absent" from
@@ -67,7 +62,7 @@ type rawFrame struct {
 	Name          *string          `json:"name"`
 	Data          json.RawMessage  `json:"data"`
 	Result        json.RawMessage  `json:"result"`
-	Error         *wireError       `json:"error"`
+	Error         *Error           `json:"error"`
 	Subscriptions *[]subRequest    `json:"subscriptions"`
 	Since         *scaler.Position `json:"since"`
 }

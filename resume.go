@@ -24,11 +24,22 @@ type sub struct {
 	query   []byte // client subscriptions: what to re-authorise on restore
 
 	held atomic.Bool // deliveries go to buf, not to the connection
-	gone atomic.Bool // unsubscribed: a catch-up in progress stops
 
+	// mu is taken after the channel's lock and before the connection's
+	// subscription and queue locks (catch-up sends under it).
 	mu       sync.Mutex
 	buf      []scaler.Delivery
 	overflow bool // buf outgrew its bound and was dropped; history has it all
+	gone     bool // unsubscribed: catch-up sends nothing more
+}
+
+// drop marks the subscription gone. Catch-up sends under mu, so nothing of
+// it is queued after drop returns (and so after the unsubscribe's ack).
+func (sb *sub) drop() {
+	sb.mu.Lock()
+	sb.gone = true
+	sb.buf = nil
+	sb.mu.Unlock()
 }
 
 // hold buffers d if the subscription is held; it reports false when the
@@ -39,7 +50,7 @@ func (sb *sub) hold(d scaler.Delivery) bool {
 	if !sb.held.Load() {
 		return false
 	}
-	if sb.overflow {
+	if sb.overflow || sb.gone {
 		return true
 	}
 	if len(sb.buf) >= sb.c.srv.cfg.sendQueue {
@@ -56,6 +67,9 @@ func (sb *sub) hold(d scaler.Delivery) bool {
 func (sb *sub) release(pos scaler.Position) (bool, error) {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
+	if sb.gone {
+		return true, nil
+	}
 	if sb.overflow {
 		sb.overflow = false
 		return false, nil
@@ -245,19 +259,22 @@ func (s *Server) catchUp(sb *sub, pos scaler.Position) error {
 		if err := c.waitRoom(); err != nil {
 			return err
 		}
-		if sb.gone.Load() {
-			return nil
-		}
 		ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 		entries, top, err := hist.Since(ctx, sb.channel, pos, historyPage)
 		cancel()
 		if err != nil {
 			return err
 		}
+		sb.mu.Lock()
+		if sb.gone {
+			sb.mu.Unlock()
+			return nil
+		}
 		for _, e := range entries {
 			sb.sendHistory(e, top.Epoch)
 			pos.Offset = e.Offset
 		}
+		sb.mu.Unlock()
 		if len(entries) < historyPage {
 			if done, err := sb.release(pos); done || err != nil {
 				return err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -394,6 +395,10 @@ func TestSessionStoreDown(t *testing.T) {
 	w := dialWS(t, wsURL(ts), as("dave", "sd"))
 	w.subscribe("a")
 	w.subscribe("b") // skipped while the store is known to be down
+	w.subscribe("c")
+	if n := down.adds.Load(); n > 1 {
+		t.Fatalf("%d store writes: the outage was not remembered", n)
+	}
 	srv.Publish(context.Background(), "b", "e", 1)
 	if p, ok := w.nextPub(5 * time.Second); !ok || p.Channel != "b" {
 		t.Fatalf("pub %+v", p)
@@ -404,22 +409,27 @@ func TestSessionStoreDown(t *testing.T) {
 	w.fails(map[string]any{"type": "resume"}, "unavailable")
 }
 
-type downStore struct{ *memory.Scaler }
+type downStore struct {
+	*memory.Scaler
+	adds atomic.Int64
+}
 
 func (d *downStore) Join(ctx context.Context, id string, h scaler.Handler) (scaler.Node, error) {
 	n, err := d.Scaler.Join(ctx, id, h)
 	if err != nil {
 		return nil, err
 	}
-	return downNode{Node: n, History: n.(scaler.History)}, nil
+	return downNode{Node: n, History: n.(scaler.History), d: d}, nil
 }
 
 type downNode struct {
 	scaler.Node
 	scaler.History
+	d *downStore
 }
 
-func (downNode) AddSubscription(ctx context.Context, _ string, _ scaler.StoredSubscription) error {
+func (n downNode) AddSubscription(ctx context.Context, _ string, _ scaler.StoredSubscription) error {
+	n.d.adds.Add(1)
 	<-ctx.Done()
 	return ctx.Err()
 }
@@ -433,3 +443,35 @@ func (downNode) Subscriptions(ctx context.Context, _ string) ([]scaler.StoredSub
 }
 func (downNode) TouchSession(ctx context.Context, _ string) error  { <-ctx.Done(); return ctx.Err() }
 func (downNode) ExpireSession(ctx context.Context, _ string) error { <-ctx.Done(); return ctx.Err() }
+
+// Unsubscribing while a long catch-up is under way stops it: nothing of the
+// channel arrives after the unsubscribe's ack.
+func TestUnsubscribeStopsCatchUp(t *testing.T) {
+	cl := newClusterWith(t, memory.New(memory.WithHistory(5000, time.Minute)), 1)
+	ctx := context.Background()
+	w := cl.dial(0, nil)
+	ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed"}))
+	w.c.CloseNow()
+	for i := 0; i < 3000; i++ {
+		cl.servers[0].Publish(ctx, "feed", "n", i)
+	}
+	w = cl.dial(0, nil)
+	w.sendRaw(`{"type":"resume","id":1,"subscriptions":[{"channel":"feed","since":{"offset":` +
+		strconv.FormatUint(*ack.Offset, 10) + `,"epoch":"` + ack.Epoch + `"}}]}` + "\n" +
+		`{"type":"unsubscribe","id":2,"channel":"feed"}`)
+	pubs := 0
+	for {
+		f := w.expect2()
+		if f.Type == "pub" {
+			pubs++
+			continue
+		}
+		if f.Type == "ack" && f.ID == 2 {
+			break
+		}
+	}
+	if pubs >= 3000 {
+		t.Fatalf("the whole catch-up (%d) came before the unsubscribe was served", pubs)
+	}
+	w.nothing(200 * time.Millisecond)
+}

@@ -470,15 +470,17 @@ func (s *Server) startOwn(c *Conn, since map[string]*scaler.Position) (plans []s
 // forget drops channel from c's own list; it reports whether c held it.
 func (c *Conn) forget(channel string) bool {
 	c.smu.Lock()
-	defer c.smu.Unlock()
 	sb, ok := c.subs[channel]
+	if ok {
+		delete(c.subs, channel)
+		c.nested.Add(-c.nestedWith(channel))
+	}
+	c.smu.Unlock()
 	if !ok {
 		return false
 	}
-	sb.gone.Store(true)
-	delete(c.subs, channel)
-	c.nested.Add(-c.nestedWith(channel))
 	c.srv.stats.subscriptions.Add(-1)
+	sb.drop() // after smu: catch-up holds sb.mu while it takes smu
 	return true
 }
 
@@ -571,7 +573,8 @@ func (s *Server) storeCall(ctx context.Context, op string, f func(context.Contex
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	err := f(ctx, s.store)
-	if err != nil && ctx.Err() != nil && !errors.Is(err, context.Canceled) || errors.Is(err, scaler.ErrUnavailable) {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, scaler.ErrUnavailable) {
+		// Timed out or unreachable: the store is down, not this request.
 		s.storeDownUntil.Store(time.Now().Add(storeRetry).UnixNano())
 	}
 	if err != nil {

@@ -207,8 +207,20 @@ func (s *Server) Tell(ctx context.Context, t Target, name string, data any) erro
 	return s.tell(ctx, t, name, raw)
 }
 
-// disconnectTell is the reserved tell that closes its target's connections.
-const disconnectTell = scaler.ReservedPrefix + "disconnect"
+// Events of the server's own transient publications on user and session
+// channels: the reserved tell that closes its target's connections, and
+// tells (tellPrefix + name).
+const (
+	disconnectTell = scaler.ReservedPrefix + "disconnect"
+	tellPrefix     = scaler.ReservedPrefix + "tell:"
+)
+
+func tellEvent(name string) string {
+	if name == disconnectTell {
+		return name
+	}
+	return tellPrefix + name
+}
 
 type disconnectOrder struct {
 	Reason string `json:"reason"`
@@ -241,9 +253,9 @@ func (s *Server) tell(ctx context.Context, t Target, name string, raw []byte) er
 	}
 	switch t.kind {
 	case 'u':
-		return s.publishRaw(ctx, &scaler.Publication{Kind: scaler.KindTell, Channel: UserChannel(t.id), Event: name, Data: raw})
+		return s.publishRaw(ctx, &scaler.Publication{Channel: UserChannel(t.id), Event: tellEvent(name), Data: raw, Transient: true})
 	case 's':
-		return s.publishRaw(ctx, &scaler.Publication{Kind: scaler.KindTell, Channel: SessionChannel(t.id), Event: name, Data: raw})
+		return s.publishRaw(ctx, &scaler.Publication{Channel: SessionChannel(t.id), Event: tellEvent(name), Data: raw, Transient: true})
 	case 'c':
 		return s.sendNode(ctx, nodeOf(t.id), nodeMsg{K: "tell", Conn: t.id, Name: name, Data: raw})
 	}

@@ -234,7 +234,7 @@ func (s *Server) deliver(d scaler.Delivery) {
 		}
 	}
 	pub := d.Pub
-	if pub.Kind == scaler.KindTell && pub.Event == disconnectTell {
+	if pub.Transient && pub.Event == disconnectTell {
 		ch.mu.RLock()
 		for c := range ch.subs {
 			c.obey(pub.Event, pub.Data)
@@ -243,7 +243,7 @@ func (s *Server) deliver(d scaler.Delivery) {
 		return
 	}
 	frame := encodeDelivery(d)
-	lossy := pub.Kind == scaler.KindPublish && s.cfg.lossy != nil && s.cfg.lossy(pub.Channel)
+	lossy := !pub.Transient && s.cfg.lossy != nil && s.cfg.lossy(pub.Channel)
 	nested := pub.Channel != d.Stream
 	ch.mu.RLock()
 	defer ch.mu.RUnlock()

@@ -49,8 +49,12 @@ func rawDial(url string, header http.Header) (*websocket.Conn, func() string) {
 func wsURL(ts *httptest.Server) string { return "ws" + strings.TrimPrefix(ts.URL, "http") }
 
 func ExampleNew() {
+	sc, err := memory.New() // or a Redis+MongoDB scaler
+	if err != nil {
+		log.Fatal(err)
+	}
 	srv, err := sss.New(
-		sss.WithScaler(memory.New()), // or a Redis+MongoDB or NATS scaler
+		sss.WithScaler(sc),
 		sss.WithSubscriptionParser(func(ctx context.Context, c *sss.Conn, channel string, query json.RawMessage) error {
 			if strings.HasPrefix(channel, "admin") {
 				return sss.Errorf(sss.CodeForbidden, "admins only")
@@ -131,7 +135,7 @@ func ExampleServer_HandleAsk() {
 // Two servers on one scaler are a cluster: a publication on one reaches
 // subscribers on the other, through every ancestor channel.
 func ExampleServer_Publish() {
-	m := memory.New()
+	m, _ := memory.New()
 	a, _ := sss.New(sss.WithScaler(m))
 	b, _ := sss.New(sss.WithScaler(m))
 	defer a.Close()
@@ -223,7 +227,7 @@ func ExampleError() {
 // The server asks a client a question and waits for its reply, wherever in
 // the cluster the client is connected.
 func ExampleServer_Ask() {
-	m := memory.New()
+	m, _ := memory.New()
 	a, _ := sss.New(sss.WithScaler(m))
 	b, _ := sss.New(sss.WithScaler(m))
 	defer a.Close()

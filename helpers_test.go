@@ -70,7 +70,7 @@ type cluster struct {
 
 func newCluster(t testing.TB, n int, opts ...sss.Option) *cluster {
 	t.Helper()
-	m := memory.New()
+	m := newMemory(t)
 	cl := &cluster{t: t}
 	for i := 0; i < n; i++ {
 		srv, err := sss.New(append([]sss.Option{sss.WithScaler(m)}, opts...)...)
@@ -303,4 +303,13 @@ func eventually(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+func newMemory(t testing.TB, opts ...memory.Option) *memory.Scaler {
+	t.Helper()
+	m, err := memory.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

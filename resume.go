@@ -1,6 +1,7 @@
 package sss
 
 import (
+	"strings"
 	"context"
 	"errors"
 	"sync"
@@ -136,8 +137,8 @@ func (c *Conn) sendDelivery(d scaler.Delivery) {
 }
 
 func encodeDelivery(d scaler.Delivery) []byte {
-	if d.Pub.Kind == scaler.KindTell {
-		return encodeTell(d.Pub.Event, d.Pub.Data)
+	if name, ok := strings.CutPrefix(d.Pub.Event, tellPrefix); ok && d.Pub.Transient {
+		return encodeTell(name, d.Pub.Data)
 	}
 	return encodePub(d.Pub.Channel, d.Stream, d.Pub.Event, d.Pub.Data, d.Pub.Sender, d.Offset, d.Epoch)
 }

@@ -76,7 +76,7 @@ func (w *wsClient) nextPub(d time.Duration) (frame, bool) {
 func TestCatchUpIsExact(t *testing.T) {
 	midStream, slow := 0, 0
 	for run := 0; run < 4; run++ {
-		cl := newClusterWith(t, memory.New(memory.WithHistory(20000, time.Minute)), 3)
+		cl := newClusterWith(t, newMemory(t, memory.WithHistory(20000, time.Minute)), 3)
 		const total = 10000
 		w := cl.dial(0, nil)
 		ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed"}))
@@ -179,7 +179,7 @@ func newClusterWith(t testing.TB, m *memory.Scaler, n int, opts ...sss.Option) *
 }
 
 func TestCatchUpLost(t *testing.T) {
-	cl := newClusterWith(t, memory.New(memory.WithHistory(10, time.Minute)), 2)
+	cl := newClusterWith(t, newMemory(t, memory.WithHistory(10, time.Minute)), 2)
 	ctx := context.Background()
 	w := cl.dial(0, nil)
 	ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed"}))
@@ -292,7 +292,7 @@ func TestUserChannelHeldUntilFirstRequest(t *testing.T) {
 // reconnect: the server notices the jump in offsets and fills it from
 // history.
 func TestGapRepair(t *testing.T) {
-	m := memory.New()
+	m := newMemory(t)
 	lossy := &dropScaler{Scaler: m}
 	a, _ := sss.New(sss.WithScaler(lossy))
 	b, _ := sss.New(sss.WithScaler(m))
@@ -387,7 +387,7 @@ func TestCatchUpHierarchy(t *testing.T) {
 // A session store that is down (its calls hang until their deadline) does
 // not stop subscriptions: they work locally, and the failure is counted.
 func TestSessionStoreDown(t *testing.T) {
-	m := memory.New()
+	m := newMemory(t)
 	down := &downStore{Scaler: m}
 	srv, _ := sss.New(sss.WithScaler(down), sss.WithSessionParser(userParser))
 	ts := httptest.NewServer(srv)
@@ -447,7 +447,7 @@ func (downNode) ExpireSession(ctx context.Context, _ string) error { <-ctx.Done(
 // Unsubscribing while a long catch-up is under way stops it: nothing of the
 // channel arrives after the unsubscribe's ack.
 func TestUnsubscribeStopsCatchUp(t *testing.T) {
-	cl := newClusterWith(t, memory.New(memory.WithHistory(5000, time.Minute)), 1)
+	cl := newClusterWith(t, newMemory(t, memory.WithHistory(5000, time.Minute)), 1)
 	ctx := context.Background()
 	w := cl.dial(0, nil)
 	ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed"}))

@@ -222,7 +222,11 @@ func New(opts ...Option) (*Server, error) {
 		}
 	}
 	if cfg.scaler == nil {
-		cfg.scaler, cfg.ownScaler = memory.New(), true
+		m, err := memory.New()
+		if err != nil {
+			return nil, err
+		}
+		cfg.scaler, cfg.ownScaler = m, true
 	}
 	s := &Server{
 		cfg:    cfg,

@@ -394,3 +394,12 @@ func (e *events) waitEvent(t testing.TB, want string) {
 		}
 	}
 }
+
+func newMemory(t testing.TB, opts ...memory.Option) *memory.Scaler {
+	t.Helper()
+	m, err := memory.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

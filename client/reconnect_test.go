@@ -14,7 +14,6 @@ import (
 
 	"github.com/superscaled/sss"
 	"github.com/superscaled/sss/client"
-	"github.com/superscaled/sss/scaler/memory"
 )
 
 // fast reconnects for tests that do not look at the delays.
@@ -86,7 +85,7 @@ func TestReconnectSameAddress(t *testing.T) {
 // A shut-down instance (4000) is left at once for the next URL, without
 // backoff, and the subscriptions follow.
 func TestFailoverOnShutdown(t *testing.T) {
-	m := memory.New()
+	m := newMemory(t)
 	defer m.Close()
 	var s []*testServer
 	for range 3 {
@@ -117,7 +116,7 @@ func TestFailoverOnShutdown(t *testing.T) {
 // One instance of three dies (no 4000, then refusing with 503): the client
 // moves on through its URL list with its subscriptions.
 func TestFailoverOnCrash(t *testing.T) {
-	m := memory.New()
+	m := newMemory(t)
 	defer m.Close()
 	var s []*testServer
 	for range 3 {

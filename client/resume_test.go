@@ -121,7 +121,7 @@ func TestCatchUpExact(t *testing.T) {
 
 func catchUpRun(t *testing.T, cuts []int, shutdown bool) {
 	const total = 10000
-	m := memory.New(memory.WithHistory(2*total, time.Minute))
+	m := newMemory(t, memory.WithHistory(2*total, time.Minute))
 	defer m.Close()
 	var servers []*testServer
 	var proxies []*proxy
@@ -235,7 +235,7 @@ func catchUpRun(t *testing.T, cuts []int, shutdown bool) {
 // scaler: new epochs) cannot catch up: every channel reports recovered
 // false, with OnGap, and the publications that follow arrive.
 func TestEpochChange(t *testing.T) {
-	m1, m2 := memory.New(), memory.New()
+	m1, m2 := newMemory(t), newMemory(t)
 	defer m1.Close()
 	defer m2.Close()
 	s1 := newServer(t, m1, sss.WithSessionParser(userSession))
@@ -305,7 +305,7 @@ func TestEpochChange(t *testing.T) {
 // connections with 4006 or the resume reports the new epoch; either way,
 // the client reports a gap and goes on.
 func TestBackendRestart(t *testing.T) {
-	m1 := memory.New()
+	m1 := newMemory(t)
 	defer m1.Close()
 	r := newRestartable(t, nil, sss.WithScaler(m1))
 	var out outcomes
@@ -320,7 +320,7 @@ func TestBackendRestart(t *testing.T) {
 	recv(t, msgs)
 	old := sub.Position()
 
-	m2 := memory.New()
+	m2 := newMemory(t)
 	defer m2.Close()
 	r.stop()
 	r.opts = append(r.opts, sss.WithScaler(m2))
@@ -339,7 +339,7 @@ func TestBackendRestart(t *testing.T) {
 // History trimmed past the client's position while it was away: recovered
 // false, never a silent gap, and none of the trimmed range is delivered.
 func TestHistoryTrimmed(t *testing.T) {
-	m := memory.New(memory.WithHistory(10, time.Minute))
+	m := newMemory(t, memory.WithHistory(10, time.Minute))
 	defer m.Close()
 	r := newRestartable(t, nil, sss.WithScaler(m))
 	other := newServer(t, m)
@@ -384,7 +384,7 @@ func TestHistoryTrimmed(t *testing.T) {
 // (no positions at all): subscribe and resume work without hanging.
 func TestCatchUpEdges(t *testing.T) {
 	t.Run("empty channel", func(t *testing.T) {
-		m := memory.New()
+		m := newMemory(t)
 		defer m.Close()
 		r := newRestartable(t, nil, sss.WithScaler(m))
 		var out outcomes
@@ -412,7 +412,7 @@ func TestCatchUpEdges(t *testing.T) {
 		}
 	})
 	t.Run("no history", func(t *testing.T) {
-		m := memory.New(memory.WithHistory(0, 0))
+		m := newMemory(t, memory.WithHistory(0, 0))
 		defer m.Close()
 		r := newRestartable(t, nil, sss.WithScaler(m), sss.WithSessionParser(userSession))
 		var out outcomes
@@ -450,7 +450,7 @@ func TestCatchUpEdges(t *testing.T) {
 // Publications to the user and session channels while the client is away
 // are delivered after the reconnect, exactly once, in order.
 func TestUserChannelCatchUp(t *testing.T) {
-	m := memory.New()
+	m := newMemory(t)
 	defer m.Close()
 	r := newRestartable(t, nil, sss.WithScaler(m), sss.WithSessionParser(userSession))
 	other := newServer(t, m)
@@ -516,7 +516,7 @@ func TestUserChannelCatchUp(t *testing.T) {
 // "news.y" made during a drop arrive once each after the resume, through
 // the most specific subscription, in order per subscription.
 func TestHierarchyCatchUp(t *testing.T) {
-	m := memory.New()
+	m := newMemory(t)
 	defer m.Close()
 	r := newRestartable(t, nil, sss.WithScaler(m))
 	other := newServer(t, m)

@@ -81,18 +81,6 @@ var (
 	ErrPositionLost = errors.New("scaler: position lost")
 )
 
-// Kind says what a publication is for.
-type Kind uint8
-
-const (
-	// KindPublish is an ordinary channel publication.
-	KindPublish Kind = iota
-	// KindTell carries a server tell routed to every connection of a user or
-	// session (through its flat reserved channel). Tells are transient: a
-	// backend that keeps history must not store them.
-	KindTell
-)
-
 // Sender identifies the client connection that published, stamped by the
 // server so it cannot be forged. It is zero for server-side publications.
 type Sender struct {
@@ -104,12 +92,21 @@ type Sender struct {
 // encoding of the payload, compact (it never contains a raw newline).
 // Backends must treat a Publication as immutable once passed to Publish or a
 // Handler: the server shares it between goroutines.
+//
+// A backend carries Event, Data and Sender without interpreting them; the
+// server gives its own meaning to events that start with [ReservedPrefix]
+// (tells to a user or session, disconnect orders).
 type Publication struct {
-	Kind    Kind
 	Channel string
 	Event   string
 	Data    []byte
 	Sender  Sender
+	// Transient publications reach the nodes subscribed at the time of
+	// Publish and nothing else: a backend with History gives them no offset
+	// and does not keep them, so a node that missed one cannot know. The
+	// server uses them for what only matters to connections that are there
+	// now (a tell to a user's connections, an order to disconnect them).
+	Transient bool
 }
 
 // Delivery is one publication arriving at a node through one stream it is
@@ -120,7 +117,8 @@ type Delivery struct {
 	Stream string
 	Pub    *Publication
 	// Offset and Epoch place the publication in Stream's history (see
-	// History). Both are zero for KindTell and for backends without History.
+	// History). Both are zero for transient publications and for backends
+	// without History.
 	Offset uint64
 	Epoch  string
 }
@@ -143,7 +141,7 @@ type Entry struct {
 //
 // A backend with History must also guarantee:
 //
-//   - Every KindPublish publication gets, in each of its streams, the next
+//   - Every publication that is not Transient gets, in each of its streams, the next
 //     offset of that stream (1, 2, 3, ...), and is delivered with it.
 //     Appending to a stream's history and delivering it are atomic with
 //     respect to other publishers: deliveries of one stream reach every node
@@ -233,9 +231,9 @@ type SessionStore interface {
 	// unknown session has none.
 	Subscriptions(ctx context.Context, session string) ([]StoredSubscription, error)
 	// TouchSession marks the session as alive, pushing back its expiry.
+	// A backend deletes what it stores for a session once it has not been
+	// touched (nor added to) for a time of its choosing (its session TTL).
 	TouchSession(ctx context.Context, session string) error
-	// ExpireSession deletes everything stored for the session.
-	ExpireSession(ctx context.Context, session string) error
 }
 
 // Streams returns the streams a publication on channel belongs to, from the

@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // factory for fresh instances.
 func TestConformance(t *testing.T) {
 	scalertest.Run(t, func(t *testing.T) scaler.Scaler {
-		inner := memory.New()
+		inner := newMemory(t)
 		t.Cleanup(func() { inner.Close() })
 		return NewCountingScaler(inner, slog.New(slog.DiscardHandler))
 	})
@@ -44,8 +44,8 @@ func TestOptionalInterfaces(t *testing.T) {
 		name  string
 		inner scaler.Scaler
 	}{
-		{"memory", memory.New()},
-		{"plain", plainScaler{memory.New()}},
+		{"memory", newMemory(t)},
+		{"plain", plainScaler{newMemory(t)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			innerNode, err := tc.inner.Join(t.Context(), "direct", nopHandler{})
@@ -91,4 +91,13 @@ func TestRun(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
+}
+
+func newMemory(t testing.TB) *memory.Scaler {
+	t.Helper()
+	m, err := memory.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -39,7 +39,10 @@ func run(out io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	mem := memory.New()
+	mem, err := memory.New()
+	if err != nil {
+		return err
+	}
 	defer mem.Close()
 	// The scaler's debug log goes to out, without timestamps, so each
 	// publication and node message shows up in the transcript.

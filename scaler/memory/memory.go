@@ -15,39 +15,84 @@ import (
 	"github.com/superscaled/sss/scaler"
 )
 
-// Option configures a Scaler.
-type Option func(*Scaler)
+// Option configures a Scaler. Invalid values make New fail.
+type Option func(*config) error
+
+type config struct {
+	sessionTTL time.Duration
+	maxSubs    int
+	histSize   int
+	histAge    time.Duration
+	streamTTL  time.Duration
+}
+
+// Defaults.
+const (
+	DefaultSessionTTL       = 24 * time.Hour
+	DefaultMaxSubscriptions = 1024
+	DefaultHistorySize      = 1000
+	DefaultHistoryAge       = 5 * time.Minute
+	DefaultStreamTTL        = 24 * time.Hour
+)
 
 // WithSessionTTL sets how long a session's stored subscriptions survive
 // without a TouchSession or AddSubscription (default 24h). Zero keeps them
-// until ExpireSession.
-func WithSessionTTL(d time.Duration) Option { return func(s *Scaler) { s.ttl = d } }
-
-// WithHistory bounds each stream's history by count (default 1000) and age
-// (default 5 minutes). A size of 0 disables history: deliveries carry no
-// offsets and the node does not implement scaler.History.
-func WithHistory(size int, maxAge time.Duration) Option {
-	return func(s *Scaler) { s.histSize, s.histAge = size, maxAge }
+// for as long as the Scaler lives.
+func WithSessionTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("memory: WithSessionTTL(%v): must not be negative", d)
+		}
+		c.sessionTTL = d
+		return nil
+	}
 }
 
-// WithStreamRetention sets how long a stream's epoch and last offset are
-// kept after its last publication when no node subscribes to it (default
-// 24h). Past that it is forgotten, and a later publication starts a new
-// epoch. This bounds the memory held for channels no longer used.
-func WithStreamRetention(d time.Duration) Option { return func(s *Scaler) { s.retain = d } }
+// WithHistory bounds each stream's history by count (default 1000) and age
+// (default 5 minutes; 0: no age bound). A size of 0 disables history:
+// deliveries carry no offsets and the node does not implement
+// scaler.History.
+func WithHistory(size int, age time.Duration) Option {
+	return func(c *config) error {
+		if size < 0 || age < 0 {
+			return fmt.Errorf("memory: WithHistory(%d, %v): must not be negative", size, age)
+		}
+		c.histSize, c.histAge = size, age
+		return nil
+	}
+}
+
+// WithStreamTTL sets how long a stream's epoch and last offset are kept
+// after its last use when no node subscribes to it and its history is
+// empty (default 24h). Past that it is forgotten, and a later publication
+// starts a new epoch. This bounds the memory held for channels no longer
+// used.
+func WithStreamTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("memory: WithStreamTTL(%v): must be positive", d)
+		}
+		c.streamTTL = d
+		return nil
+	}
+}
 
 // WithMaxSessionSubscriptions bounds the subscriptions stored per session
 // (default 1024); AddSubscription beyond it fails.
-func WithMaxSessionSubscriptions(n int) Option { return func(s *Scaler) { s.maxSubs = n } }
+func WithMaxSessionSubscriptions(n int) Option {
+	return func(c *config) error {
+		if n <= 0 {
+			return fmt.Errorf("memory: WithMaxSessionSubscriptions(%d): must be positive", n)
+		}
+		c.maxSubs = n
+		return nil
+	}
+}
 
 // Scaler is an in-memory scaler.Scaler. The zero value is not usable: call New.
 type Scaler struct {
-	ttl      time.Duration
-	maxSubs  int
-	histSize int
-	histAge  time.Duration
-	retain   time.Duration
-	now      func() time.Time
+	config
+	now func() time.Time
 
 	mu        sync.RWMutex
 	closed    bool
@@ -83,22 +128,26 @@ type session struct {
 }
 
 // New returns an empty in-memory scaler.
-func New(opts ...Option) *Scaler {
-	s := &Scaler{
-		ttl:      24 * time.Hour,
-		maxSubs:  1024,
-		histSize: 1000,
-		histAge:  5 * time.Minute,
-		retain:   24 * time.Hour,
+func New(opts ...Option) (*Scaler, error) {
+	cfg := config{
+		sessionTTL: DefaultSessionTTL,
+		maxSubs:    DefaultMaxSubscriptions,
+		histSize:   DefaultHistorySize,
+		histAge:    DefaultHistoryAge,
+		streamTTL:  DefaultStreamTTL,
+	}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	return &Scaler{
+		config:   cfg,
 		now:      time.Now,
 		nodes:    make(map[string]*node),
 		streams:  make(map[string]*stream),
 		sessions: make(map[string]*session),
-	}
-	for _, o := range opts {
-		o(s)
-	}
-	return s
+	}, nil
 }
 
 // Close detaches every node. Later calls on the scaler or its nodes return
@@ -235,14 +284,14 @@ func (s *Scaler) trim(st *stream, now time.Time) {
 // sweepStreams forgets streams without subscribers whose history is empty
 // and which saw no use for the retention period. Callers hold s.mu.
 func (s *Scaler) sweepStreamsLocked(now time.Time) {
-	if now.Sub(s.streamSweep) < s.retain/4 {
+	if now.Sub(s.streamSweep) < s.streamTTL/4 {
 		return
 	}
 	s.streamSweep = now
 	for name, st := range s.streams {
 		st.mu.Lock()
 		s.trim(st, now)
-		idle := len(st.nodes) == 0 && len(st.hist) == 0 && now.Sub(st.used) > s.retain
+		idle := len(st.nodes) == 0 && len(st.hist) == 0 && now.Sub(st.used) > s.streamTTL
 		st.mu.Unlock()
 		if idle {
 			delete(s.streams, name)
@@ -301,13 +350,13 @@ func (n *node) Publish(ctx context.Context, pub *scaler.Publication) error {
 		return scaler.ErrClosed
 	}
 	s := n.s
-	keep := s.histSize > 0 && pub.Kind == scaler.KindPublish
+	keep := s.histSize > 0 && !pub.Transient
 	now := s.now()
 	if keep {
 		// streamSweep is guarded by s.mu: read it under the read lock, so
 		// the write lock is only taken when a sweep is due.
 		s.mu.RLock()
-		due := now.Sub(s.streamSweep) > s.retain/4
+		due := now.Sub(s.streamSweep) > s.streamTTL/4
 		s.mu.RUnlock()
 		if due {
 			s.mu.Lock()
@@ -493,19 +542,6 @@ func (n *node) TouchSession(ctx context.Context, id string) error {
 	return n.withSession(ctx, id, false, func(*session) error { return nil })
 }
 
-func (n *node) ExpireSession(ctx context.Context, id string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if n.isClosed() {
-		return scaler.ErrClosed
-	}
-	n.s.mu.Lock()
-	delete(n.s.sessions, id)
-	n.s.mu.Unlock()
-	return nil
-}
-
 // withSession runs f on the session under the scaler lock, creating it when
 // create is set, refreshing its expiry, and sweeping expired sessions.
 func (n *node) withSession(ctx context.Context, id string, create bool, f func(*session) error) error {
@@ -536,12 +572,12 @@ func (n *node) withSession(ctx context.Context, id string, create bool, f func(*
 // a timer, so the scaler owns no goroutine; the cost is amortised by only
 // scanning once per TTL/4.
 func (s *Scaler) sweepLocked(now time.Time) {
-	if s.ttl <= 0 || now.Sub(s.lastSweep) < s.ttl/4 {
+	if s.sessionTTL <= 0 || now.Sub(s.lastSweep) < s.sessionTTL/4 {
 		return
 	}
 	s.lastSweep = now
 	for id, ss := range s.sessions {
-		if now.Sub(ss.lastSeen) > s.ttl {
+		if now.Sub(ss.lastSeen) > s.sessionTTL {
 			delete(s.sessions, id)
 		}
 	}

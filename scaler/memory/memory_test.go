@@ -17,9 +17,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestConformance(t *testing.T) {
 	scalertest.Run(t, func(t *testing.T) scaler.Scaler {
-		s := New()
-		t.Cleanup(func() { s.Close() })
-		return s
+		return mustNew(t)
 	})
 }
 
@@ -27,9 +25,7 @@ func TestConformance(t *testing.T) {
 // suite skips its History group.
 func TestConformanceWithoutHistory(t *testing.T) {
 	scalertest.Run(t, func(t *testing.T) scaler.Scaler {
-		s := New(WithHistory(0, 0))
-		t.Cleanup(func() { s.Close() })
-		return s
+		return mustNew(t, WithHistory(0, 0))
 	})
 }
 
@@ -46,12 +42,34 @@ func (c *clock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// mustNew returns a Scaler closed when the test ends.
+func mustNew(t *testing.T, opts ...Option) *Scaler {
+	t.Helper()
+	s, err := New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func newWithClock(t *testing.T, opts ...Option) (*Scaler, *clock) {
-	s := New(opts...)
+	s := mustNew(t, opts...)
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
 	s.now = c.now
-	t.Cleanup(func() { s.Close() })
 	return s, c
+}
+
+// Invalid option values make New fail.
+func TestOptionsValidate(t *testing.T) {
+	for _, o := range []Option{
+		WithSessionTTL(-1), WithHistory(-1, 0), WithHistory(1, -1),
+		WithStreamTTL(0), WithMaxSessionSubscriptions(0),
+	} {
+		if _, err := New(o); err == nil {
+			t.Error("New accepted an invalid option")
+		}
+	}
 }
 
 type nop struct{}
@@ -152,8 +170,7 @@ func TestMaxSessionSubscriptions(t *testing.T) {
 }
 
 func TestDuplicateJoin(t *testing.T) {
-	s := New()
-	defer s.Close()
+	s := mustNew(t)
 	join(t, s, "a")
 	if _, err := s.Join(t.Context(), "a", nop{}); err == nil {
 		t.Error("a second node joined with an id already attached")
@@ -162,7 +179,7 @@ func TestDuplicateJoin(t *testing.T) {
 
 // Scaler.Close closes every node and refuses new ones.
 func TestScalerClose(t *testing.T) {
-	s := New()
+	s := mustNew(t)
 	n := join(t, s, "a")
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

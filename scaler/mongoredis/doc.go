@@ -47,7 +47,7 @@
 //	                       like a stream name), a shard channel hashed on the
 //	                       id, which no stream channel can equal
 //
-// A KindPublish publication on "a.b.c" runs one Lua script per stream ("a",
+// A publication on "a.b.c" runs one Lua script per stream ("a",
 // "a.b", "a.b.c"), pipelined. The script gets or creates the stream's epoch
 // (a random id from the publishing node, set only if absent), increments
 // its offset, appends to the history, trims it by count and age, and
@@ -55,7 +55,7 @@
 // publication itself, never a reference to read back. Redis runs scripts
 // one at a time, so every node receives a stream's deliveries in offset
 // order; a publisher's own node receives them through Redis too, which keeps
-// its own publications in their place in that order. A KindTell is
+// its own publications in their place in that order. A transient publication is
 // published directly: no offset, no history.
 //
 // With a single Redis or Sentinel, deliveries and node messages use plain
@@ -201,8 +201,7 @@
 // when it reaches the maximum (WithMaxSessionSubscriptions, default 1024)
 // the entries are counted exactly and an entry beyond the bound is taken
 // back. Subscriptions reads the session, then its entries (sorted by
-// channel in byte order by the Scaler); TouchSession refreshes seen;
-// ExpireSession deletes the entries, then the session.
+// channel in byte order by the Scaler); TouchSession refreshes seen.
 //
 // A session not seen for the session TTL (WithSessionTTL, default 24h) reads
 // as empty at once and is not revived by TouchSession; AddSubscription

@@ -177,11 +177,11 @@ func parsePlaced(stream string, c *redis.Cmd) (placed, error) {
 
 // publish runs the publish script for each stream, pipelined, or for a
 // tell plain PUBLISHes. It returns the publication's body and, for a
-// KindPublish, where it went in each stream.
+// publication that is not transient, where it went in each stream.
 func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publication) ([]byte, []placed, error) {
 	streams := scaler.Streams(pub.Channel)
 	body := appendBody(make([]byte, 0, 64+len(pub.Channel)+len(pub.Event)+len(pub.Data)), node, pub)
-	if pub.Kind == scaler.KindTell {
+	if pub.Transient {
 		frame := appendFrame(make([]byte, 0, len(body)+4), 0, "", body)
 		if len(streams) == 1 {
 			return body, nil, s.publishRaw(ctx, s.rdb, s.streamChannel(streams[0]), frame).Err()

@@ -25,13 +25,13 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestBodyRoundTrip(t *testing.T) {
 	pubs := []*scaler.Publication{
-		{Kind: scaler.KindPublish, Channel: "news.uk", Event: "article",
+		{Channel: "news.uk", Event: "article",
 			Data:   []byte("{\"t\":\"h\u00e9llo\\nline\",\"n\":[1,null]}"),
 			Sender: scaler.Sender{User: "alice", Conn: "node1.c1"}},
-		{Kind: scaler.KindTell, Channel: "$u.bob.smith", Event: "notify", Data: []byte(`"x"`)},
-		{Kind: scaler.KindPublish, Channel: "c"},                            // no event, data, sender
-		{Kind: scaler.KindPublish, Channel: "", Data: []byte("\n\x00\x01")}, // odd bytes survive
-		{Kind: scaler.Kind(7), Channel: strings.Repeat("x", 300), Event: strings.Repeat("e", 200)},
+		{Channel: "$u.bob.smith", Event: "notify", Data: []byte(`"x"`), Transient: true},
+		{Channel: "c"}, // no event, data, sender
+		{Channel: "", Data: []byte("\n\x00\x01")}, // odd bytes survive
+		{Channel: strings.Repeat("x", 300), Event: strings.Repeat("e", 200)},
 	}
 	for _, p := range pubs {
 		body := appendBody(nil, "node-7", p)
@@ -39,7 +39,7 @@ func TestBodyRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("parseBody(%+v): %v", p, err)
 		}
-		if node != "node-7" || got.Kind != p.Kind || got.Channel != p.Channel || got.Event != p.Event ||
+		if node != "node-7" || got.Transient != p.Transient || got.Channel != p.Channel || got.Event != p.Event ||
 			!bytes.Equal(got.Data, p.Data) || got.Sender != p.Sender {
 			t.Errorf("round trip of %+v gave node %q, %+v", p, node, got)
 		}

@@ -114,7 +114,7 @@ func WithStreamTTL(d time.Duration) Option {
 
 // WithSessionTTL sets how long a session's stored subscriptions survive
 // without TouchSession or AddSubscription (default 24h). Zero keeps them
-// until ExpireSession.
+// for ever.
 func WithSessionTTL(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {

@@ -310,18 +310,6 @@ func (sn storeNode) TouchSession(ctx context.Context, session string) error {
 	})
 }
 
-func (sn storeNode) ExpireSession(ctx context.Context, session string) error {
-	return sn.call(ctx, "expire session", func(ctx context.Context, st *store) error {
-		// Entries first: if the second delete fails, an empty session is
-		// left for the sweeper, never entries without their session.
-		if _, err := st.subs.DeleteMany(ctx, bson.D{{Key: "session", Value: session}}); err != nil {
-			return err
-		}
-		_, err := st.sessions.DeleteOne(ctx, byID(session))
-		return err
-	})
-}
-
 // sweepBatch bounds the sessions one sweep query handles.
 const sweepBatch = 500
 
@@ -350,8 +338,10 @@ func (st *store) sweep(ctx context.Context) (int, error) {
 		for i, d := range docs {
 			ids[i] = d.ID
 		}
-		// Entries first (see ExpireSession). Only entries older than the
-		// cutoff: a session revived meanwhile keeps what it added since.
+		// Entries first: if the second delete fails, an empty session is
+		// left for the next sweep, never entries without their session.
+		// Only entries older than the cutoff: a session revived meanwhile
+		// keeps what it added since.
 		if _, err := st.subs.DeleteMany(ctx, bson.D{
 			{Key: "session", Value: bson.D{{Key: "$in", Value: ids}}},
 			{Key: "updated", Value: bson.D{{Key: "$lt", Value: cutoff}}},

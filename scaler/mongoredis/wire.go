@@ -17,7 +17,7 @@ import (
 //
 //	0x01 (body version)
 //	uvarint len, node id      the publishing node
-//	kind (1 byte)
+//	flags (1 byte)             1: transient
 //	uvarint len, channel
 //	uvarint len, event
 //	uvarint len, sender user
@@ -29,7 +29,8 @@ import (
 //
 //	0x01 (frame version) offset (decimal) '\n' epoch '\n' body
 //
-// Tells use the same frame with offset 0 and an empty epoch.
+// Transient publications use the same frame with offset 0 and an empty
+// epoch.
 //
 // A node message, published on a node's channel:
 //
@@ -39,6 +40,8 @@ const (
 	bodyVersion  = 1
 	frameVersion = 1
 	msgVersion   = 1
+
+	flagTransient = 1
 )
 
 var errMalformed = errors.New("mongoredis: malformed payload")
@@ -47,7 +50,11 @@ var errMalformed = errors.New("mongoredis: malformed payload")
 func appendBody(b []byte, node string, pub *scaler.Publication) []byte {
 	b = append(b, bodyVersion)
 	b = appendString(b, node)
-	b = append(b, byte(pub.Kind))
+	var flags byte
+	if pub.Transient {
+		flags |= flagTransient
+	}
+	b = append(b, flags)
 	b = appendString(b, pub.Channel)
 	b = appendString(b, pub.Event)
 	b = appendString(b, pub.Sender.User)
@@ -68,8 +75,8 @@ func parseBody(b []byte) (node string, pub *scaler.Publication, err error) {
 	}
 	r := reader{b: b[1:]}
 	node = r.str()
-	kind := r.byte()
-	pub = &scaler.Publication{Kind: scaler.Kind(kind)}
+	flags := r.byte()
+	pub = &scaler.Publication{Transient: flags&flagTransient != 0}
 	pub.Channel = r.str()
 	pub.Event = r.str()
 	pub.Sender.User = r.str()

@@ -96,7 +96,7 @@ func testReservedFlat(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 	n[2].subscribe(parent)
 
 	tell := pub(smith, "notify", `{"text":"hi"}`)
-	tell.Kind = scaler.KindTell
+	tell.Transient = true
 	n[0].publish(tell)
 	n[2].publish(pub(bob, "e", `1`))
 	n[1].rec.waitStream(t, smith, 1)
@@ -108,7 +108,7 @@ func testReservedFlat(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 }
 
 // Every field of a publication arrives intact, on the publisher's node and
-// on another, for both kinds.
+// on another, transient or not.
 func testRoundTrip(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 	e := newEnv(t, ns)
 	n := e.nodes(2)
@@ -116,12 +116,12 @@ func testRoundTrip(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 	n[0].subscribe(s, r)
 	n[1].subscribe(s, r)
 	pubs := []*scaler.Publication{
-		{Kind: scaler.KindPublish, Channel: s, Event: "message",
+		{Channel: s, Event: "message",
 			Data:   []byte(`{"text":"h\u00e9llo \u2713 \"quoted\" line\nbreak","n":[1,2.5,null,true]}`),
 			Sender: scaler.Sender{User: "alice", Conn: "node1.conn1"}},
-		{Kind: scaler.KindTell, Channel: r, Event: "notify", Data: []byte(`"you have mail"`)},
-		{Kind: scaler.KindPublish, Channel: s}, // no event, no data, no sender
-		{Kind: scaler.KindPublish, Channel: s, Data: []byte(`{}`), Sender: scaler.Sender{Conn: "n.c"}},
+		{Channel: r, Event: "notify", Data: []byte(`"you have mail"`), Transient: true},
+		{Channel: s}, // no event, no data, no sender
+		{Channel: s, Data: []byte(`{}`), Sender: scaler.Sender{Conn: "n.c"}},
 	}
 	n[0].publish(pubs...)
 	for _, m := range n {
@@ -134,10 +134,10 @@ func testRoundTrip(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 				t.Errorf("%s: delivery %d:\n got %s\nwant %s", m.id, i, fmtPub(got[i]), fmtPub(want[i]))
 			}
 		}
-		// Positions are only for KindPublish on a backend with History.
+		// Positions are only for publications that are not transient, on a backend with History.
 		_, history := m.node.(scaler.History)
 		for _, d := range m.rec.all() {
-			if (d.Pub.Kind == scaler.KindTell || !history) && (d.Offset != 0 || d.Epoch != "") {
+			if (d.Pub.Transient || !history) && (d.Offset != 0 || d.Epoch != "") {
 				t.Errorf("%s: delivery of %s has position (%d, %q), want zero (tell, or no History)", m.id, fmtPub(d.Pub), d.Offset, d.Epoch)
 			}
 		}

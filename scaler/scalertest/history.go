@@ -13,7 +13,7 @@ import (
 
 var historyTests = []test{
 	{"OffsetsPerStream", testHistOffsets},
-	{"TellsAreNotKept", testHistTells},
+	{"TransientNotKept", testHistTells},
 	{"Since", testHistSince},
 	{"SinceSharedAcrossNodes", testHistShared},
 	{"UnpublishedStream", testHistUnpublished},
@@ -97,14 +97,14 @@ func testHistOffsets(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 	}
 }
 
-// Tells are transient: delivered with a zero position, not numbered (the
+// Transient publications are delivered with a zero position, not numbered (the
 // next publication takes the next offset) and not returned by Since.
 func testHistTells(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 	e, n, h := histories(t, ns, 2)
 	s := e.res("tells")
 	n[1].subscribe(s)
 	tell := pub(s, "notify", `"x"`)
-	tell.Kind = scaler.KindTell
+	tell.Transient = true
 	n[0].publish(pub(s, "e", `1`), tell, pub(s, "e", `2`))
 	n[1].rec.waitStream(t, s, 3)
 	ds := deliveriesOn(n[1].rec, s)

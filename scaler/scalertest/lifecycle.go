@@ -53,7 +53,6 @@ func testClosedMethods(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 		calls["RemoveSubscription"] = st.RemoveSubscription(ctx, e.session("s"), s)
 		_, calls["Subscriptions"] = st.Subscriptions(ctx, e.session("s"))
 		calls["TouchSession"] = st.TouchSession(ctx, e.session("s"))
-		calls["ExpireSession"] = st.ExpireSession(ctx, e.session("s"))
 	}
 	for name, err := range calls {
 		if !errors.Is(err, scaler.ErrClosed) {
@@ -243,7 +242,6 @@ func checkCtxErr(t *testing.T, ctx context.Context, e *env, n []*member, want er
 		calls["RemoveSubscription"] = st.RemoveSubscription(ctx, e.session("s"), s)
 		_, calls["Subscriptions"] = st.Subscriptions(ctx, e.session("s"))
 		calls["TouchSession"] = st.TouchSession(ctx, e.session("s"))
-		calls["ExpireSession"] = st.ExpireSession(ctx, e.session("s"))
 	}
 	for name, err := range calls {
 		if !errors.Is(err, want) {

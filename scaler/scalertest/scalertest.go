@@ -254,7 +254,7 @@ func (m *member) close() {
 }
 
 func pub(channel, event, data string) *scaler.Publication {
-	p := &scaler.Publication{Kind: scaler.KindPublish, Channel: channel, Event: event}
+	p := &scaler.Publication{Channel: channel, Event: event}
 	if data != "" {
 		p.Data = []byte(data)
 	}
@@ -467,7 +467,7 @@ func expectDeliveries(t *testing.T, m *member, want ...string) {
 func via(stream, channel string) string { return stream + "<-" + channel }
 
 func samePub(a, b *scaler.Publication) bool {
-	return a.Kind == b.Kind && a.Channel == b.Channel && a.Event == b.Event &&
+	return a.Transient == b.Transient && a.Channel == b.Channel && a.Event == b.Event &&
 		bytes.Equal(a.Data, b.Data) && a.Sender == b.Sender
 }
 
@@ -475,5 +475,5 @@ func fmtPub(p *scaler.Publication) string {
 	if p == nil {
 		return "<nil>"
 	}
-	return fmt.Sprintf("{Kind:%d Channel:%q Event:%q Data:%q Sender:%+v}", p.Kind, p.Channel, p.Event, p.Data, p.Sender)
+	return fmt.Sprintf("{Channel:%q Event:%q Data:%q Sender:%+v Transient:%v}", p.Channel, p.Event, p.Data, p.Sender, p.Transient)
 }

@@ -17,7 +17,6 @@ var storeTests = []test{
 	{"ReplaceSameChannel", testStoreReplace},
 	{"Remove", testStoreRemove},
 	{"UnknownSession", testStoreUnknown},
-	{"Expire", testStoreExpire},
 	{"Touch", testStoreTouch},
 	{"SharedAcrossNodes", testStoreShared},
 	{"KeepsItsOwnCopies", testStoreCopies},
@@ -67,15 +66,6 @@ func remove(t *testing.T, st scaler.SessionStore, session, channel string) {
 	defer cancel()
 	if err := st.RemoveSubscription(ctx, session, channel); err != nil {
 		t.Fatalf("RemoveSubscription(%q, %q): %v", session, channel, err)
-	}
-}
-
-func expire(t *testing.T, st scaler.SessionStore, session string) {
-	t.Helper()
-	ctx, cancel := callCtx(t)
-	defer cancel()
-	if err := st.ExpireSession(ctx, session); err != nil {
-		t.Fatalf("ExpireSession(%q): %v", session, err)
 	}
 }
 
@@ -181,23 +171,6 @@ func testStoreUnknown(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 	expectList(t, st[0], e.session("never-seen"))
 }
 
-// ExpireSession deletes the session's entries and nothing else; expiring an
-// unknown session is not an error; the session can start over.
-func testStoreExpire(t *testing.T, ns func(*testing.T) scaler.Scaler) {
-	e, _, st := stores(t, ns, 1)
-	s1, s2 := e.session("s1"), e.session("s2")
-	add(t, st[0], s1, "a", `1`)
-	add(t, st[0], s1, "b", "")
-	add(t, st[0], s2, "a", `2`)
-	expire(t, st[0], s1)
-	expectList(t, st[0], s1)
-	expectList(t, st[0], s2, sub{"a", `2`})
-	expire(t, st[0], s1)
-	expire(t, st[0], e.session("unknown"))
-	add(t, st[0], s1, "c", "")
-	expectList(t, st[0], s1, sub{"c", ""})
-}
-
 // TouchSession keeps the entries; on an unknown session it is not an error
 // and creates nothing.
 func testStoreTouch(t *testing.T, ns func(*testing.T) scaler.Scaler) {
@@ -228,7 +201,7 @@ func testStoreShared(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 	expectList(t, st[0], s, sub{"b", `2`})
 	m[0].close()
 	expectList(t, st[1], s, sub{"b", `2`})
-	expire(t, st[1], s)
+	remove(t, st[1], s, "b")
 	expectList(t, st[2], s)
 }
 

@@ -19,6 +19,7 @@ const (
 	typeResume      = "resume"
 	typeReply       = "reply"
 	typePong        = "pong"
+	typeReady       = "ready"
 )
 
 // maxID is the largest request id: the largest integer a JSON number in
@@ -96,7 +97,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 		return inFrame{}, f.ID, &Error{Code: CodeBadRequest, Message: msg}
 	}
 	switch f.Type {
-	case typePong:
+	case typePong, typeReady:
 		return f, 0, nil
 	case typeReply:
 		if f.ID == 0 {

@@ -288,6 +288,24 @@ func TestUserChannelHeldUntilFirstRequest(t *testing.T) {
 	}
 }
 
+// A client with nothing to resume sends "ready": its user channel goes live
+// at once, without the hold, and what was held is delivered.
+func TestReadyEndsHold(t *testing.T) {
+	cl := newCluster(t, 1, sss.WithSessionParser(userParser), sss.WithPing(time.Hour, time.Hour))
+	w := cl.dial(0, as("erin", "s"))
+	cl.servers[0].PublishUser(context.Background(), "erin", "held", nil)
+	w.sendRaw(`{"type":"ready"}`)
+	if p, ok := w.nextPub(500 * time.Millisecond); !ok || p.Event != "held" {
+		t.Fatalf("held user pub after ready: %+v", p)
+	}
+	cl.servers[0].PublishUser(context.Background(), "erin", "live", nil)
+	if p, ok := w.nextPub(500 * time.Millisecond); !ok || p.Event != "live" {
+		t.Fatalf("live user pub after ready: %+v", p)
+	}
+	w.sendRaw(`{"type":"ready"}`) // later ones are harmless and unanswered
+	w.nothing(50 * time.Millisecond)
+}
+
 // A scaler that loses deliveries to one node, like Redis pub/sub across a
 // reconnect: the server notices the jump in offsets and fills it from
 // history.

@@ -293,12 +293,12 @@ func (c *Conn) handleFrame(b []byte) {
 		// go live from the welcome's position.
 		s.startOwn(c, nil)
 	}
-	if c.limiter != nil && f.Type != typePong && f.Type != typeReply && !c.limiter.Allow() {
+	if c.limiter != nil && f.Type != typePong && f.Type != typeReady && f.Type != typeReply && !c.limiter.Allow() {
 		c.send(encodeError(id, &Error{Code: CodeRateLimited, Message: "too many requests"}), false)
 		return
 	}
 	switch f.Type {
-	case typePong:
+	case typePong, typeReady: // ready: nothing to resume, startOwn did it
 	case typeReply:
 		c.handleReply(f)
 	case typeSubscribe:

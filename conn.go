@@ -2,6 +2,7 @@ package sss
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -9,17 +10,20 @@ import (
 
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
-
-	"github.com/superscaled/sss/scaler"
 )
 
 // Conn is one client connection on this instance. Its methods are safe for
 // concurrent use.
+//
+// A connection owns one goroutine for as long as it lives (it reads, see
+// Server.serve), a writer goroutine only while frames are queued, and the
+// goroutines of its handlers and catch-ups (spawn), all stopped when it
+// ends.
 type Conn struct {
 	srv     *Server
 	id      string
 	session *Session
-	persist bool // the session id is the application's, so store subscriptions
+	persist bool // the session parser named the session: store its subscriptions
 	ws      *websocket.Conn
 	raw     net.Conn // under ws, to cut a close handshake short
 	remote  string
@@ -35,8 +39,10 @@ type Conn struct {
 	qbytes    int
 	qclosed   bool
 	writing   bool           // a writer goroutine is running
+	corked    int            // >0: frames are queued but not written yet (cork)
 	idle      chan struct{}  // signalled when the writer stops
 	wake      chan struct{}  // signalled when a frame is queued
+	room      chan struct{}  // signalled when the queue drained to half
 	wwg       sync.WaitGroup // the writer and finish goroutines
 	pingTimer *time.Timer
 
@@ -60,7 +66,7 @@ type Conn struct {
 	ended bool
 	wg    sync.WaitGroup
 
-	// Server asks awaiting this client's reply.
+	// Server asks awaiting this client's reply (asktell.go).
 	amu    sync.Mutex
 	askSeq uint64
 	asks   map[uint64]pendingAsk
@@ -69,9 +75,33 @@ type Conn struct {
 	busy     atomic.Int32 // the read loop is inside a parser: don't reap
 
 	closeOnce  sync.Once
-	closeCode  websocket.StatusCode
+	closeCode  CloseCode
 	closeWhy   string
 	closeCause error
+}
+
+func newConn(s *Server, sess *Session, persist bool, ws *websocket.Conn, raw net.Conn, remote string) *Conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Conn{
+		srv:     s,
+		id:      s.nodeID + "." + randomID(8),
+		session: sess,
+		persist: persist,
+		ws:      ws,
+		raw:     raw,
+		remote:  remote,
+		ctx:     ctx,
+		cancel:  cancel,
+		sem:     make(chan struct{}, s.cfg.concurrency),
+		idle:    make(chan struct{}, 1),
+		wake:    make(chan struct{}, 1),
+		room:    make(chan struct{}, 1),
+	}
+	if s.cfg.rate > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(s.cfg.rate), s.cfg.burst)
+	}
+	c.lastRead.Store(time.Now().UnixNano())
+	return c
 }
 
 // ID is the connection's id, unique in the cluster.
@@ -101,28 +131,45 @@ func (c *Conn) Subscriptions() []string {
 }
 
 // Close ends the connection with a close code in the reconnect range (4005)
-// or, if final, one that tells the client not to reconnect (4501).
+// or, if final, one that tells the client not to reconnect (4501). What was
+// queued for the client (e.g. the reply to its last request) is sent first.
+// The disconnect reason is ErrKicked.
 func (c *Conn) Close(reason string, final bool) {
-	code := CloseDisconnect
+	code := CloseKicked
 	if final {
 		code = CloseForbidden
 	}
-	c.close(code, reason, nil)
+	c.close(code, truncate(reason, maxCloseReason), ErrKicked)
 }
 
-// Close codes sent by the server (docs/protocol.md). 4000–4499 ask the
-// client to reconnect, 4500–4999 not to.
+// CloseCode is a WebSocket close code the server sends (docs/protocol.md).
+// 4000–4499 ask the client to reconnect, 4500–4999 not to.
+type CloseCode int
+
+// Close codes sent by the server.
 const (
-	CloseShutdown     websocket.StatusCode = 4000
-	ClosePingTimeout  websocket.StatusCode = 4001
-	CloseSlowConsumer websocket.StatusCode = 4002
-	CloseWriteTimeout websocket.StatusCode = 4003
-	CloseServerError  websocket.StatusCode = 4004
-	CloseDisconnect   websocket.StatusCode = 4005
-	CloseResync       websocket.StatusCode = 4006
-	CloseUnauthorized websocket.StatusCode = 4500
-	CloseForbidden    websocket.StatusCode = 4501
+	CloseShutdown     CloseCode = 4000 // server shutting down: reconnect at once, elsewhere
+	ClosePingTimeout  CloseCode = 4001 // the client was silent for ping+pong
+	CloseSlowConsumer CloseCode = 4002 // the client did not read: its send queue overflowed
+	CloseWriteFailed  CloseCode = 4003 // a write failed or timed out
+	CloseServerError  CloseCode = 4004 // the server failed
+	CloseKicked       CloseCode = 4005 // closed by the application; may reconnect
+	CloseResync       CloseCode = 4006 // a channel could not be kept exact: reconnect and resume
+	CloseUnauthorized CloseCode = 4500 // closed by the application: unauthorized; do not reconnect
+	CloseForbidden    CloseCode = 4501 // closed by the application: forbidden; do not reconnect
 )
+
+// maxCloseReason bounds a close frame's reason: a control frame's payload
+// is at most 125 bytes, 2 of them the code.
+const maxCloseReason = 120
+
+// Send queue and writer.
+
+// maxBatch bounds the frames the writer joins into one WebSocket message.
+const maxBatch = 64 << 10
+
+// writerLinger is how long an idle writer waits for more before it stops.
+const writerLinger = 20 * time.Millisecond
 
 // send queues a frame. A full queue either drops the frame (lossy) or ends
 // the connection as a slow consumer. It never blocks.
@@ -150,31 +197,56 @@ func (c *Conn) send(frame []byte, lossy bool) {
 	}
 	c.queue = append(c.queue, frame)
 	c.qbytes += len(frame)
-	if !c.writing {
-		// The writer runs only while there is something to write, so an
-		// idle connection costs one goroutine, not two.
-		c.writing = true
-		c.wwg.Add(1)
-		go c.writer()
-	}
+	c.startWriterLocked()
 	c.qmu.Unlock()
-	select { // wake a writer lingering for more
-	case c.wake <- struct{}{}:
+	signal(c.wake) // wake a writer lingering for more
+}
+
+// startWriterLocked starts the writer if frames are waiting and none runs.
+// The writer runs only while there is something to write, so an idle
+// connection costs one goroutine, not two. Callers hold qmu.
+func (c *Conn) startWriterLocked() {
+	if c.writing || c.corked > 0 || len(c.queue) == 0 {
+		return
+	}
+	c.writing = true
+	c.wwg.Add(1)
+	go c.writer()
+}
+
+// cork runs f with the writer paused, so that the frames f queues leave
+// together: the client sees a subscription's ack only once the publications
+// held for it were released after it, and a publication made after the
+// client saw the ack cannot overtake them.
+func (c *Conn) cork(f func()) {
+	c.qmu.Lock()
+	c.corked++
+	c.qmu.Unlock()
+	defer func() {
+		c.qmu.Lock()
+		c.corked--
+		c.startWriterLocked()
+		c.qmu.Unlock()
+		signal(c.wake)
+	}()
+	f()
+}
+
+// signal wakes the waiter of a capacity-1 channel, if any, without blocking.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
 	default:
 	}
 }
 
-// ErrSlowConsumer is the disconnect reason of a connection whose send queue
-// overflowed.
-var ErrSlowConsumer = Errorf(CodeRateLimited, "slow consumer")
-
-// take removes up to maxBatch bytes of queued frames. With nothing queued
-// and stop set, it marks the writer stopped.
-func (c *Conn) take(buf []byte, maxBatch int, stop bool) []byte {
+// take removes up to maxBatch bytes of queued frames into buf. With nothing
+// queued and stop set, it marks the writer stopped.
+func (c *Conn) take(buf []byte, stop bool) []byte {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	n := 0
-	for n < len(c.queue) {
+	for n < len(c.queue) && c.corked == 0 {
 		f := c.queue[n]
 		if n > 0 && len(buf)+1+len(f) > maxBatch {
 			break
@@ -192,14 +264,20 @@ func (c *Conn) take(buf []byte, maxBatch int, stop bool) []byte {
 		// Drop the backing array: an idle connection should hold nothing.
 		c.queue = nil
 	}
+	if n > 0 && c.halfEmptyLocked() {
+		signal(c.room)
+	}
 	if n == 0 && stop {
 		c.writing = false
-		select {
-		case c.idle <- struct{}{}:
-		default:
-		}
+		signal(c.idle)
 	}
 	return buf
+}
+
+// halfEmptyLocked reports whether the send queue is at most half full.
+// Callers hold qmu.
+func (c *Conn) halfEmptyLocked() bool {
+	return len(c.queue) <= c.srv.cfg.sendQueue/2 && c.qbytes <= c.srv.cfg.sendBytes/2
 }
 
 // writer writes queued frames, batching those that are ready into one
@@ -209,7 +287,7 @@ func (c *Conn) writer() {
 	var buf []byte
 	var linger *time.Timer
 	for {
-		buf = c.take(buf[:0], 64<<10, false)
+		buf = c.take(buf[:0], false)
 		if len(buf) == 0 {
 			// Linger a moment: under load, frames keep coming, and
 			// starting a goroutine per batch would cost more than waiting.
@@ -223,7 +301,7 @@ func (c *Conn) writer() {
 				continue
 			case <-linger.C:
 			}
-			if buf = c.take(buf[:0], 64<<10, true); len(buf) == 0 {
+			if buf = c.take(buf[:0], true); len(buf) == 0 {
 				return
 			}
 		}
@@ -231,18 +309,42 @@ func (c *Conn) writer() {
 		err := c.ws.Write(ctx, websocket.MessageText, buf)
 		cancel()
 		if err != nil {
-			c.close(CloseWriteTimeout, "write failed", err)
+			c.close(CloseWriteFailed, "write failed", fmt.Errorf("%w: %w", ErrWriteFailed, err))
 			continue // close dropped the queue: the next take ends the writer
 		}
 		c.srv.stats.framesOut.Add(1)
-		if cap(buf) > 64<<10 {
+		if cap(buf) > maxBatch {
 			buf = nil // don't keep a large buffer
 		}
 	}
 }
 
-// writerLinger is how long an idle writer waits for more before it stops.
-const writerLinger = 20 * time.Millisecond
+// fits reports whether n frames of size bytes fit in the send queue now.
+func (c *Conn) fits(n, size int) bool {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return len(c.queue)+n <= c.srv.cfg.sendQueue && c.qbytes+size <= c.srv.cfg.sendBytes
+}
+
+// waitRoom waits until the send queue is at most half full, so that a
+// catch-up does not overflow it. The writer signals room as it drains.
+func (c *Conn) waitRoom() error {
+	for {
+		c.qmu.Lock()
+		ok := c.halfEmptyLocked()
+		c.qmu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-c.ctx.Done():
+			return c.ctx.Err()
+		case <-c.room:
+		}
+	}
+}
+
+// Liveness.
 
 // ping runs every ping interval on a timer: it reaps a silent client, or
 // queues a ping.
@@ -265,6 +367,42 @@ func (c *Conn) ping() {
 	c.qmu.Unlock()
 }
 
+// parsing runs f, which may call application parsers or wait, without
+// letting the ping check reap a client whose frames are not read meanwhile.
+func (c *Conn) parsing(f func()) {
+	c.busy.Add(1)
+	defer func() {
+		c.busy.Add(-1)
+		c.lastRead.Store(time.Now().UnixNano())
+	}()
+	f()
+}
+
+// Closing.
+
+// closeGrace bounds the close handshake.
+const closeGrace = time.Second
+
+// close ends the connection once: the queue stops, ctx is cancelled and
+// finish sends the close frame. cause is the disconnect reason.
+func (c *Conn) close(code CloseCode, why string, cause error) {
+	c.closeOnce.Do(func() {
+		c.closeCode, c.closeWhy, c.closeCause = code, why, cause
+		c.qmu.Lock()
+		c.qclosed = true // nothing more is queued
+		switch code {
+		case CloseSlowConsumer, CloseWriteFailed, ClosePingTimeout:
+			// The client is not reading: don't wait to flush.
+			c.queue, c.qbytes = nil, 0
+		default:
+			// What is queued is flushed (e.g. the ack of the request that
+			// made the application disconnect the client).
+		}
+		c.qmu.Unlock()
+		c.cancel()
+	})
+}
+
 // finish runs once the connection is closing: it lets the writer flush what
 // a graceful close leaves queued, then says goodbye with the close code.
 func (c *Conn) finish() {
@@ -283,12 +421,9 @@ func (c *Conn) finish() {
 	}
 	// A dead peer would hold the close handshake for 5s or more.
 	t := time.AfterFunc(closeGrace, c.abort)
-	c.ws.Close(c.closeCode, c.closeWhy)
+	c.ws.Close(websocket.StatusCode(c.closeCode), c.closeWhy)
 	t.Stop()
 }
-
-// closeGrace bounds the close handshake.
-const closeGrace = time.Second
 
 // abort closes the network connection at once.
 func (c *Conn) abort() {
@@ -299,27 +434,66 @@ func (c *Conn) abort() {
 	}
 }
 
-// ErrPingTimeout is the disconnect reason of a client that went silent.
-var ErrPingTimeout = Errorf(CodeTimeout, "ping timeout")
+// Subscriptions of the connection.
 
-// close ends the connection once: the queue stops, ctx is cancelled and the
-// writer sends the close frame.
-func (c *Conn) close(code websocket.StatusCode, why string, cause error) {
-	c.closeOnce.Do(func() {
-		c.closeCode, c.closeWhy, c.closeCause = code, why, cause
-		c.qmu.Lock()
-		c.qclosed = true // nothing more is queued
-		switch code {
-		case CloseSlowConsumer, CloseWriteTimeout, ClosePingTimeout:
-			// The client is not reading: don't wait to flush.
-			c.queue, c.qbytes = nil, 0
-		default:
-			// What is queued is flushed (e.g. the ack of the request that
-			// made the application disconnect the client).
-		}
-		c.qmu.Unlock()
-		c.cancel()
-	})
+// addSub records a new client subscription, unless the connection holds
+// the channel already or has as many subscriptions as allowed.
+func (c *Conn) addSub(sb *sub) bool {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	if _, dup := c.subs[sb.channel]; dup || len(c.subs) >= c.srv.cfg.maxSubs {
+		return false
+	}
+	if c.subs == nil {
+		c.subs = make(map[string]*sub)
+	}
+	c.nested.Add(c.nestedWith(sb.channel))
+	c.subs[sb.channel] = sb
+	c.srv.stats.subscriptions.Add(1)
+	return true
+}
+
+// subCount reports whether c holds channel, and how many subscriptions it
+// holds.
+func (c *Conn) subCount(channel string) (held bool, n int) {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	_, held = c.subs[channel]
+	return held, len(c.subs)
+}
+
+// forget drops channel from c's subscriptions; it reports whether c held it.
+// Nothing of the subscription is queued once it returns.
+func (c *Conn) forget(channel string) bool {
+	c.smu.Lock()
+	sb, ok := c.subs[channel]
+	if ok {
+		delete(c.subs, channel)
+		c.nested.Add(-c.nestedWith(channel))
+	}
+	c.smu.Unlock()
+	if !ok {
+		return false
+	}
+	c.srv.stats.subscriptions.Add(-1)
+	sb.drop() // after smu: catch-up holds sb.mu while it takes smu
+	return true
+}
+
+// forgetAll drops every client subscription and returns their channels.
+func (c *Conn) forgetAll() []string {
+	c.smu.Lock()
+	subs := c.subs
+	c.subs = nil
+	c.nested.Store(0)
+	c.smu.Unlock()
+	out := make([]string, 0, len(subs))
+	for ch, sb := range subs {
+		sb.drop()
+		out = append(out, ch)
+	}
+	c.srv.stats.subscriptions.Add(-int64(len(subs)))
+	return out
 }
 
 // holdsDeeper reports whether c holds a subscription strictly below stream
@@ -344,7 +518,7 @@ func (c *Conn) holdsDeeper(stream, channel string) bool {
 // nestedWith counts held subscriptions that contain name or that name
 // contains. Callers hold smu.
 func (c *Conn) nestedWith(name string) int32 {
-	if len(c.subs) == 0 || len(name) > 0 && name[0] == scaler.ReservedPrefix[0] {
+	if len(c.subs) == 0 || reserved(name) {
 		return 0
 	}
 	var n int32
@@ -356,10 +530,47 @@ func (c *Conn) nestedWith(name string) int32 {
 	return n
 }
 
-// isAncestor reports whether a is a strict ancestor of b ("news" of "news.uk").
-func isAncestor(a, b string) bool {
-	return len(b) > len(a) && b[len(a)] == '.' && b[:len(a)] == a
+// ownsChannel reports whether name is c's user or session channel.
+func (c *Conn) ownsChannel(name string) bool {
+	for _, o := range c.own {
+		if o.sb.channel == name {
+			return true
+		}
+	}
+	return false
 }
+
+// Handler slots.
+
+// acquire takes a handler slot without waiting.
+func (c *Conn) acquire() bool {
+	select {
+	case c.sem <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitSlot waits for a handler slot, at most the ask timeout, pausing the
+// connection's reads meanwhile.
+func (c *Conn) waitSlot() (ok bool) {
+	c.parsing(func() {
+		t := time.NewTimer(c.srv.cfg.askTimeout)
+		defer t.Stop()
+		select {
+		case c.sem <- struct{}{}:
+			ok = true
+		case <-t.C:
+		case <-c.ctx.Done():
+		}
+	})
+	return ok
+}
+
+func (c *Conn) release() { <-c.sem }
+
+// Goroutines of the connection.
 
 // spawn runs f on a goroutine owned by the connection, unless it ended.
 func (c *Conn) spawn(f func()) bool {
@@ -384,13 +595,55 @@ func (c *Conn) endGoroutines() {
 	c.wg.Wait()
 }
 
-type ownSub struct {
-	sb  *sub
-	pos scaler.Position // the stream's position at the welcome
-}
+// Server asks awaiting the client's reply.
 
 type pendingAsk struct {
 	origin   string // node waiting for the reply
 	originID uint64
 	deadline time.Time
+}
+
+// addAsk records a server ask and returns the id the client must reply to;
+// false when too many are pending.
+func (c *Conn) addAsk(p pendingAsk) (uint64, bool) {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	if len(c.asks) >= c.srv.cfg.maxPending {
+		return 0, false
+	}
+	if c.asks == nil {
+		c.asks = make(map[uint64]pendingAsk)
+	}
+	c.askSeq++
+	c.asks[c.askSeq] = p
+	return c.askSeq, true
+}
+
+// takeAsk removes and returns the pending ask a reply answers.
+func (c *Conn) takeAsk(id uint64) (pendingAsk, bool) {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	p, ok := c.asks[id]
+	delete(c.asks, id)
+	return p, ok
+}
+
+// takeAsks removes and returns every pending ask.
+func (c *Conn) takeAsks() map[uint64]pendingAsk {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	asks := c.asks
+	c.asks = nil
+	return asks
+}
+
+// sweepAsks forgets server asks past their deadline (the asker gave up).
+func (c *Conn) sweepAsks(now time.Time) {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	for id, p := range c.asks {
+		if now.After(p.deadline) {
+			delete(c.asks, id)
+		}
+	}
 }

@@ -70,8 +70,38 @@ var (
 	ErrInternal      = &Error{Code: CodeInternal}
 )
 
-// ErrServerClosed is returned by methods of a server that was shut down.
+// errInternal is what a client sees of a failure it cannot be told about.
+var errInternal = &Error{Code: CodeInternal, Message: "internal error"}
+
+// ErrServerClosed is returned by the methods of a Server after Shutdown or
+// Close began, and is the disconnect reason of the connections they closed.
 var ErrServerClosed = errors.New("sss: server closed")
+
+// Why a connection ended: the reason Hooks.OnDisconnect receives (possibly
+// wrapped; test with errors.Is). Each is a distinct value, matched by
+// nothing else.
+var (
+	// ErrClientClosed: the client closed the connection normally (1000, 1001).
+	ErrClientClosed = errors.New("sss: client closed the connection")
+	// ErrPingTimeout: the client sent nothing for ping+pong (close 4001).
+	ErrPingTimeout = errors.New("sss: ping timeout")
+	// ErrSlowConsumer: the connection's send queue overflowed: the client
+	// did not read fast enough (close 4002).
+	ErrSlowConsumer = errors.New("sss: slow consumer")
+	// ErrWriteFailed: a write to the connection failed or timed out (close
+	// 4003); it wraps the cause.
+	ErrWriteFailed = errors.New("sss: write failed")
+	// ErrKicked: the application closed the connection, with Conn.Close or
+	// Server.Disconnect (close 4005 or 4501).
+	ErrKicked = errors.New("sss: disconnected by the application")
+	// ErrResync: the server could not keep a channel exact for the client
+	// (its history was reset mid-stream, or a catch-up failed), and asked it
+	// to reconnect and resume (close 4006).
+	ErrResync = errors.New("sss: channel could not be kept exact")
+	// ErrMessageTooBig: the client sent a message larger than
+	// WithMaxMessageSize (close 1009).
+	ErrMessageTooBig = errors.New("sss: message too big")
+)
 
 // toWire turns any error into what the client may see. Unclassified errors
 // become "internal" without their text, which may hold secrets.
@@ -83,7 +113,7 @@ func toWire(err error) *Error {
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{Code: CodeTimeout, Message: "deadline exceeded"}
 	default:
-		return &Error{Code: CodeInternal, Message: "internal error"}
+		return errInternal
 	}
 }
 

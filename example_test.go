@@ -245,7 +245,7 @@ func ExampleServer_Ask() {
 		json.Unmarshal([]byte(next()), &ask)
 		c.Write(context.Background(), websocket.MessageText, []byte(fmt.Sprintf(`{"type":"reply","id":%d,"result":"yes"}`, ask.ID)))
 	}()
-	answer, err := a.Ask(context.Background(), welcome.Conn, "confirm", "Delete the draft?")
+	answer, err := a.Ask(context.Background(), sss.ToConn(welcome.Conn), "confirm", "Delete the draft?")
 	fmt.Println(string(answer), err)
 	// Output:
 	// "yes" <nil>

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/superscaled/sss/scaler"
@@ -187,9 +188,13 @@ func nullToNil(b json.RawMessage) json.RawMessage {
 	return b
 }
 
+// truncate cuts s to at most n bytes, on a character boundary.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n]
 }
@@ -232,8 +237,108 @@ func compactJSON(data json.RawMessage) (json.RawMessage, error) {
 	return buf.Bytes(), nil
 }
 
+// encodeData encodes application data for the wire: a json.RawMessage is
+// checked and compacted, anything else marshalled.
+func encodeData(data any) ([]byte, error) {
+	switch d := data.(type) {
+	case nil:
+		return nil, nil
+	case json.RawMessage:
+		raw, err := compactJSON(d)
+		if err != nil {
+			return nil, Errorf(CodeBadRequest, "data is not valid JSON: %v", err)
+		}
+		return raw, nil
+	}
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return nil, Errorf(CodeBadRequest, "cannot encode data: %v", err)
+	}
+	return raw, nil
+}
+
 // Encoding of server frames. Hot frames are appended by hand so a
 // publication is encoded once for all its local subscribers.
+
+// welcomeFrame is the first frame of every connection.
+type welcomeFrame struct {
+	Type      string                     `json:"type"`
+	Version   int                        `json:"version"`
+	Conn      string                     `json:"conn"`
+	Session   string                     `json:"session"`
+	User      string                     `json:"user"`
+	Channels  welcomeChannels            `json:"channels"`
+	Positions map[string]scaler.Position `json:"positions,omitempty"`
+	Ping      int64                      `json:"ping"`
+	Pong      int64                      `json:"pong"`
+	Limits    welcomeLimits              `json:"limits"`
+}
+
+type welcomeChannels struct {
+	User    string `json:"user,omitempty"`
+	Session string `json:"session"`
+}
+
+type welcomeLimits struct {
+	MaxMessage       int64 `json:"maxMessage"`
+	MaxSubscriptions int   `json:"maxSubscriptions"`
+	Concurrency      int   `json:"concurrency"`
+}
+
+func encodeWelcome(c *Conn) []byte {
+	cfg := &c.srv.cfg
+	w := welcomeFrame{
+		Type: "welcome", Version: 1, Conn: c.id, Session: c.session.SessionID, User: c.session.UserID,
+		Channels: welcomeChannels{Session: SessionChannel(c.session.SessionID)},
+		Ping:     cfg.pingInterval.Milliseconds(), Pong: cfg.pongTimeout.Milliseconds(),
+		Limits: welcomeLimits{MaxMessage: cfg.maxMessage, MaxSubscriptions: cfg.maxSubs, Concurrency: cfg.concurrency},
+	}
+	if c.session.UserID != "" {
+		w.Channels.User = UserChannel(c.session.UserID)
+	}
+	for _, o := range c.own {
+		if o.pos.Epoch != "" {
+			if w.Positions == nil {
+				w.Positions = make(map[string]scaler.Position)
+			}
+			w.Positions[o.sb.channel] = o.pos
+		}
+	}
+	b, _ := json.Marshal(w)
+	return b
+}
+
+// subResult is what an ack says of a subscription: the result of a
+// subscribe, or one entry of a resume's (docs/protocol.md).
+type subResult struct {
+	Channel   string  `json:"channel"`
+	Offset    *uint64 `json:"offset,omitempty"` // with Epoch, when the server keeps history
+	Epoch     string  `json:"epoch,omitempty"`
+	Recovered *bool   `json:"recovered,omitempty"`
+	Reason    string  `json:"reason,omitempty"`
+	Error     *Error  `json:"error,omitempty"`
+}
+
+func encodeSubscribeAck(id uint64, r subResult) []byte {
+	b, _ := json.Marshal(r)
+	return encodeAck(id, b)
+}
+
+func encodeResumeAck(id uint64, results []subResult) []byte {
+	b, _ := json.Marshal(struct {
+		Subscriptions []subResult `json:"subscriptions"`
+	}{results})
+	return encodeAck(id, b)
+}
+
+// encodeDelivery encodes a publication delivered through stream d.Stream:
+// a pub frame, or a tell frame for the server's tells to a user or session.
+func encodeDelivery(d scaler.Delivery) []byte {
+	if name, ok := strings.CutPrefix(d.Pub.Event, tellPrefix); ok && d.Pub.Transient {
+		return encodeTell(name, d.Pub.Data)
+	}
+	return encodePub(d.Pub.Channel, d.Stream, d.Pub.Event, d.Pub.Data, d.Pub.Sender, d.Offset, d.Epoch)
+}
 
 func appendString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {

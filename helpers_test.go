@@ -282,11 +282,11 @@ func (w *wsClient) subscribe(ch string) {
 
 // closeStatus waits for the server to close the connection and returns the
 // close code.
-func (w *wsClient) closeStatus() websocket.StatusCode {
+func (w *wsClient) closeStatus() sss.CloseCode {
 	w.t.Helper()
 	select {
 	case <-w.closed:
-		return w.status
+		return sss.CloseCode(w.status)
 	case <-time.After(10 * time.Second):
 		w.t.Fatal("connection not closed")
 		return 0

@@ -431,7 +431,7 @@ func TestOversizedMessage(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithMaxMessageSize(1024))
 	w := cl.dial(0, nil)
 	w.sendRaw(`{"type":"tell","id":1,"name":"x","data":"` + strings.Repeat("a", 2000) + `"}`)
-	if code := w.closeStatus(); code != websocket.StatusMessageTooBig {
+	if code := w.closeStatus(); code != sss.CloseCode(websocket.StatusMessageTooBig) {
 		t.Fatalf("close code %d, want 1009", code)
 	}
 }

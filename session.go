@@ -3,7 +3,9 @@ package sss
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"time"
 
 	"github.com/superscaled/sss/scaler"
 )
@@ -48,13 +50,14 @@ func UserChannel(userID string) string { return scaler.ReservedPrefix + "u." + u
 func SessionChannel(sessionID string) string { return scaler.ReservedPrefix + "s." + sessionID }
 
 // parseSession runs the session parser and validates what it returned.
-func (s *Server) parseSession(r *http.Request) (*Session, error) {
-	sess := &Session{}
+// named says the parser named the session: only then are its subscriptions
+// stored, since a random session is never seen again.
+func (s *Server) parseSession(r *http.Request) (sess *Session, named bool, err error) {
+	sess = &Session{}
 	if p := s.cfg.sessionP; p != nil {
-		var err error
 		sess, err = safeSessionParse(p, r)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if sess == nil {
 			sess = &Session{}
@@ -64,12 +67,13 @@ func (s *Server) parseSession(r *http.Request) (*Session, error) {
 		}
 	}
 	if len(sess.UserID) > maxIDLen || len(sess.SessionID) > maxIDLen {
-		return nil, &StatusError{Status: http.StatusInternalServerError, Message: "session parser returned an id longer than 255 bytes"}
+		return nil, false, &StatusError{Status: http.StatusInternalServerError, Message: "session parser returned an id longer than 255 bytes"}
 	}
-	if sess.SessionID == "" {
-		sess.SessionID = "anon-" + randomID(12)
+	named = sess.SessionID != ""
+	if !named {
+		sess.SessionID = randomID(12)
 	}
-	return sess, nil
+	return sess, named, nil
 }
 
 func safeSessionParse(p SessionParser, r *http.Request) (sess *Session, err error) {
@@ -79,4 +83,40 @@ func safeSessionParse(p SessionParser, r *http.Request) (sess *Session, err erro
 		}
 	}()
 	return p(r)
+}
+
+// The session store (scaler.SessionStore, when the scaler has one) keeps
+// each named session's subscriptions, so that a client that resumes without
+// a list gets them back on any instance.
+
+// storeTimeout bounds one session store call: the store is a convenience,
+// so an outage must not stall subscribes for the ask timeout.
+const storeTimeout = 2 * time.Second
+
+// storeRetry is how long store calls are skipped after one failed, so an
+// outage costs one timeout, not one per request.
+const storeRetry = 5 * time.Second
+
+// storeCall runs f on the session store, if there is one and it is not
+// known to be down. Failures are counted and logged, and returned.
+func (s *Server) storeCall(ctx context.Context, op string, f func(context.Context, scaler.SessionStore) error) error {
+	if s.store == nil {
+		return nil
+	}
+	if time.Now().UnixNano() < s.storeDownUntil.Load() {
+		s.stats.scalerErrors.Add(1)
+		return ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	err := f(ctx, s.store)
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, scaler.ErrUnavailable) {
+		// Timed out or unreachable: the store is down, not this request.
+		s.storeDownUntil.Store(time.Now().Add(storeRetry).UnixNano())
+	}
+	if err != nil {
+		s.stats.scalerErrors.Add(1)
+		s.log.Warn("sss: session store", "op", op, "err", err)
+	}
+	return err
 }

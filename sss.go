@@ -6,8 +6,17 @@
 // channels, publish where allowed, and ask or tell the server; the server
 // publishes to channels, users and sessions, and tells or asks any
 // connection wherever in the cluster it is. A [scaler.Scaler] joins the
-// instances: the default is in-process (scaler/memory); Redis+MongoDB and
-// NATS backends live under scaler/.
+// instances: the default is in-process (package scaler/memory); the
+// Redis+MongoDB backend is package scaler/mongoredis, and package scaler
+// documents the contract for writing your own.
+//
+// Where to look, by file: server.go (upgrade, connection lifecycle,
+// shutdown), request.go (a client's requests: subscribe, unsubscribe,
+// publish), catchup.go (resume and catch-up from history), asktell.go (ask
+// and tell both ways), publish.go (server publications), hub.go (this
+// instance's connections and subscribers, fan-out), conn.go (one
+// connection: send queue, writer, liveness), frame.go (the wire format).
+// docs/architecture.md draws the arrows between them.
 //
 // WebSockets are served by github.com/coder/websocket, the maintained
 // continuation of nhooyr.io/websocket.
@@ -16,13 +25,10 @@ package sss
 import (
 	"crypto/rand"
 	"encoding/base32"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/memory"
@@ -31,185 +37,43 @@ import (
 // Subprotocol is the WebSocket subprotocol of protocol v1.
 const Subprotocol = "sss.v1"
 
-// Option configures a Server.
-type Option func(*config) error
+// Server is an sss server: an http.Handler for WebSocket upgrades plus the
+// API to publish, tell and ask. Create it with New.
+type Server struct {
+	cfg    config
+	log    *slog.Logger
+	nodeID string
 
-type config struct {
-	scaler       scaler.Scaler
-	ownScaler    bool
-	sessionP     SessionParser
-	subscriptP   SubscriptionParser
-	publishP     PublishParser
-	logger       *slog.Logger
-	origins      []string
-	hooks        Hooks
-	lossy        func(channel string) bool
-	maxMessage   int64
-	sendQueue    int
-	sendBytes    int
-	maxSubs      int
-	pingInterval time.Duration
-	pongTimeout  time.Duration
-	writeTimeout time.Duration
-	askTimeout   time.Duration
-	concurrency  int
-	maxPending   int
-	rate         float64
-	burst        int
-}
+	// hub owns this instance's connections and their subscriptions.
+	hub hub
 
-func defaults() config {
-	return config{
-		logger:       slog.Default(),
-		maxMessage:   64 << 10,
-		sendQueue:    1024,
-		sendBytes:    1 << 20,
-		maxSubs:      256,
-		pingInterval: 25 * time.Second,
-		pongTimeout:  10 * time.Second,
-		writeTimeout: 10 * time.Second,
-		askTimeout:   10 * time.Second,
-		concurrency:  16,
-		maxPending:   64,
+	// The scaler, joined on first use (server.go).
+	joinMu  sync.Mutex
+	node    scaler.Node
+	nodeRef atomic.Pointer[scaler.Node] // lock-free read of node
+	store   scaler.SessionStore         // nil when the scaler does not persist
+	// storeDownUntil (unix nanos) skips store calls for a while after one failed.
+	storeDownUntil atomic.Int64
+
+	hmu   sync.RWMutex
+	asks  map[string]AskHandler
+	tells map[string]TellHandler
+
+	// Lifecycle (server.go): requests being served, and closing.
+	lmu     sync.Mutex
+	closing bool
+	active  int           // requests being served
+	idle    chan struct{} // closed when closing and active == 0
+	closed  atomic.Bool   // set once Shutdown or Close began
+
+	// Server asks awaiting a reply (asktell.go).
+	pending struct {
+		mu  sync.Mutex
+		seq uint64
+		m   map[uint64]chan nodeMsg
 	}
-}
 
-// WithScaler sets the backend that joins this server to the others. The
-// default is a private in-memory scaler: a cluster of one.
-func WithScaler(s scaler.Scaler) Option {
-	return func(c *config) error {
-		if s == nil {
-			return errors.New("sss: WithScaler(nil)")
-		}
-		c.scaler = s
-		return nil
-	}
-}
-
-// WithSessionParser authenticates each HTTP upgrade. Without one every
-// connection is anonymous, with a random session id.
-func WithSessionParser(p SessionParser) Option {
-	return func(c *config) error { c.sessionP = p; return nil }
-}
-
-// WithSubscriptionParser authorises each subscription. Without one every
-// valid, non-reserved channel may be subscribed.
-func WithSubscriptionParser(p SubscriptionParser) Option {
-	return func(c *config) error { c.subscriptP = p; return nil }
-}
-
-// WithPublishParser enables client publish: each one is allowed when p
-// returns nil. Without it clients cannot publish.
-func WithPublishParser(p PublishParser) Option {
-	return func(c *config) error { c.publishP = p; return nil }
-}
-
-// WithLogger sets the logger (default slog.Default()).
-func WithLogger(l *slog.Logger) Option {
-	return func(c *config) error {
-		if l == nil {
-			return errors.New("sss: WithLogger(nil)")
-		}
-		c.logger = l
-		return nil
-	}
-}
-
-// WithOriginPatterns authorises cross-origin browsers whose Origin host
-// matches one of the patterns (path.Match syntax). Same-origin requests are
-// always allowed.
-func WithOriginPatterns(patterns ...string) Option {
-	return func(c *config) error { c.origins = append(c.origins, patterns...); return nil }
-}
-
-// WithHooks installs lifecycle callbacks.
-func WithHooks(h Hooks) Option {
-	return func(c *config) error { c.hooks = h; return nil }
-}
-
-// WithLossyChannels marks channels whose publications may be dropped for a
-// connection whose send queue is full, instead of disconnecting it (the
-// default slow-consumer policy). They may fill three quarters of the queue,
-// so replies still fit. Drops are counted in Stats.
-func WithLossyChannels(isLossy func(channel string) bool) Option {
-	return func(c *config) error { c.lossy = isLossy; return nil }
-}
-
-// WithMaxMessageSize bounds an incoming WebSocket message (default 64 KiB);
-// a larger one closes the connection with 1009.
-func WithMaxMessageSize(n int64) Option {
-	return positive("WithMaxMessageSize", n, func(c *config) { c.maxMessage = n })
-}
-
-// WithSendQueue bounds each connection's queue of outgoing frames, in frames
-// (default 1024) and bytes (default 1 MiB). A connection that overflows it is
-// a slow consumer: it is closed with 4002.
-func WithSendQueue(frames, bytes int) Option {
-	return func(c *config) error {
-		if frames <= 0 || bytes <= 0 {
-			return fmt.Errorf("sss: WithSendQueue(%d, %d): both must be positive", frames, bytes)
-		}
-		c.sendQueue, c.sendBytes = frames, bytes
-		return nil
-	}
-}
-
-// WithMaxSubscriptions bounds subscriptions per connection (default 256).
-func WithMaxSubscriptions(n int) Option {
-	return positive("WithMaxSubscriptions", n, func(c *config) { c.maxSubs = n })
-}
-
-// WithPing sets how often the server pings (default 25s) and how long after
-// that it waits for any frame before closing the connection with 4001
-// (default 10s).
-func WithPing(interval, timeout time.Duration) Option {
-	return func(c *config) error {
-		if interval <= 0 || timeout <= 0 {
-			return fmt.Errorf("sss: WithPing(%v, %v): both must be positive", interval, timeout)
-		}
-		c.pingInterval, c.pongTimeout = interval, timeout
-		return nil
-	}
-}
-
-// WithWriteTimeout bounds one write to a connection (default 10s); a write
-// that takes longer closes the connection with 4003.
-func WithWriteTimeout(d time.Duration) Option {
-	return positive("WithWriteTimeout", d, func(c *config) { c.writeTimeout = d })
-}
-
-// WithAskTimeout bounds ask handlers, parsers, and server asks to clients
-// (default 10s).
-func WithAskTimeout(d time.Duration) Option {
-	return positive("WithAskTimeout", d, func(c *config) { c.askTimeout = d })
-}
-
-// WithConcurrency bounds the ask and tell handlers running at once for one
-// connection (default 16); requests beyond it get rate_limited.
-func WithConcurrency(n int) Option {
-	return positive("WithConcurrency", n, func(c *config) { c.concurrency = n })
-}
-
-// WithRateLimit bounds the frames one connection may send, per second with a
-// burst (default: unlimited). Frames beyond it get rate_limited.
-func WithRateLimit(perSecond float64, burst int) Option {
-	return func(c *config) error {
-		if perSecond <= 0 || burst <= 0 {
-			return fmt.Errorf("sss: WithRateLimit(%v, %d): both must be positive", perSecond, burst)
-		}
-		c.rate, c.burst = perSecond, burst
-		return nil
-	}
-}
-
-func positive[T int | int64 | time.Duration](name string, v T, set func(*config)) Option {
-	return func(c *config) error {
-		if v <= 0 {
-			return fmt.Errorf("sss: %s(%v): must be positive", name, v)
-		}
-		set(c)
-		return nil
-	}
+	stats counters
 }
 
 // New returns a Server. It joins the scaler lazily, on the first connection
@@ -234,46 +98,11 @@ func New(opts ...Option) (*Server, error) {
 		nodeID: randomID(8),
 		asks:   make(map[string]AskHandler),
 		tells:  make(map[string]TellHandler),
-		conns:  make(map[string]*Conn),
+		idle:   make(chan struct{}),
 	}
-	s.channels.init()
+	s.hub.init()
 	s.pending.m = make(map[uint64]chan nodeMsg)
-	s.idle = make(chan struct{})
 	return s, nil
-}
-
-// Server is an sss server: an http.Handler for WebSocket upgrades plus the
-// API to publish, tell and ask.
-type Server struct {
-	cfg    config
-	log    *slog.Logger
-	nodeID string
-
-	joinMu  sync.Mutex
-	node    scaler.Node
-	nodeRef atomic.Pointer[scaler.Node] // lock-free read of node
-	store   scaler.SessionStore         // nil when the scaler does not persist
-	// storeDownUntil (unix nanos) skips store calls for a while after one failed.
-	storeDownUntil atomic.Int64
-
-	hmu   sync.RWMutex
-	asks  map[string]AskHandler
-	tells map[string]TellHandler
-
-	cmu      sync.RWMutex
-	conns    map[string]*Conn
-	closing  bool
-	active   int           // connections being served
-	idle     chan struct{} // closed when closing and active == 0
-	channels registry
-
-	pending struct {
-		mu  sync.Mutex
-		seq uint64
-		m   map[uint64]chan nodeMsg
-	}
-
-	stats counters
 }
 
 // NodeID is this instance's id in the cluster. Connection ids start with it.
@@ -293,7 +122,10 @@ func randomID(n int) string {
 type Hooks struct {
 	// OnConnect runs after the welcome frame was queued.
 	OnConnect func(c *Conn)
-	// OnDisconnect runs when the connection has ended; reason says why.
+	// OnDisconnect runs when the connection has ended; reason says why
+	// (errors.Is with ErrClientClosed, ErrServerClosed, ErrPingTimeout,
+	// ErrSlowConsumer, ErrWriteFailed, ErrKicked, ErrResync,
+	// ErrMessageTooBig, or a network error).
 	OnDisconnect func(c *Conn, reason error)
 	// OnSubscribe and OnUnsubscribe run after a client subscription changed.
 	OnSubscribe   func(c *Conn, channel string)

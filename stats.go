@@ -38,7 +38,7 @@ func (s *Server) Stats() Stats {
 		Connections:   c.connections.Load(),
 		Accepted:      c.accepted.Load(),
 		Subscriptions: c.subscriptions.Load(),
-		Channels:      s.channels.count(),
+		Channels:      s.hub.streams(),
 		FramesIn:      c.framesIn.Load(),
 		FramesOut:     c.framesOut.Load(),
 		BadFrames:     c.badFrames.Load(),

@@ -362,24 +362,24 @@ func TestServerTellAndAsk(t *testing.T) {
 		t.Fatalf("tell %q", s)
 	}
 
-	res, err := ts.srv.Ask(ctx, c.ID(), "confirm", "Delete?")
+	res, err := ts.srv.Ask(ctx, sss.ToConn(c.ID()), "confirm", "Delete?")
 	if err != nil || string(res) != "true" {
 		t.Fatalf("confirm: %s %v", res, err)
 	}
-	if _, err := ts.srv.Ask(ctx, c.ID(), "nope", nil); !errors.Is(err, sss.ErrNotFound) {
+	if _, err := ts.srv.Ask(ctx, sss.ToConn(c.ID()), "nope", nil); !errors.Is(err, sss.ErrNotFound) {
 		t.Fatalf("nope: %v", err)
 	}
-	if _, err := ts.srv.Ask(ctx, c.ID(), "deny", nil); !errors.Is(err, sss.ErrForbidden) {
+	if _, err := ts.srv.Ask(ctx, sss.ToConn(c.ID()), "deny", nil); !errors.Is(err, sss.ErrForbidden) {
 		t.Fatalf("deny: %v", err)
 	}
-	if _, err := ts.srv.Ask(ctx, c.ID(), "fail", nil); !errors.Is(err, sss.ErrInternal) {
+	if _, err := ts.srv.Ask(ctx, sss.ToConn(c.ID()), "fail", nil); !errors.Is(err, sss.ErrInternal) {
 		t.Fatalf("fail: %v", err)
 	}
-	if _, err := ts.srv.Ask(ctx, c.ID(), "boom", nil); !errors.Is(err, sss.ErrInternal) {
+	if _, err := ts.srv.Ask(ctx, sss.ToConn(c.ID()), "boom", nil); !errors.Is(err, sss.ErrInternal) {
 		t.Fatalf("boom: %v", err)
 	}
 	// The client survived the panic.
-	if res, err := ts.srv.Ask(ctx, c.ID(), "confirm", "Keep?"); err != nil || string(res) != "false" {
+	if res, err := ts.srv.Ask(ctx, sss.ToConn(c.ID()), "confirm", "Keep?"); err != nil || string(res) != "false" {
 		t.Fatalf("confirm after panic: %s %v", res, err)
 	}
 	waitFor(t, "OnError for the panic", func() bool { return errs.Load() >= 1 })

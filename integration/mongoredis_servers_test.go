@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -149,7 +150,7 @@ func TestMongoRedisServers(t *testing.T) {
 		}
 		bob.mu.Unlock()
 		welcome := bob.wait("welcome", func(f frame) bool { return f.Type == "welcome" })
-		res, err := cl.servers[0].Ask(ctx, welcome.Conn, "confirm", "delete?")
+		res, err := cl.servers[0].Ask(ctx, sss.ToConn(welcome.Conn), "confirm", "delete?")
 		if err != nil {
 			t.Fatalf("Ask from server 0 to a connection on server 1: %v", err)
 		}
@@ -158,8 +159,12 @@ func TestMongoRedisServers(t *testing.T) {
 		}
 		// A connection id on an instance that does not exist: not found,
 		// at once (the scaler knows no node has that id).
-		if _, err := cl.servers[2].Ask(ctx, "nosuchnode.conn", "confirm", nil); err == nil {
-			t.Error("Ask to a connection on an unknown node succeeded")
+		if _, err := cl.servers[2].Ask(ctx, sss.ToConn("nosuchnode.conn"), "confirm", nil); !errors.Is(err, sss.ErrNotFound) {
+			t.Errorf("Ask to a connection on an unknown node: %v, want not_found", err)
+		}
+		// A tell to it is not an error: a target with no connection.
+		if err := cl.servers[2].Tell(ctx, sss.ToConn("nosuchnode.conn"), "note", nil); err != nil {
+			t.Errorf("Tell to a connection on an unknown node: %v, want nil", err)
 		}
 	})
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -12,6 +11,14 @@ import (
 
 	"github.com/superscaled/sss/scaler"
 )
+
+// Ask and tell, both ways. A client's ask or tell (request.go hands it
+// here) runs its handler on a goroutine of the connection and replies
+// through the connection's send queue. The server's Tell and Ask reach a
+// connection wherever it is: to a user or session through its flat
+// reserved channel (a transient publication, see hub.go's deliver), to one
+// connection through a node message to the instance that holds it
+// (handleNode), whose reply comes back the same way.
 
 // AskHandler answers a client's ask. The result is encoded with
 // encoding/json. ctx ends when the connection closes or the ask times out.
@@ -36,31 +43,11 @@ func (s *Server) HandleTell(name string, h TellHandler) {
 	s.tells[name] = h
 }
 
-// acquire takes a handler slot without waiting.
-func (c *Conn) acquire() bool {
-	select {
-	case c.sem <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
+// A client's ask and tell.
 
-// waitSlot waits for a handler slot, at most the ask timeout.
-func (c *Conn) waitSlot() (ok bool) {
-	c.parsing(func() {
-		t := time.NewTimer(c.srv.cfg.askTimeout)
-		defer t.Stop()
-		select {
-		case c.sem <- struct{}{}:
-			ok = true
-		case <-t.C:
-		case <-c.ctx.Done():
-		}
-	})
-	return ok
-}
-
+// handleAsk runs a client's ask on a goroutine of the connection. The
+// client gets exactly one reply: the result, the handler's error, or
+// timeout at the deadline if the handler ignores its context.
 func (s *Server) handleAsk(c *Conn, f inFrame) {
 	s.hmu.RLock()
 	h := s.asks[f.Name]
@@ -77,8 +64,6 @@ func (s *Server) handleAsk(c *Conn, f inFrame) {
 	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 	var once sync.Once
 	reply := func(frame []byte) { once.Do(func() { c.send(frame, false) }) }
-	// Answer "timeout" at the deadline even if the handler ignores ctx; its
-	// late result is then dropped.
 	stop := context.AfterFunc(ctx, func() {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			reply(encodeError(f.ID, Errorf(CodeTimeout, "ask %q timed out", f.Name)))
@@ -90,7 +75,7 @@ func (s *Server) handleAsk(c *Conn, f inFrame) {
 		cancel()
 		// Free the slot before replying: a client that sends its next ask
 		// on seeing this reply must find it free.
-		<-c.sem
+		c.release()
 		if err != nil {
 			reply(encodeError(f.ID, err))
 			return
@@ -99,7 +84,7 @@ func (s *Server) handleAsk(c *Conn, f inFrame) {
 	}) {
 		stop()
 		cancel()
-		<-c.sem
+		c.release()
 	}
 }
 
@@ -109,7 +94,7 @@ func (s *Server) runAsk(ctx context.Context, c *Conn, name string, h AskHandler,
 		if r := recover(); r != nil {
 			s.stats.panics.Add(1)
 			s.log.Error("sss: ask handler panicked", "ask", name, "conn", c.id, "panic", r, "stack", string(debug.Stack()))
-			res, e = nil, &Error{Code: CodeInternal, Message: "internal error"}
+			res, e = nil, errInternal
 		}
 	}()
 	v, err := h(ctx, c, data)
@@ -122,7 +107,7 @@ func (s *Server) runAsk(ctx context.Context, c *Conn, name string, h AskHandler,
 	}
 	if res, err = encodeData(v); err != nil {
 		s.log.Error("sss: cannot encode ask result", "ask", name, "err", err)
-		return nil, &Error{Code: CodeInternal, Message: "internal error"}
+		return nil, errInternal
 	}
 	if res == nil {
 		res = []byte("null")
@@ -130,6 +115,8 @@ func (s *Server) runAsk(ctx context.Context, c *Conn, name string, h AskHandler,
 	return res, nil
 }
 
+// handleTell acks a client's tell and runs its handler on a goroutine of
+// the connection.
 func (s *Server) handleTell(c *Conn, f inFrame) {
 	s.hmu.RLock()
 	h := s.tells[f.Name]
@@ -148,7 +135,7 @@ func (s *Server) handleTell(c *Conn, f inFrame) {
 	s.stats.tells.Add(1)
 	c.send(encodeAck(f.ID, nil), false)
 	if !c.spawn(func() {
-		defer func() { <-c.sem }()
+		defer c.release()
 		ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 		defer cancel()
 		defer func() {
@@ -161,111 +148,108 @@ func (s *Server) handleTell(c *Conn, f inFrame) {
 			s.log.Warn("sss: tell handler failed", "tell", f.Name, "conn", c.id, "err", err)
 		}
 	}) {
-		<-c.sem
+		c.release()
 	}
 }
 
-// Target names who a server Tell reaches: a connection, every connection of
-// a session, or every connection of a user, on any instance.
+// Targets.
+
+// Target names who a server Tell, Ask or Disconnect reaches: a connection,
+// every connection of a session, or every connection of a user, on any
+// instance.
 type Target struct {
-	kind byte // 'c', 's', 'u'
+	kind targetKind
 	id   string
 }
 
+type targetKind byte
+
+const (
+	targetNone targetKind = iota
+	targetConn
+	targetSession
+	targetUser
+)
+
 // ToConn targets one connection by its id.
-func ToConn(id string) Target { return Target{'c', id} }
+func ToConn(id string) Target { return Target{targetConn, id} }
 
 // ToSession targets every connection of a session.
-func ToSession(id string) Target { return Target{'s', id} }
+func ToSession(id string) Target { return Target{targetSession, id} }
 
 // ToUser targets every connection of a user.
-func ToUser(id string) Target { return Target{'u', id} }
+func ToUser(id string) Target { return Target{targetUser, id} }
 
 func (t Target) String() string {
 	switch t.kind {
-	case 'c':
+	case targetConn:
 		return "conn " + t.id
-	case 's':
+	case targetSession:
 		return "session " + t.id
-	case 'u':
+	case targetUser:
 		return "user " + t.id
 	}
 	return "no target"
 }
 
+// channel is the reserved channel of a user or session target.
+func (t Target) channel() string {
+	if t.kind == targetUser {
+		return UserChannel(t.id)
+	}
+	return SessionChannel(t.id)
+}
+
+var errNoTarget = Errorf(CodeBadRequest, "no target: use ToConn, ToSession or ToUser with an id")
+
+func (t Target) valid() error {
+	if t.kind == targetNone || t.id == "" {
+		return errNoTarget
+	}
+	return nil
+}
+
+// tellPrefix starts the event of the server's transient publication that
+// carries a tell to a user's or session's connections: tellPrefix + name.
+const tellPrefix = scaler.ReservedPrefix + "tell:"
+
 // Tell sends a message to the target's connections wherever they are. It
 // returns once the scaler accepted it; delivery is not acknowledged by the
 // clients, and a target with no connection is not an error.
 func (s *Server) Tell(ctx context.Context, t Target, name string, data any) error {
-	if name == "" || len(name) > maxNameLen || strings.HasPrefix(name, scaler.ReservedPrefix) {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	if err := t.valid(); err != nil {
+		return err
+	}
+	if name == "" || len(name) > maxNameLen || reserved(name) {
 		return Errorf(CodeBadRequest, "tell name must be 1 to %d bytes, not starting with %q", maxNameLen, scaler.ReservedPrefix)
 	}
 	raw, err := encodeData(data)
 	if err != nil {
 		return err
 	}
-	return s.tell(ctx, t, name, raw)
-}
-
-// Events of the server's own transient publications on user and session
-// channels: the reserved tell that closes its target's connections, and
-// tells (tellPrefix + name).
-const (
-	disconnectTell = scaler.ReservedPrefix + "disconnect"
-	tellPrefix     = scaler.ReservedPrefix + "tell:"
-)
-
-func tellEvent(name string) string {
-	if name == disconnectTell {
-		return name
+	if t.kind == targetConn {
+		return s.routeToConn(ctx, t.id, nodeMsg{K: msgTell, Conn: t.id, Name: name, Data: raw})
 	}
-	return tellPrefix + name
+	return s.publishRaw(ctx, &scaler.Publication{Channel: t.channel(), Event: tellPrefix + name, Data: raw, Transient: true})
 }
 
-type disconnectOrder struct {
-	Reason string `json:"reason"`
-	Final  bool   `json:"final"`
-}
-
-// Disconnect closes the target's connections wherever they are in the
-// cluster (e.g. on logout, or when a user is banned), with close code 4005
-// (the clients may reconnect) or, if final, 4501 (they must not). It
-// returns once the scaler accepted the order.
-func (s *Server) Disconnect(ctx context.Context, t Target, reason string, final bool) error {
-	raw, _ := json.Marshal(disconnectOrder{Reason: truncate(reason, 120), Final: final})
-	return s.tell(ctx, t, disconnectTell, raw)
-}
-
-// obey carries out a disconnect order; it reports false for other tells.
-func (c *Conn) obey(name string, data []byte) bool {
-	if name != disconnectTell {
-		return false
+// Ask sends an ask to one connection (a ToConn target), wherever in the
+// cluster it is, and waits for the client's reply, at most the ask timeout
+// (or ctx's deadline, if sooner). Errors the client returned are *Error
+// values; a connection that is not connected gives ErrNotFound.
+func (s *Server) Ask(ctx context.Context, t Target, name string, data any) (json.RawMessage, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
 	}
-	var o disconnectOrder
-	json.Unmarshal(data, &o)
-	c.Close(o.Reason, o.Final)
-	return true
-}
-
-func (s *Server) tell(ctx context.Context, t Target, name string, raw []byte) error {
-	if t.id == "" {
-		return Errorf(CodeBadRequest, "empty target")
+	if err := t.valid(); err != nil {
+		return nil, err
 	}
-	switch t.kind {
-	case 'u':
-		return s.publishRaw(ctx, &scaler.Publication{Channel: UserChannel(t.id), Event: tellEvent(name), Data: raw, Transient: true})
-	case 's':
-		return s.publishRaw(ctx, &scaler.Publication{Channel: SessionChannel(t.id), Event: tellEvent(name), Data: raw, Transient: true})
-	case 'c':
-		return s.sendNode(ctx, nodeOf(t.id), nodeMsg{K: "tell", Conn: t.id, Name: name, Data: raw})
+	if t.kind != targetConn {
+		return nil, Errorf(CodeBadRequest, "only a connection can be asked, not a %s", t)
 	}
-	return Errorf(CodeBadRequest, "invalid target")
-}
-
-// Ask sends an ask to one connection, wherever in the cluster it is, and
-// waits for the client's reply, at most the ask timeout (or ctx's deadline,
-// if sooner). Errors the client returned are *Error values.
-func (s *Server) Ask(ctx context.Context, connID, name string, data any) (json.RawMessage, error) {
 	if name == "" || len(name) > maxNameLen {
 		return nil, Errorf(CodeBadRequest, "ask name must be 1 to %d bytes", maxNameLen)
 	}
@@ -276,25 +260,15 @@ func (s *Server) Ask(ctx context.Context, connID, name string, data any) (json.R
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.askTimeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
-	ch := make(chan nodeMsg, 1)
-	s.pending.mu.Lock()
-	if s.pending.m == nil {
-		s.pending.mu.Unlock()
+	id, ch, ok := s.awaitReply()
+	if !ok {
 		return nil, ErrServerClosed
 	}
-	s.pending.seq++
-	id := s.pending.seq
-	s.pending.m[id] = ch
-	s.pending.mu.Unlock()
-	defer func() {
-		s.pending.mu.Lock()
-		delete(s.pending.m, id)
-		s.pending.mu.Unlock()
-	}()
-	msg := nodeMsg{K: "ask", ID: id, Conn: connID, Name: name, Data: raw, Reply: s.nodeID, Deadline: deadline.UnixMilli()}
-	if err := s.sendNode(ctx, nodeOf(connID), msg); err != nil {
+	defer s.forgetReply(id)
+	msg := nodeMsg{K: msgAsk, ID: id, Conn: t.id, Name: name, Data: raw, Reply: s.nodeID, Deadline: deadline.UnixMilli()}
+	if err := s.routeToConn(ctx, t.id, msg); err != nil {
 		if errors.Is(err, scaler.ErrUnknownNode) {
-			return nil, Errorf(CodeNotFound, "connection %q is not connected", connID)
+			return nil, Errorf(CodeNotFound, "connection %q is not connected", t.id)
 		}
 		return nil, err
 	}
@@ -312,34 +286,44 @@ func (s *Server) Ask(ctx context.Context, connID, name string, data any) (json.R
 	}
 }
 
-func encodeData(data any) ([]byte, error) {
-	switch d := data.(type) {
-	case nil:
-		return nil, nil
-	case json.RawMessage:
-		raw, err := compactJSON(d)
-		if err != nil {
-			return nil, Errorf(CodeBadRequest, "data is not valid JSON: %v", err)
+// awaitReply registers a server ask waiting for its reply.
+func (s *Server) awaitReply() (uint64, chan nodeMsg, bool) {
+	s.pending.mu.Lock()
+	defer s.pending.mu.Unlock()
+	if s.pending.m == nil {
+		return 0, nil, false
+	}
+	s.pending.seq++
+	ch := make(chan nodeMsg, 1)
+	s.pending.m[s.pending.seq] = ch
+	return s.pending.seq, ch, true
+}
+
+func (s *Server) forgetReply(id uint64) {
+	s.pending.mu.Lock()
+	delete(s.pending.m, id)
+	s.pending.mu.Unlock()
+}
+
+// failPending ends every ask this server is waiting on; called on leave.
+func (s *Server) failPending() {
+	s.pending.mu.Lock()
+	defer s.pending.mu.Unlock()
+	for id, ch := range s.pending.m {
+		select {
+		case ch <- nodeMsg{K: msgReply, ID: id, Err: &Error{Code: CodeUnavailable, Message: "server closed"}}:
+		default:
 		}
-		return raw, nil
 	}
-	raw, err := json.Marshal(data)
-	if err != nil {
-		return nil, fmt.Errorf("sss: encode data: %w", err)
-	}
-	return raw, nil
+	s.pending.m = nil
 }
 
-// nodeOf is the node part of a connection id ("node.random").
-func nodeOf(connID string) string {
-	node, _, _ := strings.Cut(connID, ".")
-	return node
-}
+// Node messages.
 
-// nodeMsg is what instances send each other to route tells and asks to a
-// connection, and replies back.
+// nodeMsg is what instances send each other to reach one connection (a
+// tell, an ask, a disconnect order) and to answer an ask.
 type nodeMsg struct {
-	K        string          `json:"k"` // tell, ask, reply
+	K        string          `json:"k"` // msgTell, msgAsk, msgReply, msgDisconnect
 	ID       uint64          `json:"id,omitempty"`
 	Conn     string          `json:"conn,omitempty"`
 	Name     string          `json:"name,omitempty"`
@@ -347,6 +331,31 @@ type nodeMsg struct {
 	Err      *Error          `json:"err,omitempty"`
 	Reply    string          `json:"reply,omitempty"`    // node awaiting the reply
 	Deadline int64           `json:"deadline,omitempty"` // unix ms
+}
+
+// Kinds of node messages.
+const (
+	msgTell       = "tell"
+	msgAsk        = "ask"
+	msgReply      = "reply"
+	msgDisconnect = "disconnect"
+)
+
+// nodeOf is the node part of a connection id ("node.random").
+func nodeOf(connID string) string {
+	node, _, _ := strings.Cut(connID, ".")
+	return node
+}
+
+// routeToConn sends m to the instance holding connection connID. An unknown
+// node is reported as scaler.ErrUnknownNode only by Ask, which promises
+// not_found; for the others a target that is gone is not an error.
+func (s *Server) routeToConn(ctx context.Context, connID string, m nodeMsg) error {
+	err := s.sendNode(ctx, nodeOf(connID), m)
+	if errors.Is(err, scaler.ErrUnknownNode) && m.K != msgAsk {
+		return nil
+	}
+	return err
 }
 
 // sendNode routes a message to a node, short-circuiting this one.
@@ -365,11 +374,16 @@ func (s *Server) sendNode(ctx context.Context, node string, m nodeMsg) error {
 	}
 	if err := n.Send(ctx, node, b); err != nil {
 		s.stats.scalerErrors.Add(1)
-		return err
+		if errors.Is(err, scaler.ErrUnknownNode) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		s.log.Warn("sss: cannot reach a node", "node", node, "err", err)
+		return ErrUnavailable
 	}
 	return nil
 }
 
+// handleNodeMessage decodes a message from another node.
 func (s *Server) handleNodeMessage(from string, b []byte) {
 	var m nodeMsg
 	if err := json.Unmarshal(b, &m); err != nil {
@@ -382,8 +396,7 @@ func (s *Server) handleNodeMessage(from string, b []byte) {
 // handleNode acts on a routed message. It runs on the scaler's goroutine, so
 // it only queues; replies to other nodes go out on a goroutine of their own.
 func (s *Server) handleNode(m nodeMsg) {
-	switch m.K {
-	case "reply":
+	if m.K == msgReply {
 		s.pending.mu.Lock()
 		ch := s.pending.m[m.ID]
 		s.pending.mu.Unlock()
@@ -393,29 +406,31 @@ func (s *Server) handleNode(m nodeMsg) {
 			default:
 			}
 		}
-	case "tell", "ask":
-		s.cmu.RLock()
-		c := s.conns[m.Conn]
-		s.cmu.RUnlock()
-		if m.K == "tell" {
-			if c != nil && !c.obey(m.Name, m.Data) {
-				c.send(encodeTell(m.Name, m.Data), false)
-			}
-			return
+		return
+	}
+	c := s.hub.conn(m.Conn)
+	switch m.K {
+	case msgTell:
+		if c != nil {
+			c.send(encodeTell(m.Name, m.Data), false)
 		}
+	case msgDisconnect:
+		if c != nil {
+			obey(c, m.Data)
+		}
+	case msgAsk:
 		if c == nil {
 			s.replyNode(m.Reply, m.ID, nil, Errorf(CodeNotFound, "connection %q is not connected", m.Conn))
 			return
 		}
-		c.serverAsk(m)
+		s.forwardAsk(c, m)
 	}
 }
 
 // replyNode answers a routed ask. Sending may do I/O, so it must not run on
 // the scaler's delivery goroutine or the read loop when remote.
 func (s *Server) replyNode(node string, id uint64, data json.RawMessage, e *Error) {
-	m := nodeMsg{K: "reply", ID: id, Data: data}
-	m.Err = e
+	m := nodeMsg{K: msgReply, ID: id, Data: data, Err: e}
 	if node == s.nodeID {
 		s.handleNode(m)
 		return
@@ -427,35 +442,26 @@ func (s *Server) replyNode(node string, id uint64, data json.RawMessage, e *Erro
 	}
 }
 
-// serverAsk forwards a server ask to the client, remembering where the
-// reply must go. Pending asks per connection are bounded.
-func (c *Conn) serverAsk(m nodeMsg) {
-	c.amu.Lock()
-	if c.asks == nil {
-		c.asks = make(map[uint64]pendingAsk)
-	}
-	if len(c.asks) >= c.srv.cfg.maxPending {
-		c.amu.Unlock()
-		c.srv.replyNode(m.Reply, m.ID, nil, Errorf(CodeRateLimited, "too many server asks pending on connection"))
-		return
-	}
-	c.askSeq++
-	id := c.askSeq
+// The server's asks to a client.
+
+// forwardAsk sends a server ask to the client, remembering where the reply
+// must go. Pending asks per connection are bounded.
+func (s *Server) forwardAsk(c *Conn, m nodeMsg) {
 	deadline := time.UnixMilli(m.Deadline)
 	if m.Deadline == 0 {
-		deadline = time.Now().Add(c.srv.cfg.askTimeout)
+		deadline = time.Now().Add(s.cfg.askTimeout)
 	}
-	c.asks[id] = pendingAsk{origin: m.Reply, originID: m.ID, deadline: deadline}
-	c.amu.Unlock()
+	id, ok := c.addAsk(pendingAsk{origin: m.Reply, originID: m.ID, deadline: deadline})
+	if !ok {
+		s.replyNode(m.Reply, m.ID, nil, Errorf(CodeRateLimited, "too many server asks pending on connection"))
+		return
+	}
 	c.send(encodeServerAsk(id, m.Name, m.Data), false)
 }
 
 // handleReply routes a client's reply to the node that asked.
-func (c *Conn) handleReply(f inFrame) {
-	c.amu.Lock()
-	p, ok := c.asks[f.ID]
-	delete(c.asks, f.ID)
-	c.amu.Unlock()
+func (s *Server) handleReply(c *Conn, f inFrame) {
+	p, ok := c.takeAsk(f.ID)
 	if !ok {
 		return // unknown or expired: ignored, as documented
 	}
@@ -473,44 +479,16 @@ func (c *Conn) handleReply(f inFrame) {
 			e = Errorf(CodeBadRequest, "client replied with invalid JSON")
 		}
 	}
-	if p.origin == c.srv.nodeID {
-		c.srv.replyNode(p.origin, p.originID, data, e)
+	if p.origin == s.nodeID {
+		s.replyNode(p.origin, p.originID, data, e)
 		return
 	}
-	c.spawn(func() { c.srv.replyNode(p.origin, p.originID, data, e) })
-}
-
-// sweepAsks forgets server asks past their deadline (the asker gave up).
-func (c *Conn) sweepAsks(now time.Time) {
-	c.amu.Lock()
-	defer c.amu.Unlock()
-	for id, p := range c.asks {
-		if now.After(p.deadline) {
-			delete(c.asks, id)
-		}
-	}
+	c.spawn(func() { s.replyNode(p.origin, p.originID, data, e) })
 }
 
 // failAsks answers every pending server ask of a closed connection.
-func (c *Conn) failAsks(ctx context.Context) {
-	c.amu.Lock()
-	asks := c.asks
-	c.asks = nil
-	c.amu.Unlock()
-	for _, p := range asks {
-		c.srv.replyNode(p.origin, p.originID, nil, Errorf(CodeNotFound, "connection closed"))
+func (s *Server) failAsks(c *Conn) {
+	for _, p := range c.takeAsks() {
+		s.replyNode(p.origin, p.originID, nil, Errorf(CodeNotFound, "connection closed"))
 	}
-}
-
-// failPending ends every ask this server is waiting on; called on leave.
-func (s *Server) failPending() {
-	s.pending.mu.Lock()
-	defer s.pending.mu.Unlock()
-	for id, ch := range s.pending.m {
-		select {
-		case ch <- nodeMsg{K: "reply", ID: id, Err: &Error{Code: CodeUnavailable, Message: "server closed"}}:
-		default:
-		}
-	}
-	s.pending.m = nil
 }

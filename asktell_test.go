@@ -135,7 +135,7 @@ func TestServerAskAcrossInstances(t *testing.T) {
 	ask := func(from int, conn, name string) chan result {
 		ch := make(chan result, 1)
 		go func() {
-			raw, err := cl.servers[from].Ask(ctx, conn, name, map[string]string{"q": "sure?"})
+			raw, err := cl.servers[from].Ask(ctx, sss.ToConn(conn), name, map[string]string{"q": "sure?"})
 			ch <- result{raw, err}
 		}()
 		return ch
@@ -277,8 +277,8 @@ func TestDisconnectAcrossInstances(t *testing.T) {
 	if err := cl.servers[0].Disconnect(ctx, sss.ToConn(bob.welcome.Conn), "moved", false); err != nil {
 		t.Fatal(err)
 	}
-	if code := bob.closeStatus(); code != sss.CloseDisconnect {
-		t.Fatalf("close code %d, want %d", code, sss.CloseDisconnect)
+	if code := bob.closeStatus(); code != sss.CloseKicked {
+		t.Fatalf("close code %d, want %d", code, sss.CloseKicked)
 	}
 	// The order's name is reserved: applications cannot send it as a tell.
 	if err := cl.servers[0].Tell(ctx, sss.ToUser("x"), "$disconnect", nil); !errors.Is(err, sss.ErrBadRequest) {

@@ -109,7 +109,7 @@ func TestCatchUpIsExact(t *testing.T) {
 					case <-w.closed:
 						// Cut off as a slow consumer (the publisher outruns
 						// this test's client): resume like any other cut.
-						if w.status != sss.CloseSlowConsumer {
+						if sss.CloseCode(w.status) != sss.CloseSlowConsumer {
 							t.Fatalf("run %d: connection closed (%d) waiting for %d", run, w.status, want)
 						}
 						slow++

@@ -1,0 +1,386 @@
+package sss
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"hash/maphash"
+	"sync"
+
+	"github.com/superscaled/sss/scaler"
+)
+
+// hub owns this instance's local state: its connections by id, and for each
+// stream the local subscribers (the registry), whose fan-out it does. It
+// also keeps the instance's interest in streams at the scaler in step with
+// whether any local connection subscribes, and carries out disconnect
+// orders. Every other file reaches local connections and subscribers
+// through it.
+//
+// Lock order (a goroutine holding one may take those below it, never
+// those above):
+//
+//	hub.mu           connections by id; nothing is taken under it
+//	interest stripe  held across the scaler's Subscribe/Unsubscribe of a stream
+//	shard.mu         the registry's map of streams
+//	channel.mu       a stream's local subscribers
+//	channel.pmu      a stream's last delivered position
+//	sub.mu           a subscription's hold buffer (catchup.go)
+//	Conn.smu         a connection's subscriptions
+//	Conn.qmu         a connection's send queue
+//
+// Nothing blocks under these locks: sending only queues (Conn.send), and
+// scaler calls are made under an interest stripe only, never under a
+// channel's lock.
+type hub struct {
+	mu     sync.RWMutex
+	conns  map[string]*Conn
+	closed bool // no connection is added any more (shutdown)
+
+	seed   maphash.Seed
+	shards [64]shard
+	// interest serialises the scaler calls per stream (striped), so that a
+	// subscribe and an unsubscribe racing on one stream converge.
+	interest [64]struct {
+		sync.Mutex
+		on map[string]bool
+	}
+}
+
+// shard is one part of the registry, so that deliveries on different
+// streams never contend on one lock.
+type shard struct {
+	mu sync.RWMutex
+	m  map[string]*channel
+}
+
+// channel is one stream's local subscribers.
+type channel struct {
+	name string
+	refs int // connections subscribed or subscribing; guarded by shard.mu
+
+	mu   sync.RWMutex
+	subs map[*Conn]*sub
+
+	// last is the position of the last delivery, to notice deliveries the
+	// scaler lost (a jump in offsets) or an epoch change.
+	pmu  sync.Mutex
+	last scaler.Position
+}
+
+func (h *hub) init() {
+	h.conns = make(map[string]*Conn)
+	h.seed = maphash.MakeSeed()
+	for i := range h.shards {
+		h.shards[i].m = make(map[string]*channel)
+		h.interest[i].on = make(map[string]bool)
+	}
+}
+
+// Connections.
+
+// add registers c; false once the hub is closed.
+func (h *hub) add(c *Conn) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.conns[c.id] = c
+	return true
+}
+
+func (h *hub) remove(c *Conn) {
+	h.mu.Lock()
+	delete(h.conns, c.id)
+	h.mu.Unlock()
+}
+
+// conn returns the local connection with that id, or nil.
+func (h *hub) conn(id string) *Conn {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.conns[id]
+}
+
+// close refuses new connections and returns the current ones.
+func (h *hub) close() []*Conn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.closed = true
+	out := make([]*Conn, 0, len(h.conns))
+	for _, c := range h.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// The registry.
+
+func (h *hub) index(name string) int {
+	return int(maphash.String(h.seed, name) % uint64(len(h.shards)))
+}
+
+func (h *hub) get(name string) *channel {
+	sh := &h.shards[h.index(name)]
+	sh.mu.RLock()
+	ch := sh.m[name]
+	sh.mu.RUnlock()
+	return ch
+}
+
+// acquire reserves a place on the stream and returns its channel.
+func (h *hub) acquire(name string) *channel {
+	sh := &h.shards[h.index(name)]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	ch := sh.m[name]
+	if ch == nil {
+		ch = &channel{name: name, subs: make(map[*Conn]*sub)}
+		sh.m[name] = ch
+	}
+	ch.refs++
+	return ch
+}
+
+// release gives back a reservation; the last one forgets the stream.
+func (h *hub) release(ch *channel) {
+	sh := &h.shards[h.index(ch.name)]
+	sh.mu.Lock()
+	ch.refs--
+	if ch.refs == 0 && sh.m[ch.name] == ch {
+		delete(sh.m, ch.name)
+	}
+	sh.mu.Unlock()
+}
+
+// streams counts the streams with local subscribers.
+func (h *hub) streams() (n int) {
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		n += len(sh.m)
+		sh.mu.RUnlock()
+	}
+	return n
+}
+
+// Subscribers and the scaler's interest.
+
+// attach subscribes sb's connection to its stream locally and in the
+// scaler. sb should be held: deliveries are buffered until it goes live.
+func (s *Server) attach(ctx context.Context, sb *sub) error {
+	node, err := s.join(ctx)
+	if err != nil {
+		return err
+	}
+	ch := s.hub.acquire(sb.channel)
+	if err := s.syncInterest(ctx, node, sb.channel); err != nil {
+		s.hub.release(ch)
+		s.stats.scalerErrors.Add(1)
+		s.log.Warn("sss: cannot subscribe at the scaler", "channel", sb.channel, "err", err)
+		return Errorf(CodeUnavailable, "the cluster is unavailable")
+	}
+	ch.mu.Lock()
+	ch.subs[sb.c] = sb
+	ch.mu.Unlock()
+	return nil
+}
+
+// detach removes c from a stream; the last local subscriber withdraws the
+// instance's interest.
+func (s *Server) detach(ctx context.Context, c *Conn, name string) {
+	ch := s.hub.get(name)
+	if ch == nil {
+		return
+	}
+	ch.mu.Lock()
+	_, ok := ch.subs[c]
+	delete(ch.subs, c)
+	ch.mu.Unlock()
+	if !ok {
+		return
+	}
+	s.hub.release(ch)
+	if node := s.joined(); node != nil {
+		s.syncInterest(ctx, node, name)
+	}
+}
+
+// syncInterest makes the scaler's interest in a stream match whether this
+// instance has local subscribers, firing the open/close hooks on change.
+// Because it reads the wanted state under the stripe lock, concurrent calls
+// converge on the latest state.
+func (s *Server) syncInterest(ctx context.Context, node scaler.Node, name string) error {
+	st := &s.hub.interest[s.hub.index(name)]
+	st.Lock()
+	defer st.Unlock()
+	want := s.hub.get(name) != nil
+	if st.on[name] == want {
+		return nil
+	}
+	var err error
+	if want {
+		err = node.Subscribe(ctx, name)
+		// A backend that is down still records the interest (the contract);
+		// anything else means we are not subscribed.
+		if err != nil && !errors.Is(err, scaler.ErrUnavailable) {
+			return err
+		}
+		st.on[name] = true
+		if h := s.cfg.hooks.OnChannelOpen; h != nil && !reserved(name) {
+			s.hook("OnChannelOpen", func() { h(name) })
+		}
+	} else {
+		err = node.Unsubscribe(ctx, name)
+		delete(st.on, name)
+		if h := s.cfg.hooks.OnChannelClose; h != nil && !reserved(name) {
+			s.hook("OnChannelClose", func() { h(name) })
+		}
+	}
+	if err != nil {
+		s.stats.scalerErrors.Add(1)
+		s.log.Warn("sss: scaler interest", "channel", name, "subscribe", want, "err", err)
+	}
+	return nil
+}
+
+// Fan-out.
+
+// deliver fans a publication out to the local subscribers of one stream,
+// encoding it once. The scaler calls it (through nodeHandler) for one
+// stream at a time, in the stream's order.
+func (s *Server) deliver(d scaler.Delivery) {
+	ch := s.hub.get(d.Stream)
+	if ch == nil || d.Pub == nil {
+		return
+	}
+	s.stats.delivered.Add(1)
+	if d.Offset > 0 {
+		dup, gap, from := ch.track(d)
+		if dup {
+			return
+		}
+		if gap {
+			s.repair(ch, d, from)
+		}
+	}
+	pub := d.Pub
+	if pub.Transient && pub.Event == disconnectEvent {
+		for _, c := range ch.conns() {
+			obey(c, pub.Data)
+		}
+		return
+	}
+	frame := encodeDelivery(d)
+	lossy := !pub.Transient && s.cfg.lossy != nil && s.cfg.lossy(pub.Channel)
+	nested := pub.Channel != d.Stream
+	ch.mu.RLock()
+	defer ch.mu.RUnlock()
+	for c, sb := range ch.subs {
+		// A held subscription buffers everything, to see its offsets
+		// without holes; the filter below applies when it is released.
+		if sb.held.Load() && sb.hold(d) {
+			continue
+		}
+		// A connection subscribed at several levels gets one copy, through
+		// its most specific subscription.
+		if nested && c.holdsDeeper(d.Stream, pub.Channel) {
+			continue
+		}
+		c.send(frame, lossy)
+	}
+}
+
+// conns returns the stream's local subscribers now.
+func (ch *channel) conns() []*Conn {
+	ch.mu.RLock()
+	defer ch.mu.RUnlock()
+	out := make([]*Conn, 0, len(ch.subs))
+	for c := range ch.subs {
+		out = append(out, c)
+	}
+	return out
+}
+
+// track records a delivery's position. It reports a duplicate to drop, or a
+// gap: deliveries after from that this node did not receive.
+func (ch *channel) track(d scaler.Delivery) (dup, gap bool, from scaler.Position) {
+	ch.pmu.Lock()
+	defer ch.pmu.Unlock()
+	last := ch.last
+	switch {
+	case last.Epoch == d.Epoch && d.Offset <= last.Offset:
+		return true, false, last
+	case last.Epoch == "", last.Epoch == d.Epoch && d.Offset == last.Offset+1:
+	default:
+		gap, from = true, last
+	}
+	ch.last = scaler.Position{Offset: d.Offset, Epoch: d.Epoch}
+	return false, gap, from
+}
+
+// repair handles deliveries this node missed (its link to the backend
+// broke), before d is fanned out: every live subscriber is held, so it
+// buffers d, and caught up from history. After an epoch change nothing can
+// be recovered, so subscribers are asked to reconnect, and their resume
+// reports recovered: false.
+func (s *Server) repair(ch *channel, d scaler.Delivery, from scaler.Position) {
+	s.stats.gaps.Add(1)
+	reset := from.Epoch != d.Epoch
+	s.log.Warn("sss: missed deliveries", "channel", ch.name, "after", from.Offset, "got", d.Offset, "epoch_changed", reset)
+	ch.mu.RLock()
+	subs := make([]*sub, 0, len(ch.subs))
+	for _, sb := range ch.subs {
+		subs = append(subs, sb)
+	}
+	ch.mu.RUnlock()
+	for _, sb := range subs {
+		if reset {
+			sb.c.close(CloseResync, "channel history reset", ErrResync)
+			continue
+		}
+		// A subscription held already catches up by itself.
+		if !sb.held.Swap(true) {
+			s.catchUpLater(sb, from)
+		}
+	}
+}
+
+// Disconnect orders.
+
+// disconnectEvent is the event of the server's transient publication that
+// closes the connections of a user or session; disconnect messages between
+// nodes close one connection.
+const disconnectEvent = scaler.ReservedPrefix + "disconnect"
+
+type disconnectOrder struct {
+	Reason string `json:"reason"`
+	Final  bool   `json:"final"`
+}
+
+// Disconnect closes the target's connections wherever they are in the
+// cluster (e.g. on logout, or when a user is banned), with close code 4005
+// (the clients may reconnect) or, if final, 4501 (they must not). It
+// returns once the scaler accepted the order; a target with no connection
+// is not an error.
+func (s *Server) Disconnect(ctx context.Context, t Target, reason string, final bool) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	raw, _ := json.Marshal(disconnectOrder{Reason: truncate(reason, maxCloseReason), Final: final})
+	switch t.kind {
+	case targetUser, targetSession:
+		return s.publishRaw(ctx, &scaler.Publication{Channel: t.channel(), Event: disconnectEvent, Data: raw, Transient: true})
+	case targetConn:
+		return s.routeToConn(ctx, t.id, nodeMsg{K: msgDisconnect, Conn: t.id, Data: raw})
+	}
+	return errNoTarget
+}
+
+// obey carries out a disconnect order on one local connection.
+func obey(c *Conn, data []byte) {
+	var o disconnectOrder
+	json.Unmarshal(data, &o)
+	c.Close(o.Reason, o.Final)
+}

@@ -1,0 +1,74 @@
+package sss
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/superscaled/sss/scaler"
+)
+
+// Publications. The server's Publish and a client's publish (request.go)
+// both end in publishRaw: the scaler numbers the publication and delivers
+// it to every node subscribed to one of its streams, this one included,
+// where hub.go's deliver fans it out to the local subscribers.
+
+// Publish sends an event to every subscriber of channel (and of its
+// ancestors) on every instance. data is encoded with encoding/json (a
+// json.RawMessage is sent as it is, compacted). It returns once the scaler
+// accepted the publication; ErrUnavailable (wrapping the backend's error)
+// when it could not.
+func (s *Server) Publish(ctx context.Context, channel, event string, data any) error {
+	if err := ValidChannel(channel); err != nil {
+		return err
+	}
+	return s.publish(ctx, channel, event, data)
+}
+
+// PublishUser publishes to every connection of a user, on every instance.
+func (s *Server) PublishUser(ctx context.Context, userID, event string, data any) error {
+	if userID == "" {
+		return Errorf(CodeBadRequest, "empty user id")
+	}
+	return s.publish(ctx, UserChannel(userID), event, data)
+}
+
+// PublishSession publishes to every connection of a session, on every
+// instance.
+func (s *Server) PublishSession(ctx context.Context, sessionID, event string, data any) error {
+	if sessionID == "" {
+		return Errorf(CodeBadRequest, "empty session id")
+	}
+	return s.publish(ctx, SessionChannel(sessionID), event, data)
+}
+
+func (s *Server) publish(ctx context.Context, channel, event string, data any) error {
+	raw, err := encodeData(data)
+	if err != nil {
+		return err
+	}
+	return s.publishRaw(ctx, &scaler.Publication{Channel: channel, Event: event, Data: raw})
+}
+
+// publishRaw hands a publication to the scaler.
+func (s *Server) publishRaw(ctx context.Context, pub *scaler.Publication) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	node, err := s.join(ctx)
+	if err != nil {
+		return err
+	}
+	if err := node.Publish(ctx, pub); err != nil {
+		switch {
+		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			return err
+		case errors.Is(err, scaler.ErrClosed) && s.closed.Load():
+			return ErrServerClosed
+		}
+		s.stats.scalerErrors.Add(1)
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	s.stats.published.Add(1)
+	return nil
+}

@@ -173,19 +173,22 @@ func ExampleServer_Publish() {
 }
 
 // A session parser authenticates the upgrade request. Refusals are HTTP
-// statuses; the socket is never upgraded.
+// statuses; the socket is never upgraded. The session id it names is
+// public (the welcome frame and the session channel's name carry it), so it
+// is never the secret the cookie holds.
 func ExampleSessionParser() {
-	tokens := map[string]string{"t0k3n": "alice"} // your session store
+	type login struct{ user, sessionID string }
+	logins := map[string]login{"t0k3n": {"alice", "s-81f"}} // your session store: secret → who
 	parser := func(r *http.Request) (*sss.Session, error) {
 		cookie, err := r.Cookie("session")
 		if err != nil {
 			return nil, sss.ErrUnauthorized // 401
 		}
-		user, ok := tokens[cookie.Value]
+		l, ok := logins[cookie.Value]
 		if !ok {
 			return nil, &sss.StatusError{Status: http.StatusForbidden, Message: "unknown session"}
 		}
-		return &sss.Session{UserID: user, SessionID: cookie.Value}, nil
+		return &sss.Session{UserID: l.user, SessionID: l.sessionID}, nil
 	}
 	srv, _ := sss.New(sss.WithSessionParser(parser))
 	defer srv.Close()
@@ -208,7 +211,7 @@ func ExampleSessionParser() {
 	fmt.Println(next())
 	// Output:
 	// 401 true
-	// alice t0k3n
+	// alice s-81f
 	// {"type":"tell","name":"notify","data":"you have mail"}
 }
 

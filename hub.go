@@ -368,6 +368,9 @@ func (s *Server) Disconnect(ctx context.Context, t Target, reason string, final 
 	if err := s.usable(); err != nil {
 		return err
 	}
+	if err := t.valid(); err != nil {
+		return err
+	}
 	raw, _ := json.Marshal(disconnectOrder{Reason: truncate(reason, maxCloseReason), Final: final})
 	switch t.kind {
 	case targetUser, targetSession:
@@ -375,7 +378,7 @@ func (s *Server) Disconnect(ctx context.Context, t Target, reason string, final 
 	case targetConn:
 		return s.routeToConn(ctx, t.id, nodeMsg{K: msgDisconnect, Conn: t.id, Data: raw})
 	}
-	return errNoTarget
+	return nil
 }
 
 // obey carries out a disconnect order on one local connection.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,7 +45,8 @@ type Conn struct {
 	wake      chan struct{}  // signalled when a frame is queued
 	room      chan struct{}  // signalled when the queue drained to half
 	wwg       sync.WaitGroup // the writer and finish goroutines
-	pingTimer *time.Timer
+	pingTimer *time.Timer    // alternates: next ping, then pong deadline
+	pingSent  atomic.Int64   // unix nanos of the last ping; 0 after its deadline passed
 
 	// Subscriptions made by the client (not its user/session channels).
 	smu    sync.Mutex
@@ -56,8 +58,18 @@ type Conn struct {
 	own      []ownSub
 	ownOnce  sync.Once
 	ownTimer *time.Timer
+	spoke    bool // the reader saw the client's first frame (reader only)
+
+	// Ordered requests (subscribe, unsubscribe, publish, resume) wait here
+	// for the connection's worker, which runs them one at a time, in order,
+	// while the reader goes on with asks and tells (request.go).
+	omu     sync.Mutex
+	ordered []inFrame
+	working bool          // a worker goroutine is running
+	taken   chan struct{} // signalled when the worker took a request
 
 	sem     chan struct{} // ask/tell handler slots
+	parsers chan struct{} // parser calls running, abandoned ones included
 	limiter *rate.Limiter
 
 	// Goroutines the connection owns (handlers, catch-up); once ended,
@@ -96,6 +108,8 @@ func newConn(s *Server, sess *Session, persist bool, ws *websocket.Conn, raw net
 		idle:    make(chan struct{}, 1),
 		wake:    make(chan struct{}, 1),
 		room:    make(chan struct{}, 1),
+		taken:   make(chan struct{}, 1),
+		parsers: make(chan struct{}, maxParsers),
 	}
 	if s.cfg.rate > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(s.cfg.rate), s.cfg.burst)
@@ -139,7 +153,7 @@ func (c *Conn) Close(reason string, final bool) {
 	if final {
 		code = CloseForbidden
 	}
-	c.close(code, truncate(reason, maxCloseReason), ErrKicked)
+	c.close(code, reason, ErrKicked)
 }
 
 // CloseCode is a WebSocket close code the server sends (docs/protocol.md).
@@ -185,7 +199,9 @@ func (c *Conn) send(frame []byte, lossy bool) {
 		// kept for replies, so dropping never turns into disconnecting.
 		maxFrames, maxBytes = max(1, maxFrames*3/4), max(1, maxBytes*3/4)
 	}
-	if len(c.queue) >= maxFrames || c.qbytes+len(frame) > maxBytes {
+	// An empty queue takes any frame: a single frame larger than the budget
+	// (from an instance with a larger payload limit) is not a slow consumer.
+	if len(c.queue) > 0 && (len(c.queue) >= maxFrames || c.qbytes+len(frame) > maxBytes) {
 		c.qmu.Unlock()
 		if lossy {
 			c.srv.stats.dropped.Add(1)
@@ -346,23 +362,33 @@ func (c *Conn) waitRoom() error {
 
 // Liveness.
 
-// ping runs every ping interval on a timer: it reaps a silent client, or
-// queues a ping.
+// ping runs on the connection's liveness timer, which alternates: at each
+// ping interval it queues a ping and arms the pong deadline; at the
+// deadline, a client that sent nothing since the ping is closed with 4001,
+// unless the server itself is pausing its reads (busy).
 func (c *Conn) ping() {
 	if c.ctx.Err() != nil {
 		return
 	}
 	cfg := &c.srv.cfg
-	last := time.Unix(0, c.lastRead.Load())
-	if c.busy.Load() == 0 && time.Since(last) > cfg.pingInterval+cfg.pongTimeout {
-		c.close(ClosePingTimeout, "ping timeout", ErrPingTimeout)
-		return
+	now := time.Now()
+	next := cfg.pongTimeout
+	if sent := c.pingSent.Load(); sent != 0 {
+		// The pong deadline.
+		if c.lastRead.Load() < sent && c.busy.Load() == 0 {
+			c.close(ClosePingTimeout, "ping timeout", ErrPingTimeout)
+			return
+		}
+		c.pingSent.Store(0)
+		next = max(0, cfg.pingInterval-cfg.pongTimeout)
+	} else {
+		c.sweepAsks(now)
+		c.pingSent.Store(now.UnixNano())
+		c.send(pingFrame, false)
 	}
-	c.sweepAsks(time.Now())
-	c.send(pingFrame, false)
 	c.qmu.Lock() // orders this with the timer's creation and Stop
 	if c.ctx.Err() == nil {
-		c.pingTimer.Reset(cfg.pingInterval)
+		c.pingTimer.Reset(next)
 	}
 	c.qmu.Unlock()
 }
@@ -387,6 +413,8 @@ const closeGrace = time.Second
 // finish sends the close frame. cause is the disconnect reason.
 func (c *Conn) close(code CloseCode, why string, cause error) {
 	c.closeOnce.Do(func() {
+		// A close frame's reason must be valid UTF-8, at most 123 bytes.
+		why = truncate(strings.ToValidUTF8(why, ""), maxCloseReason)
 		c.closeCode, c.closeWhy, c.closeCause = code, why, cause
 		c.qmu.Lock()
 		c.qclosed = true // nothing more is queued
@@ -538,6 +566,74 @@ func (c *Conn) ownsChannel(name string) bool {
 		}
 	}
 	return false
+}
+
+// Ordered requests.
+
+// maxOrdered bounds the ordered requests waiting for the worker; beyond it
+// the reader pauses.
+const maxOrdered = 32
+
+// enqueue hands an ordered request to the connection's worker, which calls
+// run for each in order, starting the worker if none runs. When maxOrdered
+// wait already, the reader pauses until the worker takes one.
+func (c *Conn) enqueue(f inFrame, run func(inFrame)) {
+	for {
+		c.omu.Lock()
+		if len(c.ordered) < maxOrdered {
+			c.ordered = append(c.ordered, f)
+			start := !c.working
+			c.working = true
+			c.omu.Unlock()
+			if start && !c.spawn(func() { c.work(run) }) {
+				c.omu.Lock()
+				c.working, c.ordered = false, nil
+				c.omu.Unlock()
+			}
+			return
+		}
+		c.omu.Unlock()
+		c.parsing(func() {
+			select {
+			case <-c.taken:
+			case <-c.ctx.Done():
+			}
+		})
+		if c.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// work runs the queued ordered requests until none is left or the
+// connection ends.
+func (c *Conn) work(run func(inFrame)) {
+	for {
+		c.omu.Lock()
+		if len(c.ordered) == 0 || c.ctx.Err() != nil {
+			c.working, c.ordered = false, nil
+			c.omu.Unlock()
+			return
+		}
+		f := c.ordered[0]
+		c.ordered[0] = inFrame{}
+		c.ordered = c.ordered[1:]
+		c.omu.Unlock()
+		signal(c.taken)
+		run(f)
+	}
+}
+
+// pauseForRoom pauses the reader while the send queue is more than half
+// full, so that a client sending many requests gets its replies at the
+// pace it reads them (TCP backpressure) instead of overflowing its queue.
+func (c *Conn) pauseForRoom() {
+	c.qmu.Lock()
+	ok := c.halfEmptyLocked()
+	c.qmu.Unlock()
+	if !ok {
+		c.parsing(func() { c.waitRoom() })
+	}
 }
 
 // Handler slots.

@@ -8,25 +8,30 @@ import (
 	"github.com/superscaled/sss/scaler"
 )
 
-// A client's requests. The read loop (server.go) hands each frame to
-// handle, which answers it here (subscribe, unsubscribe, publish), or in
-// catchup.go (resume) or asktell.go (ask, tell, reply). Subscribe,
-// unsubscribe, publish and resume run on the read loop, one at a time, so
-// their replies come in request order; asks and tells run on goroutines of
-// the connection.
+// A client's requests. The reader (server.go) hands each frame to handle.
+// Subscribe, unsubscribe, publish and resume are ordered: the connection's
+// worker runs them one at a time, in order (runOrdered), so their replies
+// come in request order; a slow parser holds up only the ordered requests
+// behind it. Asks and tells (asktell.go) run at once, on goroutines of the
+// connection, and a reply goes back to the asktell.go that asked.
 
-// handle processes one client frame, on the read loop.
+// handle processes one client frame, on the reader.
 func (s *Server) handle(c *Conn, b []byte) {
+	c.pauseForRoom()
 	f, id, e := decodeFrame(b)
 	if e != nil {
 		s.stats.badFrames.Add(1)
 		c.send(encodeError(id, e), false)
 		return
 	}
-	if f.Type != typeResume && f.Type != typePong && f.Type != typeReply {
-		// The first request is not a resume: the user and session channels
-		// go live from the welcome's position.
-		s.startOwn(c, nil)
+	if !c.spoke && f.Type != typePong && f.Type != typeReply {
+		// The client's first frame ends the hold of its user and session
+		// channels: a resume (on the worker) says from where, anything else
+		// makes them go live from the welcome's position.
+		c.spoke = true
+		if f.Type != typeResume {
+			s.startOwn(c, nil)
+		}
 	}
 	if c.limiter != nil && f.Type != typePong && f.Type != typeReady && f.Type != typeReply && !c.limiter.Allow() {
 		c.send(encodeError(id, Errorf(CodeRateLimited, "too many requests")), false)
@@ -36,8 +41,20 @@ func (s *Server) handle(c *Conn, b []byte) {
 	case typePong, typeReady: // ready: nothing to resume, startOwn did it
 	case typeReply:
 		s.handleReply(c, f)
+	case typeAsk:
+		s.handleAsk(c, f)
+	case typeTell:
+		s.handleTell(c, f)
+	case typeSubscribe, typeUnsubscribe, typePublish, typeResume:
+		c.enqueue(f, func(f inFrame) { s.runOrdered(c, f) })
+	}
+}
+
+// runOrdered runs one ordered request, on the connection's worker.
+func (s *Server) runOrdered(c *Conn, f inFrame) {
+	switch f.Type {
 	case typeSubscribe:
-		c.parsing(func() { s.handleSubscribe(c, f) })
+		s.handleSubscribe(c, f)
 	case typeUnsubscribe:
 		if err := s.unsubscribe(c, f.Channel); err != nil {
 			c.send(encodeError(f.ID, toWire(err)), false)
@@ -45,19 +62,13 @@ func (s *Server) handle(c *Conn, b []byte) {
 		}
 		c.send(encodeAck(f.ID, nil), false)
 	case typePublish:
-		c.parsing(func() {
-			if err := s.clientPublish(c, f); err != nil {
-				c.send(encodeError(f.ID, toWire(err)), false)
-				return
-			}
-			c.send(encodeAck(f.ID, nil), false)
-		})
+		if err := s.clientPublish(c, f); err != nil {
+			c.send(encodeError(f.ID, toWire(err)), false)
+			return
+		}
+		c.send(encodeAck(f.ID, nil), false)
 	case typeResume:
-		c.parsing(func() { s.resume(c, f) })
-	case typeAsk:
-		s.handleAsk(c, f)
-	case typeTell:
-		s.handleTell(c, f)
+		s.resume(c, f)
 	}
 }
 
@@ -172,11 +183,46 @@ func (s *Server) clientPublish(c *Conn, f inFrame) error {
 	})
 }
 
-// callParser runs an application parser with the ask timeout, turning a
-// refusal into forbidden and a panic into internal.
-func (s *Server) callParser(c *Conn, f func(ctx context.Context) error) (err error) {
+// maxParsers bounds the parser calls of one connection still running,
+// those abandoned at their deadline included.
+const maxParsers = 4
+
+// callParser runs an application parser with the ask timeout. At the
+// deadline it answers timeout whether the parser returned or not (a late
+// answer is dropped). A refusal becomes forbidden, a panic internal.
+func (s *Server) callParser(c *Conn, f func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 	defer cancel()
+	select {
+	case c.parsers <- struct{}{}:
+	case <-ctx.Done():
+		return s.parserTimeout(c, ctx)
+	}
+	done := make(chan error, 1)
+	if !c.spawn(func() {
+		defer func() { <-c.parsers }()
+		done <- s.runParser(ctx, c, f)
+	}) {
+		<-c.parsers
+		return ErrUnavailable
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return s.parserTimeout(c, ctx)
+	}
+}
+
+func (s *Server) parserTimeout(c *Conn, ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		s.log.Warn("sss: parser timed out", "conn", c.id, "timeout", s.cfg.askTimeout)
+		return Errorf(CodeTimeout, "authorisation took too long")
+	}
+	return ctx.Err() // the connection ended
+}
+
+func (s *Server) runParser(ctx context.Context, c *Conn, f func(ctx context.Context) error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.stats.panics.Add(1)

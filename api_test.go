@@ -36,12 +36,17 @@ func TestOptionsValidate(t *testing.T) {
 		"WithConcurrency(0)":          sss.WithConcurrency(0),
 		"WithRateLimit(0, 1)":         sss.WithRateLimit(0, 1),
 		"WithRateLimit(1, 0)":         sss.WithRateLimit(1, 0),
+		"WithMaxPayloadSize(0)":       sss.WithMaxPayloadSize(0),
 	}
 	for name, o := range bad {
 		if srv, err := sss.New(o); err == nil {
 			srv.Close()
 			t.Errorf("New(%s) accepted it", name)
 		}
+	}
+	if srv, err := sss.New(sss.WithSendQueue(16, 1<<20), sss.WithMaxPayloadSize(1<<20)); err == nil {
+		srv.Close()
+		t.Error("New accepted a payload limit larger than half the send queue")
 	}
 	srv, err := sss.New(sss.WithOriginPatterns("*.example.com"), sss.WithSendQueue(1, 1))
 	if err != nil {

@@ -109,6 +109,10 @@ func (s *Server) runAsk(ctx context.Context, c *Conn, name string, h AskHandler,
 		s.log.Error("sss: cannot encode ask result", "ask", name, "err", err)
 		return nil, errInternal
 	}
+	if err := s.checkPayload("result", res); err != nil {
+		s.log.Warn("sss: ask result too large", "ask", name, "conn", c.id, "bytes", len(res))
+		return nil, err
+	}
 	if res == nil {
 		res = []byte("null")
 	}
@@ -230,6 +234,9 @@ func (s *Server) Tell(ctx context.Context, t Target, name string, data any) erro
 	if err != nil {
 		return err
 	}
+	if err := s.checkPayload("data", raw); err != nil {
+		return err
+	}
 	if t.kind == targetConn {
 		return s.routeToConn(ctx, t.id, nodeMsg{K: msgTell, Conn: t.id, Name: name, Data: raw})
 	}
@@ -255,6 +262,9 @@ func (s *Server) Ask(ctx context.Context, t Target, name string, data any) (json
 	}
 	raw, err := encodeData(data)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.checkPayload("data", raw); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.askTimeout)

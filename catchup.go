@@ -391,9 +391,11 @@ func (s *Server) resume(c *Conn, f inFrame) {
 		}
 		if c.ownsChannel(r.Channel) {
 			want[r.Channel] = true
-			if res, ok := own[r.Channel]; ok {
-				results = append(results, res)
+			res, ok := own[r.Channel]
+			if !ok {
+				res = lateOwn(r)
 			}
+			results = append(results, res)
 			continue
 		}
 		res, p, ok := s.restore(c, r)
@@ -412,6 +414,18 @@ func (s *Server) resume(c *Conn, f inFrame) {
 			s.goLive(p)
 		}
 	})
+}
+
+// lateOwn is the result for the user or session channel in a resume that
+// came after the client's first frame: the channel went live then, from the
+// welcome's position, and cannot catch up any more.
+func lateOwn(r subRequest) subResult {
+	res := subResult{Channel: r.Channel}
+	if r.Since != nil {
+		res.Recovered = new(bool)
+		res.Reason = "resume was not the first request: the channel went live before it"
+	}
+	return res
 }
 
 // resumeList is what to restore: the client's list, or, when it sends none,

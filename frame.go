@@ -3,6 +3,7 @@ package sss
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -222,10 +223,15 @@ func splitFrames(msg []byte, f func([]byte)) {
 }
 
 // compactJSON returns data as compact JSON (no raw newline may reach a batch)
-// or nil for absent data.
+// or nil for absent data. JSON text is UTF-8 (RFC 8259), and a browser
+// closes a WebSocket that receives invalid UTF-8, so data with invalid
+// UTF-8 inside a string is refused: json.Valid does not check it.
 func compactJSON(data json.RawMessage) (json.RawMessage, error) {
 	if len(data) == 0 {
 		return nil, nil
+	}
+	if !utf8.Valid(data) {
+		return nil, errInvalidUTF8
 	}
 	if !bytes.ContainsAny(data, " \t\r\n") && json.Valid(data) {
 		return data, nil
@@ -257,6 +263,8 @@ func encodeData(data any) ([]byte, error) {
 	return raw, nil
 }
 
+var errInvalidUTF8 = errors.New("invalid UTF-8")
+
 // Encoding of server frames. Hot frames are appended by hand so a
 // publication is encoded once for all its local subscribers.
 
@@ -281,6 +289,7 @@ type welcomeChannels struct {
 
 type welcomeLimits struct {
 	MaxMessage       int64 `json:"maxMessage"`
+	MaxPayload       int   `json:"maxPayload"`
 	MaxSubscriptions int   `json:"maxSubscriptions"`
 	Concurrency      int   `json:"concurrency"`
 }

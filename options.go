@@ -24,6 +24,8 @@ type config struct {
 	hooks        Hooks
 	lossy        func(channel string) bool
 	maxMessage   int64
+	maxPayload   int
+	payloadSet   bool // WithMaxPayloadSize was given
 	sendQueue    int
 	sendBytes    int
 	maxSubs      int
@@ -40,6 +42,7 @@ type config struct {
 // Defaults of the options.
 const (
 	DefaultMaxMessageSize   = 64 << 10
+	DefaultMaxPayloadSize   = 64 << 10
 	DefaultSendQueueFrames  = 1024
 	DefaultSendQueueBytes   = 1 << 20
 	DefaultMaxSubscriptions = 256
@@ -56,6 +59,7 @@ func defaults() config {
 	return config{
 		logger:       slog.Default(),
 		maxMessage:   DefaultMaxMessageSize,
+		maxPayload:   DefaultMaxPayloadSize,
 		sendQueue:    DefaultSendQueueFrames,
 		sendBytes:    DefaultSendQueueBytes,
 		maxSubs:      DefaultMaxSubscriptions,
@@ -167,6 +171,17 @@ func WithMaxMessageSize(n int64) Option {
 	return positive("WithMaxMessageSize", n, func(c *config) { c.maxMessage = n })
 }
 
+// WithMaxPayloadSize bounds the data of a publication, a tell, an ask and an
+// ask's result, in bytes of compact JSON (default 64 KiB), wherever it
+// enters: Publish, PublishUser, PublishSession, Tell and Ask return
+// ErrTooLarge, and a client's publish or an ask handler's result beyond it
+// gets a too_large error. So that every frame the server sends fits a
+// connection's send queue, the limit must be at most half the queue's bytes
+// (WithSendQueue); without this option it is lowered to that if needed.
+func WithMaxPayloadSize(n int) Option {
+	return positive("WithMaxPayloadSize", n, func(c *config) { c.maxPayload, c.payloadSet = n, true })
+}
+
 // WithSendQueue bounds each connection's queue of outgoing frames, in frames
 // (default 1024) and bytes (default 1 MiB). A connection that overflows it is
 // a slow consumer: it is closed with 4002.
@@ -226,6 +241,17 @@ func WithRateLimit(perSecond float64, burst int) Option {
 		c.rate, c.burst = perSecond, burst
 		return nil
 	}
+}
+
+// validate checks the options against each other.
+func (c *config) validate() error {
+	if !c.payloadSet {
+		c.maxPayload = max(1, min(c.maxPayload, c.sendBytes/2))
+	}
+	if c.maxPayload > max(1, c.sendBytes/2) {
+		return fmt.Errorf("sss: the payload limit (%d bytes) must be at most half the send queue's bytes (%d)", c.maxPayload, c.sendBytes)
+	}
+	return nil
 }
 
 func positive[T int | int64 | time.Duration](name string, v T, set func(*config)) Option {

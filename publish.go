@@ -47,6 +47,9 @@ func (s *Server) publish(ctx context.Context, channel, event string, data any) e
 	if err != nil {
 		return err
 	}
+	if err := s.checkPayload("data", raw); err != nil {
+		return err
+	}
 	return s.publishRaw(ctx, &scaler.Publication{Channel: channel, Event: event, Data: raw})
 }
 

@@ -172,6 +172,9 @@ func (s *Server) clientPublish(c *Conn, f inFrame) error {
 	if err != nil {
 		return Errorf(CodeBadRequest, "data is not valid JSON")
 	}
+	if err := s.checkPayload("data", data); err != nil {
+		return err
+	}
 	if err := s.callParser(c, func(ctx context.Context) error { return p(ctx, c, f.Channel, f.Event, data) }); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -167,6 +168,13 @@ func (s *Server) run(c *Conn) error {
 		s.stats.framesIn.Add(1)
 		if typ != websocket.MessageText {
 			c.send(encodeError(0, Errorf(CodeBadRequest, "binary messages are not supported")), false)
+			continue
+		}
+		if !utf8.Valid(msg) {
+			// RFC 6455 asks text messages to be UTF-8; nothing of this one
+			// is relayed.
+			s.stats.badFrames.Add(1)
+			c.send(encodeError(0, Errorf(CodeBadRequest, "message is not valid UTF-8")), false)
 			continue
 		}
 		splitFrames(msg, func(b []byte) { s.handle(c, b) })

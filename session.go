@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"github.com/superscaled/sss/scaler"
 )
@@ -68,6 +69,9 @@ func (s *Server) parseSession(r *http.Request) (sess *Session, named bool, err e
 	}
 	if len(sess.UserID) > maxIDLen || len(sess.SessionID) > maxIDLen {
 		return nil, false, &StatusError{Status: http.StatusInternalServerError, Message: "session parser returned an id longer than 255 bytes"}
+	}
+	if !utf8.ValidString(sess.UserID) || !utf8.ValidString(sess.SessionID) {
+		return nil, false, &StatusError{Status: http.StatusInternalServerError, Message: "session parser returned an id that is not valid UTF-8"}
 	}
 	named = sess.SessionID != ""
 	if !named {

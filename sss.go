@@ -85,6 +85,9 @@ func New(opts ...Option) (*Server, error) {
 			return nil, err
 		}
 	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
 	if cfg.scaler == nil {
 		m, err := memory.New()
 		if err != nil {
@@ -103,6 +106,14 @@ func New(opts ...Option) (*Server, error) {
 	s.hub.init()
 	s.pending.m = make(map[uint64]chan nodeMsg)
 	return s, nil
+}
+
+// checkPayload refuses data larger than the payload limit.
+func (s *Server) checkPayload(what string, data []byte) *Error {
+	if len(data) > s.cfg.maxPayload {
+		return Errorf(CodeTooLarge, "%s of %d bytes exceeds the limit of %d", what, len(data), s.cfg.maxPayload)
+	}
+	return nil
 }
 
 // NodeID is this instance's id in the cluster. Connection ids start with it.

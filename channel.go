@@ -2,6 +2,7 @@ package sss
 
 import (
 	"strings"
+	"unicode/utf8"
 
 	"github.com/superscaled/sss/scaler"
 )
@@ -36,7 +37,11 @@ func ValidChannel(name string) error {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
 			c == '_', c == '-', c == ':', c == '@', c == '=', c == '+', c == '/':
 		default:
-			return Errorf(CodeBadRequest, "channel %q has an invalid character %q", name, c)
+			r, _ := utf8.DecodeRuneInString(body[i:])
+			if r == utf8.RuneError {
+				return Errorf(CodeBadRequest, "channel %q has an invalid byte 0x%02x", name, c)
+			}
+			return Errorf(CodeBadRequest, "channel %q has an invalid character %q", name, r)
 		}
 		prev = c
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -175,11 +176,35 @@ func salvageID(b []byte) uint64 {
 func jsonProblem(err error) string {
 	switch e := err.(type) {
 	case *json.UnmarshalTypeError:
-		return "field " + strconv.Quote(e.Field) + " must be " + e.Type.String()
+		return "field " + strconv.Quote(e.Field) + " must be " + jsonKind(e.Type)
 	case *json.SyntaxError:
 		return "invalid JSON at offset " + strconv.FormatInt(e.Offset, 10)
 	}
 	return "invalid JSON"
+}
+
+// jsonKind names what JSON value a Go type decodes from, for error
+// messages a client author can act on (not Go type names).
+func jsonKind(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	}
+	return "another JSON value"
 }
 
 func nullToNil(b json.RawMessage) json.RawMessage {
@@ -204,6 +229,9 @@ func truncate(s string, n int) string {
 // message that is one valid JSON value is one frame, even if a lenient
 // client pretty-printed it.
 func splitFrames(msg []byte, f func([]byte)) {
+	if len(bytes.TrimSpace(msg)) == 0 {
+		return // an empty message is an empty line: ignored
+	}
 	if bytes.IndexByte(msg, '\n') < 0 || json.Valid(msg) {
 		f(msg)
 		return

@@ -50,13 +50,14 @@ func UserChannel(userID string) string { return scaler.ReservedPrefix + "u." + u
 // subscribed to.
 func SessionChannel(sessionID string) string { return scaler.ReservedPrefix + "s." + sessionID }
 
-// parseSession runs the session parser and validates what it returned.
-// named says the parser named the session: only then are its subscriptions
-// stored, since a random session is never seen again.
+// parseSession runs the session parser, within the ask timeout, and
+// validates what it returned. named says the parser named the session: only
+// then are its subscriptions stored, since a random session is never seen
+// again.
 func (s *Server) parseSession(r *http.Request) (sess *Session, named bool, err error) {
 	sess = &Session{}
 	if p := s.cfg.sessionP; p != nil {
-		sess, err = safeSessionParse(p, r)
+		sess, err = s.runSessionParser(p, r)
 		if err != nil {
 			return nil, false, err
 		}
@@ -80,13 +81,53 @@ func (s *Server) parseSession(r *http.Request) (sess *Session, named bool, err e
 	return sess, named, nil
 }
 
-func safeSessionParse(p SessionParser, r *http.Request) (sess *Session, err error) {
-	defer func() {
-		if rec := recover(); rec != nil {
-			err = &StatusError{Status: http.StatusInternalServerError, Message: "session parser panicked"}
-		}
+// maxLateSessionParsers bounds the session parser calls still running past
+// their deadline; beyond it upgrades are refused at once with 503.
+const maxLateSessionParsers = 256
+
+// errSessionTimeout answers an upgrade whose session parser did not return
+// within the ask timeout: 503, so that clients retry with backoff.
+var errSessionTimeout = &StatusError{Status: http.StatusServiceUnavailable, Message: "session check timed out"}
+
+// runSessionParser calls p with the request's context bounded by the ask
+// timeout, and answers at the deadline whether p returned or not.
+func (s *Server) runSessionParser(p SessionParser, r *http.Request) (*Session, error) {
+	if s.lateParsers.Load() >= maxLateSessionParsers {
+		return nil, errSessionTimeout
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.askTimeout)
+	defer cancel()
+	r = r.WithContext(ctx)
+	type result struct {
+		sess *Session
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() {
+			if rec := recover(); rec != nil {
+				s.stats.panics.Add(1)
+				s.log.Error("sss: session parser panicked", "panic", rec)
+				done <- result{err: &StatusError{Status: http.StatusInternalServerError, Message: "session parser failed"}}
+			}
+		}()
+		sess, err := p(r)
+		done <- result{sess, err}
 	}()
-	return p(r)
+	select {
+	case res := <-done:
+		return res.sess, res.err
+	case <-ctx.Done():
+		// The goroutine ends when p returns; count it until then, so that a
+		// parser that hangs cannot pile goroutines up without bound.
+		s.lateParsers.Add(1)
+		go func() {
+			<-done
+			s.lateParsers.Add(-1)
+		}()
+		s.log.Warn("sss: session parser timed out", "remote", r.RemoteAddr, "timeout", s.cfg.askTimeout)
+		return nil, errSessionTimeout
+	}
 }
 
 // The session store (scaler.SessionStore, when the scaler has one) keeps

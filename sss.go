@@ -73,6 +73,9 @@ type Server struct {
 		m   map[uint64]chan nodeMsg
 	}
 
+	// lateParsers counts session parser calls past their deadline (session.go).
+	lateParsers atomic.Int32
+
 	stats counters
 }
 

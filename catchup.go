@@ -37,6 +37,9 @@ type sub struct {
 	buf      []scaler.Delivery
 	overflow bool // buf outgrew its bound and was dropped; history has it all
 	gone     bool // unsubscribed: catch-up sends nothing more
+	// base is where the client stood when the subscription last went live:
+	// it has every publication up to it. A repair never sends it those.
+	base scaler.Position
 }
 
 // drop marks the subscription gone. Catch-up sends under mu, so nothing of
@@ -116,8 +119,22 @@ func (sb *sub) release(pos scaler.Position) (bool, error) {
 		sb.c.send(f, false)
 	}
 	sb.buf = nil
+	if pos.Epoch != "" {
+		sb.base = scaler.Position{Offset: next - 1, Epoch: pos.Epoch}
+	}
 	sb.held.Store(false)
 	return true, nil
+}
+
+// repairFrom is where a repair after deliveries missed since from must
+// start for this subscription: from, unless the client stands further.
+func (sb *sub) repairFrom(from scaler.Position) scaler.Position {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if sb.base.Epoch == from.Epoch && sb.base.Offset > from.Offset {
+		return sb.base
+	}
+	return from
 }
 
 var errEpochChanged = errors.New("sss: the channel's history was reset during catch-up")
@@ -205,6 +222,9 @@ func (s *Server) prepare(ctx context.Context, sb *sub, since *scaler.Position) s
 		limit = 0
 	}
 	entries, top, err := hist.Since(ctx, sb.channel, from, limit)
+	if err == nil || errors.Is(err, scaler.ErrPositionLost) {
+		s.hub.noteStart(sb.channel, top)
+	}
 	switch {
 	case err == nil && since != nil:
 		p.r = recovery{Position: from, Recovered: true}
@@ -322,6 +342,7 @@ func (s *Server) position(ctx context.Context, stream string) scaler.Position {
 		s.log.Warn("sss: history unavailable", "channel", stream, "err", err)
 		return scaler.Position{}
 	}
+	s.hub.noteStart(stream, top)
 	return top
 }
 

@@ -303,6 +303,22 @@ func (ch *channel) conns() []*Conn {
 	return out
 }
 
+// noteStart records the position a client is given on a stream (its
+// welcome or its subscription's start) as the stream's last position when
+// this instance has seen no delivery on it yet: the first delivery is then
+// checked against it, so that one missed before it is noticed.
+func (h *hub) noteStart(stream string, pos scaler.Position) {
+	ch := h.get(stream)
+	if ch == nil || pos.Epoch == "" {
+		return
+	}
+	ch.pmu.Lock()
+	if ch.last.Epoch == "" {
+		ch.last = pos
+	}
+	ch.pmu.Unlock()
+}
+
 // track records a delivery's position. It reports a duplicate to drop, or a
 // gap: deliveries after from that this node did not receive.
 func (ch *channel) track(d scaler.Delivery) (dup, gap bool, from scaler.Position) {
@@ -342,7 +358,7 @@ func (s *Server) repair(ch *channel, d scaler.Delivery, from scaler.Position) {
 		}
 		// A subscription held already catches up by itself.
 		if !sb.held.Swap(true) {
-			s.catchUpLater(sb, from)
+			s.catchUpLater(sb, sb.repairFrom(from))
 		}
 	}
 }

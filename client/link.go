@@ -353,24 +353,6 @@ func (l *link) ownChannels() [2]string {
 	return [2]string{l.info.UserChannel, l.info.SessionChannel}
 }
 
-// welcomeOwn records a new link's user and session channels; on the read
-// loop, before any publication. On a link that resumes, a channel that is
-// the previous connection's (same user, same session) continues: it catches
-// up from its position. Any other starts from the welcome's position: the
-// server only lets a connection catch up on its own channels.
-func (c *Client) welcomeOwn(l *link) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, ch := range l.ownChannels() {
-		o := &c.own[i]
-		if l.resuming && ch != "" && ch == o.channel {
-			l.ownResume[i], l.ownSince[i] = true, o.pos
-			continue
-		}
-		*o = ownChan{channel: ch, pos: l.positions[ch]}
-	}
-}
-
 // complete hands a reply to the call waiting for it.
 func (l *link) complete(id uint64, result json.RawMessage, err error) {
 	l.mu.Lock()

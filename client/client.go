@@ -1,21 +1,3 @@
-// Package client is the Go client of sss ("Super Scaled Sockets"). It speaks
-// the sss.v1 wire protocol (docs/protocol.md) and nothing else: it shares no
-// code with the server.
-//
-// A Client keeps one WebSocket to one server of a cluster. When the link
-// drops it reconnects by itself (with backoff and full jitter, failing over
-// between the URLs it knows), restores its subscriptions with one resume
-// request, and reports each step through callbacks. When the server keeps
-// history, the resume catches up exactly: every publication missed on each
-// subscription and on the user and session channels is delivered once, in
-// order, before the live ones; when that is impossible (history trimmed or
-// lost), OnGap says so (see RecoverInfo, Position). Requests in flight when
-// the link drops fail with ErrDisconnected; new ones wait for the next link
-// within their context (or fail fast, with WithFailFast).
-//
-// Handlers and callbacks run one at a time, in order, on a goroutine of the
-// client's own, never on the goroutine that reads the connection: they may
-// call any method of the Client, including Ask and Close.
 package client
 
 import (
@@ -23,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -74,10 +55,11 @@ type ConnInfo struct {
 // Client is a connection to an sss cluster that survives drops. Its methods
 // are safe for concurrent use.
 type Client struct {
-	opts options
-	urls []string
-	log  *slog.Logger
-	d    *dispatcher
+	opts  options
+	hooks Hooks    // fixed at Dial: read without a lock
+	urls  []string // fixed at Dial: the Dial URL, then WithURLs'
+	log   *slog.Logger
+	d     *dispatcher
 
 	// ctx ends on Close or when the client closes for good: it stops
 	// connection attempts and is the context of tell handlers.
@@ -96,93 +78,65 @@ type Client struct {
 	readyCh   chan struct{}
 	readyOpen bool // readyCh is not closed yet
 	info      ConnInfo
-	next      int // index in urls of the next attempt
 	subs      map[string]*Subscription
 	own       [2]ownChan // user and session channels (ownIndex)
 	tells     map[string]TellHandler
 	asks      map[string]AskHandler
 	stats     stats
-
-	onStatus    func(s, old Status)
-	onDrop      func(err error)
-	onReconnect func(info ConnInfo)
-	onError     func(err error)
-	onRefused   func(sub *Subscription, err error)
-	onUser      func(Message)
-	onSession   func(Message)
-	onRecover   func(RecoverInfo)
-	onGap       func(RecoverInfo)
 }
 
 // Dial connects to the sss server at url (ws:// or wss://; http(s) works
 // too) and returns once the server welcomed the connection. With WithURLs,
-// the other URLs are tried in turn if url fails; Dial makes one attempt per
-// URL, without delay, and stops early on a refusal (HTTP 4xx: see
-// HandshakeError). Later drops are handled by reconnecting, per the options.
+// the other URLs are tried if url fails (see WithURLs for the order); Dial
+// makes one attempt per URL, without delay, and stops early on a refusal
+// (HTTP 4xx: see HandshakeError). Later drops are handled by reconnecting,
+// per the options.
 //
-// ctx bounds Dial only, not the Client's life.
+// An invalid option or URL fails Dial at once with an error that matches
+// ErrInvalidConfig. ctx bounds Dial only, not the Client's life.
 func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
-		opt(&o)
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
 	}
-	if o.httpClient == nil {
-		o.httpClient = http.DefaultClient
+	if err := checkURL(url); err != nil {
+		return nil, invalid("Dial: %v", err)
 	}
 	c := &Client{
-		opts:     o,
-		log:      o.logger,
-		closing:  make(chan struct{}),
-		askSlots: make(chan struct{}, o.maxAsks),
-		readyCh:  make(chan struct{}),
-		subs:     make(map[string]*Subscription),
-		tells:    make(map[string]TellHandler),
-		asks:     make(map[string]AskHandler),
-	}
-	c.readyOpen = true
-	if c.log == nil {
-		c.log = slog.New(slog.DiscardHandler)
+		opts:      o,
+		hooks:     o.hooks,
+		log:       o.logger,
+		closing:   make(chan struct{}),
+		askSlots:  make(chan struct{}, o.concurrency),
+		readyCh:   make(chan struct{}),
+		readyOpen: true,
+		subs:      make(map[string]*Subscription),
+		tells:     o.tells,
+		asks:      o.asks,
 	}
 	for _, u := range append([]string{url}, o.urls...) {
-		if u != "" && !slices.Contains(c.urls, u) {
+		if !slices.Contains(c.urls, u) {
 			c.urls = append(c.urls, u)
 		}
 	}
-	if len(c.urls) == 0 {
-		return nil, errors.New("sss: no server URL")
-	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.d = newDispatcher(o.msgBuffer, c.handlerPanic)
-	for _, fn := range o.init {
-		fn(c)
-	}
+	c.d = newDispatcher(o.receiveQueue, c.handlerPanic)
 
-	var errs []error
-	for range c.urls {
-		u := c.nextURL()
-		l, err := c.connect(ctx, u, false)
-		if err == nil {
-			c.linkUp(l, false)
-			c.wg.Add(1)
-			go c.run(l)
-			return c, nil
+	l, err := c.connectFirst(ctx)
+	if err != nil {
+		c.finish(err)
+		c.wg.Wait()
+		if !c.d.stop() {
+			<-c.d.done
 		}
-		c.log.Debug("sss: connection attempt failed", "url", u, "err", err)
-		errs = append(errs, err)
-		if permanent(err) || ctx.Err() != nil {
-			break
-		}
+		return nil, err
 	}
-	err := errs[len(errs)-1]
-	if len(errs) > 1 {
-		err = errors.Join(errs...)
-	}
-	c.finish(err)
-	c.wg.Wait()
-	if !c.d.stop() {
-		<-c.d.done
-	}
-	return nil, err
+	c.linkUp(l, false)
+	c.wg.Add(1)
+	go c.run(l)
+	return c, nil
 }
 
 // linkUp makes l the current link.
@@ -205,17 +159,16 @@ func (c *Client) linkUp(l *link, reconnected bool) {
 		c.readyOpen = false
 	}
 	ev := c.setStatusLocked(StatusConnected)
-	onReconnect := c.onReconnect
 	info := l.info
 	c.mu.Unlock()
-	c.d.push(ev)
+	if ev != nil {
+		c.d.push(ev)
+	}
 	if reconnected {
 		c.stats.reconnects.Add(1)
-		c.d.push(func() {
-			if onReconnect != nil {
-				onReconnect(info)
-			}
-		})
+		if fn := c.hooks.OnReconnect; fn != nil {
+			c.d.push(func() { fn(info) })
+		}
 	}
 }
 
@@ -242,12 +195,9 @@ func (c *Client) linkDown(err error, final bool) {
 		c.mu.Unlock()
 		return
 	}
-	onDrop := c.onDrop
-	events = append(events, func() {
-		if onDrop != nil {
-			onDrop(err)
-		}
-	})
+	if fn := c.hooks.OnDrop; fn != nil {
+		events = append(events, func() { fn(err) })
+	}
 	if !final {
 		events = append(events, c.setStatusLocked(StatusReconnecting))
 		for _, s := range c.subs {
@@ -296,19 +246,19 @@ func (c *Client) finish(err error) {
 	}
 }
 
-// setStatusLocked changes the status and returns the callback event.
+// setStatusLocked changes the status and returns the hook's event, or nil.
+// The caller holds c.mu.
 func (c *Client) setStatusLocked(s Status) func() {
 	old := c.status
 	if old == s {
 		return nil
 	}
 	c.status = s
-	fn := c.onStatus
-	return func() {
-		if fn != nil {
-			fn(s, old)
-		}
+	fn := c.hooks.OnStatusChange
+	if fn == nil {
+		return nil
 	}
+	return func() { fn(s, old) }
 }
 
 func (c *Client) isClosing() bool {

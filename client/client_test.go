@@ -48,7 +48,7 @@ func TestDialRefused(t *testing.T) {
 	} {
 		ts := newServer(t, nil, sss.WithSessionParser(func(*http.Request) (*sss.Session, error) { return nil, tc.err }))
 		var seen statusLog
-		c, err := client.Dial(ctxT(t), ts.url, client.WithInit(func(c *client.Client) { c.OnStatusChange(seen.record) }))
+		c, err := client.Dial(ctxT(t), ts.url, client.WithHooks(client.Hooks{OnStatusChange: seen.record}))
 		if c != nil {
 			t.Fatal("Dial returned a client")
 		}
@@ -292,8 +292,8 @@ func TestSubscriptionOn(t *testing.T) {
 	}
 	onA, as := messages()
 	onAny, anys := messages()
-	s.On("a", onA)
-	s.OnMessage(onAny)
+	s.HandleEvent("a", onA)
+	s.HandleMessage(onAny)
 	ts.srv.Publish(ctx, "ticks", "a", 1)
 	ts.srv.Publish(ctx, "ticks", "b", 2)
 	if m := recv(t, as); string(m.Data) != "1" {
@@ -309,10 +309,7 @@ func TestUserAndSessionChannels(t *testing.T) {
 	onUser, user := messages()
 	onSession, session := messages()
 	c := dial(t, ts.url, asUser("carol"), client.WithHeader(http.Header{"X-Session": {"tab1"}}),
-		client.WithInit(func(c *client.Client) {
-			c.OnUserMessage(onUser)
-			c.OnSessionMessage(onSession)
-		}))
+		client.WithHooks(client.Hooks{OnUserMessage: onUser, OnSessionMessage: onSession}))
 	ctx := ctxT(t)
 	if err := ts.srv.PublishUser(ctx, "carol", "hello", "u"); err != nil {
 		t.Fatal(err)
@@ -332,27 +329,26 @@ func TestServerTellAndAsk(t *testing.T) {
 	ts := newServer(t, nil, sss.WithSessionParser(userSession), sss.WithAskTimeout(2*time.Second))
 	tells := make(chan string, 4)
 	var errs atomic.Int32
-	c := dial(t, ts.url, asUser("dave"), client.WithInit(func(c *client.Client) {
-		c.HandleTell("notify", func(ctx context.Context, data json.RawMessage) error {
+	c := dial(t, ts.url, asUser("dave"),
+		client.WithTellHandler("notify", func(ctx context.Context, data json.RawMessage) error {
 			tells <- string(data)
 			return nil
-		})
-		c.HandleAsk("confirm", func(ctx context.Context, data json.RawMessage) (any, error) {
+		}),
+		client.WithAskHandler("confirm", func(ctx context.Context, data json.RawMessage) (any, error) {
 			var q string
 			json.Unmarshal(data, &q)
 			return q == "Delete?", nil
-		})
-		c.HandleAsk("deny", func(ctx context.Context, data json.RawMessage) (any, error) {
+		}),
+		client.WithAskHandler("deny", func(ctx context.Context, data json.RawMessage) (any, error) {
 			return nil, client.Errorf(client.CodeForbidden, "no way")
-		})
-		c.HandleAsk("fail", func(ctx context.Context, data json.RawMessage) (any, error) {
+		}),
+		client.WithAskHandler("fail", func(ctx context.Context, data json.RawMessage) (any, error) {
 			return nil, errors.New("plain error")
-		})
-		c.HandleAsk("boom", func(ctx context.Context, data json.RawMessage) (any, error) {
+		}),
+		client.WithAskHandler("boom", func(ctx context.Context, data json.RawMessage) (any, error) {
 			panic("client handler panic")
-		})
-		c.OnError(func(error) { errs.Add(1) })
-	}))
+		}),
+		client.WithHooks(client.Hooks{OnError: func(error) { errs.Add(1) }}))
 	ctx := ctxT(t)
 
 	if err := ts.srv.Tell(ctx, sss.ToUser("dave"), "notify", map[string]string{"text": "mail"}); err != nil {
@@ -506,7 +502,7 @@ func TestTooLarge(t *testing.T) {
 func TestClose(t *testing.T) {
 	ts := newServer(t, nil)
 	var seen statusLog
-	c := dial(t, ts.url, client.WithInit(func(c *client.Client) { c.OnStatusChange(seen.record) }))
+	c := dial(t, ts.url, client.WithHooks(client.Hooks{OnStatusChange: seen.record}))
 	s, err := c.Subscribe(ctxT(t), "x")
 	if err != nil {
 		t.Fatal(err)

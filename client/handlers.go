@@ -8,8 +8,12 @@ import (
 	"runtime/debug"
 )
 
+// Handlers of the server's tells and asks, by name: set at Dial with
+// WithTellHandler and WithAskHandler, changed later with HandleTell and
+// HandleAsk.
+
 // TellHandler receives a tell from the server. ctx ends when the client
-// closes. A returned error goes to OnError.
+// closes. A returned error goes to the OnError hook.
 type TellHandler func(ctx context.Context, data json.RawMessage) error
 
 // AskHandler answers an ask from the server. The result is encoded with
@@ -19,8 +23,11 @@ type TellHandler func(ctx context.Context, data json.RawMessage) error
 type AskHandler func(ctx context.Context, data json.RawMessage) (any, error)
 
 // HandleTell sets the handler for the server's tells named name, replacing
-// any. Tells run on the client's handler goroutine, in order with
-// publications.
+// any; a nil fn removes it. Tells run on the client's handler goroutine, in
+// order with publications; a tell with no handler goes to the OnError hook
+// as not_found. A handler needed from the first connection on is given to
+// Dial with WithTellHandler: one set here after Dial may miss a tell the
+// server sends right after its welcome.
 func (c *Client) HandleTell(name string, fn TellHandler) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -32,9 +39,11 @@ func (c *Client) HandleTell(name string, fn TellHandler) {
 }
 
 // HandleAsk sets the handler for the server's asks named name, replacing
-// any. Each ask runs on its own goroutine (an answer may take a while, such
-// as a user's confirmation); an ask with no handler is answered not_found, a
-// panicking handler internal.
+// any; a nil fn removes it. Each ask runs on its own goroutine (an answer
+// may take a while, such as a user's confirmation), at most WithConcurrency
+// at once; an ask with no handler is answered not_found, a panicking handler
+// internal. A handler needed from the first connection on is given to Dial
+// with WithAskHandler.
 func (c *Client) HandleAsk(name string, fn AskHandler) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -45,7 +54,9 @@ func (c *Client) HandleAsk(name string, fn AskHandler) {
 	c.asks[name] = fn
 }
 
-// serveAsk answers a server ask on its own goroutine.
+// serveAsk answers a server ask on its own goroutine. The goroutines are
+// bounded by askSlots and end with the link (the handler's ctx), not
+// waited for by Close, so that a handler may call Close.
 func (c *Client) serveAsk(l *link, f *inFrame) {
 	id, name, data := f.ID, f.Name, f.Data
 	c.mu.Lock()
@@ -77,7 +88,9 @@ func (c *Client) runAsk(ctx context.Context, name string, h AskHandler, data jso
 		if v := recover(); v != nil {
 			c.log.Error("sss: ask handler panicked", "name", name, "panic", v, "stack", string(debug.Stack()))
 			res, err = nil, Errorf(CodeInternal, "ask handler panicked")
-			c.d.push(func() { c.callOnError(fmt.Errorf("sss: ask handler %q panicked: %v", name, v)) })
+			c.d.push(func() {
+				c.callOnError(&pkgError{msg: fmt.Sprintf("ask handler %q panicked", name), detail: fmt.Sprint(v)})
+			})
 		}
 	}()
 	return h(ctx, data)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -85,7 +84,7 @@ type callResult struct {
 
 // errNotSent means the link died before the request was handed to it: it is
 // safe to send it again on the next link.
-var errNotSent = errors.New("sss: request not sent")
+var errNotSent = newError("request not sent")
 
 // defaultMaxMessage is used to batch before the welcome tells the real limit.
 const defaultMaxMessage = 64 << 10
@@ -110,13 +109,13 @@ func (c *Client) dial(ctx context.Context, url string, resuming bool) (*link, er
 			}
 			return nil, he
 		}
-		return nil, fmt.Errorf("sss: dial %s: %w", url, err)
+		return nil, wrap(err, "dial %s", url)
 	}
 	if ws.Subprotocol() != subprotocol {
 		ws.Close(websocket.StatusPolicyViolation, "sss.v1 required")
 		return nil, errWrongSubprotocol
 	}
-	ws.SetReadLimit(c.opts.readLimit)
+	ws.SetReadLimit(c.opts.maxMessage)
 
 	l := &link{
 		c:          c,
@@ -202,7 +201,7 @@ func (l *link) readLoop() {
 				errors.As(err, &ce)
 				err = &CloseError{Code: int(code), Reason: ce.Reason}
 			} else {
-				err = fmt.Errorf("sss: read: %w", err)
+				err = wrap(err, "read")
 			}
 			l.fail(err)
 			return
@@ -211,7 +210,7 @@ func (l *link) readLoop() {
 			l.alive.Reset(l.window) // any message is a sign of life
 		}
 		if typ != websocket.MessageText {
-			l.fail(fmt.Errorf("%w: binary message", ErrProtocol))
+			l.fail(withDetail(ErrProtocol, "binary message"))
 			return
 		}
 		for len(msg) > 0 {
@@ -251,7 +250,7 @@ func (l *link) teardown() {
 
 	err := ErrDisconnected
 	if reason != ErrDisconnected {
-		err = fmt.Errorf("%w: %w", ErrDisconnected, reason)
+		err = withCause(ErrDisconnected, reason)
 	}
 	if l.c.isClosing() {
 		err = ErrClosed
@@ -268,11 +267,11 @@ func (l *link) teardown() {
 func (l *link) handle(line []byte) error {
 	var f inFrame
 	if err := json.Unmarshal(line, &f); err != nil {
-		return fmt.Errorf("%w: invalid frame: %v", ErrProtocol, err)
+		return withDetail(ErrProtocol, "invalid frame: %v", err)
 	}
 	if !l.gotHello {
 		if f.Type != "welcome" {
-			return fmt.Errorf("%w: first frame is %q, not welcome", ErrProtocol, f.Type)
+			return withDetail(ErrProtocol, "first frame is %q, not welcome", f.Type)
 		}
 		l.setWelcome(&f)
 		return nil
@@ -400,7 +399,7 @@ func (l *link) roundTrip(ctx context.Context, req request, counted bool, onAck f
 	b, err := json.Marshal(req)
 	if err != nil {
 		release()
-		return nil, fmt.Errorf("sss: encode request: %w", err)
+		return nil, wrap(err, "encode request")
 	}
 	if max := l.info.Limits.MaxMessage; max > 0 && len(b) > max {
 		release()
@@ -529,7 +528,7 @@ func (l *link) writeLoop() {
 		err := l.ws.Write(ctx, websocket.MessageText, buf)
 		cancel()
 		if err != nil {
-			l.fail(fmt.Errorf("sss: write: %w", err))
+			l.fail(wrap(err, "write"))
 			return
 		}
 	}

@@ -93,7 +93,7 @@ func TestBatchesPingAndStrayErrors(t *testing.T) {
 		fc.send(`{"type":"ack","id":`+id(f)+`,"result":"ok","later":"field"}`, `{"type":"ack","id":999}`)
 		fc.next(5 * time.Second) // until the client closes
 	})
-	c := dial(t, fs.url, client.WithInit(func(c *client.Client) { c.OnError(func(err error) { errs <- err }) }))
+	c := dial(t, fs.url, client.WithHooks(client.Hooks{OnError: func(err error) { errs <- err }}))
 	if err := recv(t, errs); !errors.Is(err, client.ErrBadRequest) {
 		t.Fatalf("OnError got %v", err)
 	}
@@ -207,7 +207,7 @@ func (headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestHandlerPanic(t *testing.T) {
 	ts := newServer(t, nil)
 	errs := make(chan error, 4)
-	c := dial(t, ts.url, client.WithInit(func(c *client.Client) { c.OnError(func(err error) { errs <- err }) }))
+	c := dial(t, ts.url, client.WithHooks(client.Hooks{OnError: func(err error) { errs <- err }}))
 	got := make(chan string, 4)
 	if _, err := c.Subscribe(ctxT(t), "x", client.WithMessageHandler(func(m client.Message) {
 		if m.Event == "boom" {
@@ -306,7 +306,7 @@ func TestResumeFrame(t *testing.T) {
 		fc.next(5 * time.Second)
 	})
 	ev := newEvents()
-	c := dial(t, fs.url, fastRetry, watch(ev))
+	c := dial(t, fs.url, fastRetry, hooks(watch(ev)))
 	a, err := c.Subscribe(ctxT(t), "a", client.WithQuery(map[string]any{"pw": "s3cret"}))
 	if err != nil {
 		t.Fatal(err)

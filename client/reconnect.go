@@ -5,10 +5,65 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
+	"math/rand/v2"
 	"slices"
 	"time"
 )
+
+// Connection attempts, from Dial's first one to every reconnection, and the
+// resume that restores the subscriptions on a new link.
+//
+// A link that does not resume (Dial's) sends "ready" as its first frame, so
+// the server delivers the user and session channels at once instead of
+// holding them for a second in case a resume comes (docs/protocol.md, "The
+// hold of the user and session channels"); a link that resumes sends
+// "resume" first. See link.go (dial).
+
+// connectFirst makes Dial's attempts: one per URL, in dialOrder, without
+// delay, until one succeeds, one is refused for good, or ctx ends.
+func (c *Client) connectFirst(ctx context.Context) (*link, error) {
+	var errs []error
+	for _, u := range dialOrder(c.urls) {
+		l, err := c.connect(ctx, u, false)
+		if err == nil {
+			return l, nil
+		}
+		c.log.Debug("sss: connection attempt failed", "url", u, "err", err)
+		errs = append(errs, err)
+		if permanent(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	return nil, &pkgError{errs: errs, list: true}
+}
+
+// dialOrder returns the URLs Dial tries, in order: its own first, then each
+// of the others once, round robin from a random one (see WithURLs).
+func dialOrder(urls []string) []string {
+	order := []string{urls[0]}
+	if others := urls[1:]; len(others) > 0 {
+		k := rand.N(len(others))
+		order = append(order, others[k:]...)
+		order = append(order, others[:k]...)
+	}
+	return order
+}
+
+// reconnectStart returns the index in urls of a reconnection's first
+// attempt: a random URL other than lost, the one whose link dropped (unless
+// it is the only one). Starting at random is what spreads the clients of a
+// dead instance over the others: they share one list, and with a fixed
+// successor they would all move to the same next URL.
+func reconnectStart(urls []string, lost string) int {
+	i := slices.Index(urls, lost)
+	if i < 0 || len(urls) == 1 {
+		return rand.N(len(urls))
+	}
+	return (i + 1 + rand.N(len(urls)-1)) % len(urls)
+}
 
 // connect makes one connection attempt: handshake, welcome and, when resume
 // is set, the resume request that restores the subscriptions.
@@ -29,7 +84,7 @@ func (c *Client) connect(ctx context.Context, url string, resume bool) (*link, e
 	case <-l.done:
 		return nil, l.reason()
 	case <-ctx.Done():
-		return abort(fmt.Errorf("sss: waiting for welcome from %s: %w", url, ctx.Err()))
+		return abort(wrap(ctx.Err(), "waiting for welcome from %s", url))
 	}
 	if resume {
 		if err := c.resume(ctx, l); err != nil {
@@ -37,14 +92,6 @@ func (c *Client) connect(ctx context.Context, url string, resume bool) (*link, e
 		}
 	}
 	return l, nil
-}
-
-func (c *Client) nextURL() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	u := c.urls[c.next%len(c.urls)]
-	c.next = (c.next + 1) % len(c.urls)
-	return u
 }
 
 // run watches the current link and replaces it when it drops, until the
@@ -72,7 +119,7 @@ func (c *Client) run(l *link) {
 		if time.Since(up) >= stableLink {
 			retry = 0
 		}
-		if l, retry = c.reconnect(err, retry); l == nil {
+		if l, retry = c.reconnect(err, l.url, retry); l == nil {
 			return
 		}
 	}
@@ -83,13 +130,15 @@ func (c *Client) run(l *link) {
 // retry after another.
 const stableLink = 30 * time.Second
 
-// reconnect makes attempts until one succeeds (returned) or the client
-// closes (nil). retry is the backoff step to start from; the step reached is
-// returned.
-func (c *Client) reconnect(cause error, retry int) (*link, int) {
+// reconnect makes attempts, round robin through the URLs from
+// reconnectStart, until one succeeds (returned) or the client closes (nil).
+// cause is why the link to lost dropped; retry is the backoff step to start
+// from, and the step reached is returned.
+func (c *Client) reconnect(cause error, lost string, retry int) (*link, int) {
 	// 4000: the server is going away and asked for an immediate reconnect,
-	// preferably elsewhere, which the round robin gives.
+	// preferably elsewhere, which reconnectStart gives.
 	immediate := closeCode(cause) == closeShutdown
+	next := reconnectStart(c.urls, lost)
 	for attempt := 1; ; attempt++ {
 		if !immediate {
 			d := backoff(retry, c.opts.minDelay, c.opts.maxDelay)
@@ -108,7 +157,8 @@ func (c *Client) reconnect(cause error, retry int) (*link, int) {
 		if err := c.d.waitRoom(c.ctx); err != nil {
 			return nil, retry
 		}
-		u := c.nextURL()
+		u := c.urls[next%len(c.urls)]
+		next++
 		l, err := c.connect(c.ctx, u, true)
 		if err == nil {
 			c.log.Info("sss: reconnected", "url", u, "conn", l.info.ID, "attempts", attempt)
@@ -124,15 +174,40 @@ func (c *Client) reconnect(cause error, retry int) (*link, int) {
 			return nil, retry
 		}
 		if c.opts.maxAttempts > 0 && attempt >= c.opts.maxAttempts {
-			c.finish(fmt.Errorf("sss: gave up reconnecting after %d attempts: %w", attempt, err))
+			c.finish(wrap(err, "gave up reconnecting after %d attempts", attempt))
 			return nil, retry
 		}
 	}
 }
 
+// resumeReq is a resume request, with what its reply is matched against.
+type resumeReq struct {
+	frame *resumeFrame
+	subs  []*Subscription // as listed in frame, by channel
+	since []Position      // the positions sent for subs; zero: none sent
+}
+
 // resume sends the client's subscriptions on a new link, which it holds
-// authoritative, and applies the server's verdict for each.
+// authoritative, and applies the server's verdict for each when the ack
+// comes (applyResume).
 func (c *Client) resume(ctx context.Context, l *link) error {
+	req := newResumeReq(l, c.heldSubs())
+	_, err := l.roundTrip(ctx, req.frame, false, func(l *link, result json.RawMessage, abandoned bool) {
+		if !abandoned {
+			c.applyResume(l, req, result)
+		}
+	})
+	if errors.Is(err, errNotSent) {
+		err = l.reason()
+	}
+	if err != nil {
+		return wrap(err, "resume")
+	}
+	return nil
+}
+
+// heldSubs returns the subscriptions the client holds, by channel.
+func (c *Client) heldSubs() []*Subscription {
 	c.mu.Lock()
 	subs := make([]*Subscription, 0, len(c.subs))
 	for _, s := range c.subs {
@@ -140,43 +215,41 @@ func (c *Client) resume(ctx context.Context, l *link) error {
 	}
 	c.mu.Unlock()
 	slices.SortFunc(subs, func(a, b *Subscription) int { return cmp.Compare(a.channel, b.channel) })
-	since := make([]Position, len(subs))
-	f := &resumeFrame{Type: "resume", Subscriptions: make([]resumeEntry, len(subs), len(subs)+2)}
-	for i, s := range subs {
-		f.Subscriptions[i] = resumeEntry{Channel: s.channel, Query: s.query}
-		// Nothing of the subscription arrives on l before the resume's ack,
-		// so the position cannot move meanwhile.
-		if since[i] = s.Position(); !since[i].IsZero() {
-			f.Subscriptions[i].Since = &since[i]
-		}
-	}
-	// The user and session channels, when they are the previous
-	// connection's (welcomeOwn decided), catch up from their positions too.
-	for i, ch := range l.ownChannels() {
-		if l.ownResume[i] && !l.ownSince[i].IsZero() {
-			f.Subscriptions = append(f.Subscriptions, resumeEntry{Channel: ch, Since: &l.ownSince[i]})
-		}
-	}
-	_, err := l.roundTrip(ctx, f, false, func(l *link, result json.RawMessage, abandoned bool) {
-		if !abandoned {
-			c.applyResume(l, subs, since, result)
-		}
-	})
-	if errors.Is(err, errNotSent) {
-		err = l.reason()
-	}
-	if err != nil {
-		return fmt.Errorf("sss: resume: %w", err)
-	}
-	return nil
+	return subs
 }
 
-// applyResume runs on the read loop, before any publication that follows
-// the resume's ack. since holds the positions sent for subs.
-func (c *Client) applyResume(l *link, subs []*Subscription, since []Position, result json.RawMessage) {
+// newResumeReq lists each subscription with its query and position, then
+// the user and session channels that continue the previous connection's
+// (welcomeOwn decided) with theirs, so that they catch up too.
+func newResumeReq(l *link, subs []*Subscription) *resumeReq {
+	req := &resumeReq{
+		frame: &resumeFrame{Type: "resume", Subscriptions: make([]resumeEntry, len(subs), len(subs)+2)},
+		subs:  subs,
+		since: make([]Position, len(subs)),
+	}
+	for i, s := range subs {
+		req.frame.Subscriptions[i] = resumeEntry{Channel: s.channel, Query: s.query}
+		// Nothing of the subscription arrives on l before the resume's ack,
+		// so the position cannot move meanwhile.
+		if req.since[i] = s.Position(); !req.since[i].IsZero() {
+			req.frame.Subscriptions[i].Since = &req.since[i]
+		}
+	}
+	for i, ch := range l.ownChannels() {
+		if l.ownResume[i] && !l.ownSince[i].IsZero() {
+			req.frame.Subscriptions = append(req.frame.Subscriptions, resumeEntry{Channel: ch, Since: &l.ownSince[i]})
+		}
+	}
+	return req
+}
+
+// applyResume runs on the read loop at the resume's ack, before any
+// publication that follows it: it restores or refuses each subscription,
+// places the user and session channels, and queues the events that say so.
+func (c *Client) applyResume(l *link, req *resumeReq, result json.RawMessage) {
 	var r resumeResult
 	if err := json.Unmarshal(result, &r); err != nil {
-		l.fail(fmt.Errorf("%w: resume result: %v", ErrProtocol, err))
+		l.fail(withDetail(ErrProtocol, "resume result: %v", err))
 		return
 	}
 	results := make(map[string]*subResult, len(r.Subscriptions))
@@ -186,47 +259,63 @@ func (c *Client) applyResume(l *link, subs []*Subscription, since []Position, re
 	}
 	var events []func()
 	c.mu.Lock()
-	for i, s := range subs {
-		e := results[s.channel]
-		if c.subs[s.channel] != s {
-			// Unsubscribed while the resume was in flight: the server
-			// subscribed it again, undo that.
-			if e != nil && e.Error == nil {
-				c.sendUnsubscribe(l, s.channel)
-			}
-			continue
-		}
-		switch {
-		case e == nil:
-			err := Errorf(CodeInternal, "subscription missing from the resume reply")
-			delete(c.subs, s.channel)
-			events = append(events, s.setStatus(SubRefused, err, c.onRefused))
-		case e.Error != nil:
-			delete(c.subs, s.channel)
-			events = append(events, s.setStatus(SubRefused, e.Error, c.onRefused))
-		default:
-			info := outcome(s.channel, KindSubscription, s, since[i], e)
-			s.mu.Lock()
-			s.pos, s.recovered = info.Position, info.Recovered
-			s.mu.Unlock()
-			s.leaving.Store(false) // an unsubscribe that failed is not pending on this link
-			events = append(events, s.setStatus(SubSubscribed, nil, nil))
-			events = c.recoveryEvents(info, events)
-		}
+	for i, s := range req.subs {
+		events = c.restoreSub(l, s, req.since[i], results[s.channel], events)
 	}
+	events = c.restoreOwn(l, results, events)
+	c.mu.Unlock()
+	for _, ev := range events {
+		c.d.push(ev)
+	}
+}
+
+// restoreSub applies the server's verdict e on s, resumed from since, and
+// appends the events it fires. The caller holds c.mu.
+func (c *Client) restoreSub(l *link, s *Subscription, since Position, e *subResult, events []func()) []func() {
+	if c.subs[s.channel] != s {
+		// Unsubscribed while the resume was in flight: the server
+		// subscribed it again, undo that.
+		if e != nil && e.Error == nil {
+			c.sendUnsubscribe(l, s.channel)
+		}
+		return events
+	}
+	if e == nil || e.Error != nil {
+		var err error = Errorf(CodeInternal, "subscription missing from the resume reply")
+		if e != nil {
+			err = e.Error
+		}
+		delete(c.subs, s.channel)
+		return append(events, s.setStatus(SubRefused, err, c.hooks.OnRefused))
+	}
+	info := outcome(s.channel, KindSubscription, s, since, e)
+	s.mu.Lock()
+	s.pos, s.recovered = info.Position, info.Recovered
+	s.mu.Unlock()
+	s.leaving.Store(false) // an unsubscribe that failed is not pending on this link
+	events = append(events, s.setStatus(SubSubscribed, nil, nil))
+	return c.recoveryEvents(info, events)
+}
+
+// restoreOwn places the user and session channels that continue the
+// previous connection's, from the resume's results, and appends the events
+// of their outcome. The others were placed by the welcome. The caller holds
+// c.mu.
+func (c *Client) restoreOwn(l *link, results map[string]*subResult, events []func()) []func() {
 	for i, ch := range l.ownChannels() {
 		if !l.ownResume[i] {
 			continue
 		}
+		since := l.ownSince[i]
 		var e *subResult
-		if !l.ownSince[i].IsZero() {
+		if !since.IsZero() {
 			e = results[ch] // listed: reported
 		}
-		info := outcome(ch, ChannelKind(i+1), nil, l.ownSince[i], e)
+		info := outcome(ch, ChannelKind(i+1), nil, since, e)
 		switch {
 		case e != nil:
 			c.own[i].pos = info.Position
-		case l.ownSince[i].IsZero():
+		case since.IsZero():
 			// Not listed: live from the welcome's position.
 			info.Position = l.positions[ch]
 			c.own[i].pos = info.Position
@@ -237,18 +326,5 @@ func (c *Client) applyResume(l *link, subs []*Subscription, since []Position, re
 		}
 		events = c.recoveryEvents(info, events)
 	}
-	c.mu.Unlock()
-	for _, ev := range events {
-		if ev != nil {
-			c.d.push(ev)
-		}
-	}
-}
-
-// sendUnsubscribe tells the server to drop a subscription the client no
-// longer holds; the ack is not awaited. Losing it is harmless: the next
-// resume is authoritative.
-func (c *Client) sendUnsubscribe(l *link, channel string) {
-	b, _ := json.Marshal(&unsubscribeFrame{Type: "unsubscribe", ID: c.nextID.Add(1), Channel: channel})
-	l.sendNoWait(b)
+	return events
 }

@@ -16,8 +16,9 @@ import (
 // once and in order, before the live ones; its reply says, per channel,
 // whether that was possible (recovered) or publications were lost (the
 // epoch changed, or history was trimmed past the position). Lost
-// publications are reported, never silent: see Client.OnGap and
-// Subscription.OnGap.
+// publications are reported, never silent: see Hooks.OnGap and
+// SubHooks.OnGap. The resume itself is in reconnect.go; this file holds the
+// positions and the outcomes.
 //
 // As a defence, a publication whose offset is not past the channel's
 // position (in the same epoch) is dropped as a duplicate (Stats.Duplicates),
@@ -32,9 +33,9 @@ type ChannelKind int
 const (
 	// KindSubscription: a channel subscribed to with Subscribe.
 	KindSubscription ChannelKind = iota
-	// KindUser: the connection's user channel (OnUserMessage).
+	// KindUser: the connection's user channel (Hooks.OnUserMessage).
 	KindUser
-	// KindSession: the connection's session channel (OnSessionMessage).
+	// KindSession: the connection's session channel (Hooks.OnSessionMessage).
 	KindSession
 )
 
@@ -133,9 +134,9 @@ func outcome(ch string, kind ChannelKind, sub *Subscription, since Position, r *
 	return info
 }
 
-// recoveryEvents counts an outcome and returns the callbacks it fires, in
+// recoveryEvents counts an outcome and returns the hooks it fires, in
 // order: OnRecover, then (when publications were lost) the subscription's
-// OnGap and the client's. The caller holds c.mu.
+// SubHooks.OnGap and the client's OnGap. The caller holds c.mu.
 func (c *Client) recoveryEvents(info RecoverInfo, events []func()) []func() {
 	if info.Recovered {
 		c.stats.recovered.Add(1)
@@ -147,12 +148,10 @@ func (c *Client) recoveryEvents(info RecoverInfo, events []func()) []func() {
 		}
 		c.log.Log(context.Background(), level, "sss: publications lost", "channel", info.Channel, "kind", info.Kind, "since", info.Since, "now", info.Position, "reason", info.Reason)
 	}
-	onRecover, onGap := c.onRecover, c.onGap
+	onRecover, onGap := c.hooks.OnRecover, c.hooks.OnGap
 	var subGap func(RecoverInfo)
 	if info.Sub != nil && !info.Recovered {
-		info.Sub.mu.Lock()
-		subGap = info.Sub.onGap
-		info.Sub.mu.Unlock()
+		subGap = info.Sub.hooks.OnGap
 	}
 	return append(events, func() {
 		if onRecover != nil {

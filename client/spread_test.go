@@ -64,9 +64,9 @@ func TestReconnectSpread(t *testing.T) {
 			return d.DialContext(ctx, network, addr)
 		}}}
 		dial(t, p.url, asUser(user), client.WithHTTPClient(hc), client.WithReconnectDelay(base, 30*time.Second),
-			client.WithInit(func(c *client.Client) {
-				c.OnDrop(func(error) { stamp(drops, user) })
-				c.OnReconnect(func(client.ConnInfo) { reconnected.Add(1) })
+			client.WithHooks(client.Hooks{
+				OnDrop:      func(error) { stamp(drops, user) },
+				OnReconnect: func(client.ConnInfo) { reconnected.Add(1) },
 			}))
 	}
 

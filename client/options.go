@@ -166,11 +166,11 @@ func WithLogger(l *slog.Logger) Option {
 // the URL given to Dial followed by these, without repeats.
 //
 // Dial tries its own URL first: if that fails, it tries each of the others
-// once, round robin from a random one. After a drop, the reconnection
-// attempts go round robin through the whole list, starting at a random URL
-// other than the one whose link dropped. So the clients of an instance that
-// dies spread evenly over the others, instead of all moving to the same next
-// URL of their list.
+// once, in list order from a random one. After a drop, each round of
+// reconnection attempts goes through the other URLs in list order from a
+// random one, then the URL whose link dropped, last. So the clients of an
+// instance that dies spread evenly over the others, instead of all moving to
+// the same next URL of their list.
 func WithURLs(urls ...string) Option {
 	return func(o *options) error {
 		for _, u := range urls {

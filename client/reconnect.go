@@ -43,26 +43,31 @@ func (c *Client) connectFirst(ctx context.Context) (*link, error) {
 // dialOrder returns the URLs Dial tries, in order: its own first, then each
 // of the others once, round robin from a random one (see WithURLs).
 func dialOrder(urls []string) []string {
-	order := []string{urls[0]}
-	if others := urls[1:]; len(others) > 0 {
-		k := rand.N(len(others))
-		order = append(order, others[k:]...)
-		order = append(order, others[:k]...)
+	return append([]string{urls[0]}, rotated(urls[1:])...)
+}
+
+// reconnectOrder returns one round of a reconnection's attempts: the URLs
+// other than lost (the one whose link dropped), round robin from a random
+// one, then lost. Starting at random is what spreads the clients of a dead
+// instance over the others: they share one list, and with a fixed successor
+// they would all move to the same next URL. lost comes last, so a dead
+// instance is tried again only once every other was.
+func reconnectOrder(urls []string, lost string) []string {
+	others := slices.DeleteFunc(slices.Clone(urls), func(u string) bool { return u == lost })
+	order := rotated(others)
+	if len(others) < len(urls) {
+		order = append(order, lost)
 	}
 	return order
 }
 
-// reconnectStart returns the index in urls of a reconnection's first
-// attempt: a random URL other than lost, the one whose link dropped (unless
-// it is the only one). Starting at random is what spreads the clients of a
-// dead instance over the others: they share one list, and with a fixed
-// successor they would all move to the same next URL.
-func reconnectStart(urls []string, lost string) int {
-	i := slices.Index(urls, lost)
-	if i < 0 || len(urls) == 1 {
-		return rand.N(len(urls))
+// rotated returns urls in their order, starting from a random one.
+func rotated(urls []string) []string {
+	if len(urls) == 0 {
+		return nil
 	}
-	return (i + 1 + rand.N(len(urls)-1)) % len(urls)
+	k := rand.N(len(urls))
+	return append(slices.Clone(urls[k:]), urls[:k]...)
 }
 
 // connect makes one connection attempt: handshake, welcome and, when resume
@@ -130,15 +135,15 @@ func (c *Client) run(l *link) {
 // retry after another.
 const stableLink = 30 * time.Second
 
-// reconnect makes attempts, round robin through the URLs from
-// reconnectStart, until one succeeds (returned) or the client closes (nil).
+// reconnect makes attempts, in rounds of reconnectOrder, until one succeeds
+// (returned) or the client closes (nil).
 // cause is why the link to lost dropped; retry is the backoff step to start
 // from, and the step reached is returned.
 func (c *Client) reconnect(cause error, lost string, retry int) (*link, int) {
 	// 4000: the server is going away and asked for an immediate reconnect,
-	// preferably elsewhere, which reconnectStart gives.
+	// preferably elsewhere, which reconnectOrder gives.
 	immediate := closeCode(cause) == closeShutdown
-	next := reconnectStart(c.urls, lost)
+	order := reconnectOrder(c.urls, lost)
 	for attempt := 1; ; attempt++ {
 		if !immediate {
 			d := backoff(retry, c.opts.minDelay, c.opts.maxDelay)
@@ -157,8 +162,7 @@ func (c *Client) reconnect(cause error, lost string, retry int) (*link, int) {
 		if err := c.d.waitRoom(c.ctx); err != nil {
 			return nil, retry
 		}
-		u := c.urls[next%len(c.urls)]
-		next++
+		u := order[(attempt-1)%len(order)]
 		l, err := c.connect(c.ctx, u, true)
 		if err == nil {
 			c.log.Info("sss: reconnected", "url", u, "conn", l.info.ID, "attempts", attempt)

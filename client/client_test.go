@@ -325,6 +325,39 @@ func TestUserAndSessionChannels(t *testing.T) {
 	}
 }
 
+// serverHold is how long an sss server holds the user and session
+// channels of a new connection that says nothing (docs/protocol.md, "The
+// hold of the user and session channels").
+const serverHold = time.Second
+
+// A client that sends nothing after Dial gets its user and session
+// channels' publications at once: its "ready" ends the server's hold.
+func TestNoHoldAfterDial(t *testing.T) {
+	ts := newServer(t, nil, sss.WithSessionParser(userSession))
+	onUser, user := messages()
+	onSession, session := messages()
+	c := dial(t, ts.url, asUser("ivy"), client.WithHeader(http.Header{"X-Session": {"tab9"}}),
+		client.WithHooks(client.Hooks{OnUserMessage: onUser, OnSessionMessage: onSession}))
+	start := time.Now()
+	if err := ts.srv.PublishUser(ctxT(t), "ivy", "hello", "u"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.srv.PublishSession(ctxT(t), "tab9", "hello", "s"); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, user); string(m.Data) != `"u"` || m.Sub != c.Conn().UserChannel {
+		t.Fatalf("user message %+v", m)
+	}
+	if m := recv(t, session); string(m.Data) != `"s"` || m.Sub != c.Conn().SessionChannel {
+		t.Fatalf("session message %+v", m)
+	}
+	// Half the hold leaves a loaded machine plenty of room, and still fails
+	// a client that waits for the hold to end.
+	if d := time.Since(start); d >= serverHold/2 {
+		t.Fatalf("publications arrived after %v: held by the server (hold %v)", d, serverHold)
+	}
+}
+
 func TestServerTellAndAsk(t *testing.T) {
 	ts := newServer(t, nil, sss.WithSessionParser(userSession), sss.WithAskTimeout(2*time.Second))
 	tells := make(chan string, 4)

@@ -90,7 +90,8 @@ var errNotSent = newError("request not sent")
 const defaultMaxMessage = 64 << 10
 
 // dial opens a WebSocket to url and starts the link's goroutines. It does not
-// wait for the welcome.
+// wait for the welcome. The link's first frame is "ready" unless it resumes
+// (then the caller sends "resume" first).
 func (c *Client) dial(ctx context.Context, url string, resuming bool) (*link, error) {
 	hc := *c.opts.httpClient
 	rt := &rawCapture{base: hc.Transport}
@@ -131,6 +132,13 @@ func (c *Client) dial(ctx context.Context, url string, resuming bool) (*link, er
 		resuming:   resuming,
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
+	if !resuming {
+		// Nothing to resume: say so first, without waiting for the welcome,
+		// so the server delivers the user and session channels at once
+		// instead of holding them for a resume that will not come. The
+		// queue is empty: this never blocks, and goes out first.
+		l.out <- readyFrame
+	}
 	c.wg.Add(2)
 	go func() {
 		defer c.wg.Done()

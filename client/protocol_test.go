@@ -323,3 +323,58 @@ func TestResumeFrame(t *testing.T) {
 		t.Fatalf("a %v, b %v %v", a.Status(), b.Status(), b.Err())
 	}
 }
+
+// A link with nothing to resume (Dial's) starts with "ready", so that the
+// server ends the hold of the user and session channels at once; a link
+// that resumes starts with "resume" and sends no "ready".
+func TestReadyOrResumeFirst(t *testing.T) {
+	var mu sync.Mutex
+	conns := 0
+	firsts := make(chan string, 2)
+	drop := make(chan struct{})
+	fs := newFakeServer(t, func(fc *fakeConn) {
+		mu.Lock()
+		conns++
+		n := conns
+		mu.Unlock()
+		fc.welcome(4)
+		firsts <- fc.firstFrame(5 * time.Second)
+		if n == 1 {
+			select {
+			case <-drop:
+			case <-time.After(10 * time.Second):
+			}
+			return
+		}
+		f := fc.next(5 * time.Second)
+		if f == nil || f["type"] != "resume" {
+			t.Errorf("got %v, want the resume", f)
+			return
+		}
+		fc.send(`{"type":"ack","id":` + id(f) + `,"result":{"subscriptions":[]}}`)
+		f = fc.next(5 * time.Second)
+		if f == nil || f["type"] != "tell" {
+			t.Errorf("got %v, want the tell", f)
+			return
+		}
+		// Frames are read in order: a ready sent before the tell is counted.
+		if n := fc.readies.Load(); n != 0 {
+			t.Errorf("%d ready frames on a link that resumes", n)
+		}
+		fc.send(`{"type":"ack","id":` + id(f) + `}`)
+		fc.next(5 * time.Second)
+	})
+	ev := newEvents()
+	c := dial(t, fs.url, fastRetry, hooks(watch(ev)))
+	if typ := recv(t, firsts); typ != "ready" {
+		t.Fatalf("first frame of Dial's link %q, want ready", typ)
+	}
+	close(drop)
+	if typ := recv(t, firsts); typ != "resume" {
+		t.Fatalf("first frame of the reconnected link %q, want resume", typ)
+	}
+	ev.waitEvent(t, "reconnect")
+	if err := c.Tell(ctxT(t), "x", nil); err != nil {
+		t.Fatal(err)
+	}
+}

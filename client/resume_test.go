@@ -483,8 +483,7 @@ func TestUserChannelCatchUp(t *testing.T) {
 	if userPos.IsZero() || c.Position("$s.tab1").IsZero() {
 		t.Fatalf("welcome positions %v %v", userPos, c.Position("$s.tab1"))
 	}
-	// Any request lets the user and session channels go live at once
-	// (otherwise the server waits a second for a resume).
+	// A subscription too, whose catch-up is reported with theirs.
 	if _, err := c.Subscribe(ctxT(t), "unrelated"); err != nil {
 		t.Fatal(err)
 	}

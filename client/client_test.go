@@ -282,7 +282,9 @@ func TestSubscribePublish(t *testing.T) {
 	}
 }
 
-func TestSubscriptionOn(t *testing.T) {
+// The handlers of a subscription change after Subscribe with HandleEvent
+// and HandleMessage; nil removes them.
+func TestSubscriptionHandlers(t *testing.T) {
 	ts := newServer(t, nil)
 	c := dial(t, ts.url)
 	ctx := ctxT(t)
@@ -301,6 +303,25 @@ func TestSubscriptionOn(t *testing.T) {
 	}
 	if m := recv(t, anys); m.Event != "b" {
 		t.Fatalf("any got %+v", m)
+	}
+	// Without its own handler, an event goes to the catch-all.
+	s.HandleEvent("a", nil)
+	ts.srv.Publish(ctx, "ticks", "a", 3)
+	if m := recv(t, anys); m.Event != "a" || string(m.Data) != "3" {
+		t.Fatalf("any got %+v", m)
+	}
+	// Without either, nothing is delivered: the next one is the marker.
+	s.HandleMessage(nil)
+	ts.srv.Publish(ctx, "ticks", "a", 4)
+	s.HandleEvent("marker", onA)
+	ts.srv.Publish(ctx, "ticks", "marker", 5)
+	if m := recv(t, as); m.Event != "marker" {
+		t.Fatalf("a got %+v", m)
+	}
+	select {
+	case m := <-anys:
+		t.Fatalf("removed catch-all got %+v", m)
+	default:
 	}
 }
 
@@ -418,6 +439,32 @@ func TestServerTellAndAsk(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "OnError for the unknown tell", func() bool { return errs.Load() >= 2 })
+
+	// HandleAsk and HandleTell change the handlers given to Dial; nil
+	// removes them.
+	c.HandleAsk("confirm", func(ctx context.Context, data json.RawMessage) (any, error) { return "changed", nil })
+	if res, err := ts.srv.Ask(ctx, c.ID(), "confirm", "Delete?"); err != nil || string(res) != `"changed"` {
+		t.Fatalf("confirm after HandleAsk: %s %v", res, err)
+	}
+	c.HandleAsk("confirm", nil)
+	if _, err := ts.srv.Ask(ctx, c.ID(), "confirm", "Delete?"); !errors.Is(err, sss.ErrNotFound) {
+		t.Fatalf("confirm after HandleAsk(nil): %v", err)
+	}
+	c.HandleTell("notify", func(ctx context.Context, data json.RawMessage) error {
+		tells <- "changed " + string(data)
+		return nil
+	})
+	if err := ts.srv.Tell(ctx, sss.ToConn(c.ID()), "notify", 1); err != nil {
+		t.Fatal(err)
+	}
+	if s := recv(t, tells); s != "changed 1" {
+		t.Fatalf("tell after HandleTell %q", s)
+	}
+	c.HandleTell("notify", nil)
+	if err := ts.srv.Tell(ctx, sss.ToConn(c.ID()), "notify", 2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "OnError for the removed tell handler", func() bool { return errs.Load() >= 3 })
 }
 
 // A handler may call the client (Ask needs the read loop that fed the
@@ -552,8 +599,11 @@ func TestClose(t *testing.T) {
 	if s.Status() != client.SubUnsubscribed {
 		t.Fatalf("subscription %v", s.Status())
 	}
-	if err := c.Ask(ctxT(t), "x", nil, nil); !errors.Is(err, client.ErrClosed) {
+	if err := c.Ask(ctxT(t), "x", nil, nil); !errors.Is(err, client.ErrClosed) || err.Error() != `sss: ask "x": client closed` {
 		t.Fatalf("Ask after Close: %v", err)
+	}
+	if err := c.Err(); err != client.ErrClosed || err.Error() != "sss: client closed" {
+		t.Fatalf("Err() %v", err)
 	}
 	if _, err := c.Subscribe(ctxT(t), "y"); !errors.Is(err, client.ErrClosed) {
 		t.Fatalf("Subscribe after Close: %v", err)

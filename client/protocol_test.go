@@ -169,7 +169,8 @@ func TestNoWelcome(t *testing.T) {
 		fc.send(`{"type":"ping"}`)
 		fc.next(5 * time.Second)
 	})
-	if _, err := client.Dial(ctxT(t), fs.url); !errors.Is(err, client.ErrProtocol) {
+	_, err := client.Dial(ctxT(t), fs.url)
+	if !errors.Is(err, client.ErrProtocol) || err.Error() != `sss: protocol violation: first frame is "ping", not welcome` {
 		t.Fatalf("err %v", err)
 	}
 }
@@ -376,5 +377,95 @@ func TestReadyOrResumeFirst(t *testing.T) {
 	ev.waitEvent(t, "reconnect")
 	if err := c.Tell(ctxT(t), "x", nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Asks and tells refused with rate_limited are sent again, up to
+// WithRateLimitRetries times (default 8; 0: never); the error after the
+// last refusal matches ErrRateLimited. Publications are not retried.
+func TestRateLimitRetries(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  []client.Option
+		sends int32 // per ask or tell
+	}{
+		{"default", nil, 9},
+		{"off", []client.Option{client.WithRateLimitRetries(0)}, 1},
+		{"two", []client.Option{client.WithRateLimitRetries(2)}, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			sent := map[string]int32{}
+			fs := newFakeServer(t, func(fc *fakeConn) {
+				fc.welcome(4)
+				for {
+					f := fc.next(5 * time.Second)
+					if f == nil {
+						return
+					}
+					mu.Lock()
+					sent[f["type"].(string)]++
+					mu.Unlock()
+					fc.send(`{"type":"error","id":` + id(f) + `,"error":{"code":"rate_limited","message":"slow down"}}`)
+				}
+			})
+			c := dial(t, fs.url, tc.opts...)
+			if err := c.Ask(ctxT(t), "x", nil, nil); !errors.Is(err, client.ErrRateLimited) {
+				t.Fatalf("Ask: %v", err)
+			}
+			if err := c.Tell(ctxT(t), "x", nil); !errors.Is(err, client.ErrRateLimited) {
+				t.Fatalf("Tell: %v", err)
+			}
+			if err := c.Publish(ctxT(t), "x", "", nil); !errors.Is(err, client.ErrRateLimited) {
+				t.Fatalf("Publish: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if sent["ask"] != tc.sends || sent["tell"] != tc.sends || sent["publish"] != 1 {
+				t.Fatalf("sent %v, want %d asks and tells, 1 publish", sent, tc.sends)
+			}
+		})
+	}
+}
+
+// Handlers given to Dial see what the server sends right after its
+// welcome, and hooks the first status change: nothing is missed between
+// Dial and a later registration.
+func TestHandlersFromTheStart(t *testing.T) {
+	replies := make(chan string, 1)
+	fs := newFakeServer(t, func(fc *fakeConn) {
+		// The welcome, a tell and an ask in one message: the client reads
+		// them before Dial returns.
+		fc.send(`{"type":"welcome","version":1,"conn":"n1.a","session":"s1","channels":{"session":"$s.s1"},"ping":25000,"pong":10000,"limits":{"maxMessage":65536,"maxSubscriptions":256,"concurrency":4}}`,
+			`{"type":"tell","name":"hello","data":"early"}`,
+			`{"type":"ask","id":1,"name":"who","data":null}`)
+		for {
+			f := fc.next(5 * time.Second)
+			if f == nil {
+				return
+			}
+			if f["type"] == "reply" {
+				b, _ := json.Marshal(f["result"])
+				replies <- string(b)
+			}
+		}
+	})
+	tells := make(chan string, 1)
+	var seen statusLog
+	dial(t, fs.url,
+		client.WithTellHandler("hello", func(ctx context.Context, data json.RawMessage) error {
+			tells <- string(data)
+			return nil
+		}),
+		client.WithAskHandler("who", func(ctx context.Context, data json.RawMessage) (any, error) { return "me", nil }),
+		client.WithHooks(client.Hooks{OnStatusChange: seen.record}))
+	if s := recv(t, tells); s != `"early"` {
+		t.Fatalf("tell %s", s)
+	}
+	if s := recv(t, replies); s != `"me"` {
+		t.Fatalf("reply %s", s)
+	}
+	if got := seen.get(); len(got) == 0 || got[0] != client.StatusConnected {
+		t.Fatalf("status changes %v", got)
 	}
 }

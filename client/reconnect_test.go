@@ -239,8 +239,13 @@ func TestSessionRevoked(t *testing.T) {
 	if err := c.Err(); !errors.As(err, &he) || he.StatusCode != 401 || !errors.Is(err, client.ErrUnauthorized) {
 		t.Fatalf("Err() %v", err)
 	}
-	if err := c.Ask(ctxT(t), "x", nil, nil); !errors.Is(err, client.ErrClosed) || !errors.Is(err, client.ErrUnauthorized) {
+	err = c.Ask(ctxT(t), "x", nil, nil)
+	if !errors.Is(err, client.ErrClosed) || !errors.Is(err, client.ErrUnauthorized) || !errors.As(err, &he) {
 		t.Fatalf("Ask: %v", err)
+	}
+	// The prefix once, at the outermost error.
+	if msg := err.Error(); msg != `sss: ask "x": client closed: handshake refused: 401 Unauthorized` {
+		t.Fatalf("message %q", msg)
 	}
 	if sub.Status() != client.SubUnsubscribed {
 		t.Fatalf("subscription %v", sub.Status())
@@ -264,8 +269,13 @@ func TestFinalClose(t *testing.T) {
 	recv(t, conns).Close("banned", true)
 	ev.waitEvent(t, "status:closed")
 	var ce *client.CloseError
-	if err := c.Err(); !errors.As(err, &ce) || ce.Code != 4501 || ce.Reason != "banned" || !errors.Is(err, client.ErrForbidden) {
+	if err := c.Err(); !errors.As(err, &ce) || ce.Code != 4501 || ce.Reason != "banned" || !errors.Is(err, client.ErrForbidden) ||
+		err.Error() != "sss: closed by the server with 4501: banned" {
 		t.Fatalf("Err() %v", err)
+	}
+	err := c.Publish(ctxT(t), "news", "", nil)
+	if !errors.Is(err, client.ErrClosed) || !errors.As(err, &ce) || err.Error() != `sss: publish to "news": client closed: closed by the server with 4501: banned` {
+		t.Fatalf("Publish: %v", err)
 	}
 	if n := accepted.Load(); n != 1 {
 		t.Fatalf("%d connections, want no retry", n)
@@ -401,7 +411,8 @@ func TestMaxAttempts(t *testing.T) {
 	r.stop()
 	ev.waitEvent(t, "status:closed")
 	err := c.Err()
-	if err == nil || errors.Is(err, client.ErrClosed) || !strings.Contains(err.Error(), "3 attempts") {
+	if err == nil || errors.Is(err, client.ErrClosed) || !strings.HasPrefix(err.Error(), "sss: gave up reconnecting after 3 attempts: ") ||
+		strings.Count(err.Error(), "sss: ") != 1 {
 		t.Fatalf("Err() %v", err)
 	}
 	if err := c.Tell(ctxT(t), "t", nil); !errors.Is(err, client.ErrClosed) {

@@ -26,6 +26,7 @@ const (
 	StatusClosed
 )
 
+// String returns the status in lower case, as in "connected".
 func (s Status) String() string {
 	switch s {
 	case StatusConnecting:

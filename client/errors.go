@@ -190,6 +190,8 @@ type HandshakeError struct {
 	Body string
 }
 
+// Error returns "sss: handshake refused: 401 Unauthorized", with the body
+// when there is one.
 func (e *HandshakeError) Error() string { return prefix + e.bare() }
 
 func (e *HandshakeError) bare() string {
@@ -221,6 +223,8 @@ type CloseError struct {
 	Reason string
 }
 
+// Error returns "sss: closed by the server with 4501: banned", without the
+// reason when there is none.
 func (e *CloseError) Error() string { return prefix + e.bare() }
 
 func (e *CloseError) bare() string {

@@ -173,6 +173,7 @@ type Position struct {
 // IsZero reports whether p is unknown.
 func (p Position) IsZero() bool { return p.Epoch == "" }
 
+// String returns "offset@epoch", or "none" for the zero Position.
 func (p Position) String() string {
 	if p.IsZero() {
 		return "none"

@@ -39,6 +39,7 @@ const (
 	KindSession
 )
 
+// String returns "subscription", "user" or "session".
 func (k ChannelKind) String() string {
 	switch k {
 	case KindSubscription:

@@ -25,6 +25,7 @@ const (
 	SubUnsubscribed
 )
 
+// String returns the status in lower case, as in "subscribed".
 func (s SubStatus) String() string {
 	switch s {
 	case SubSubscribed:

@@ -48,7 +48,7 @@ func TestDialRefused(t *testing.T) {
 	} {
 		ts := newServer(t, nil, sss.WithSessionParser(func(*http.Request) (*sss.Session, error) { return nil, tc.err }))
 		var seen statusLog
-		c, err := client.Dial(ctxT(t), ts.url, client.WithInit(func(c *client.Client) { c.OnStatusChange(seen.record) }))
+		c, err := client.Dial(ctxT(t), ts.url, client.WithHooks(client.Hooks{OnStatusChange: seen.record}))
 		if c != nil {
 			t.Fatal("Dial returned a client")
 		}
@@ -282,7 +282,9 @@ func TestSubscribePublish(t *testing.T) {
 	}
 }
 
-func TestSubscriptionOn(t *testing.T) {
+// The handlers of a subscription change after Subscribe with HandleEvent
+// and HandleMessage; nil removes them.
+func TestSubscriptionHandlers(t *testing.T) {
 	ts := newServer(t, nil)
 	c := dial(t, ts.url)
 	ctx := ctxT(t)
@@ -292,8 +294,8 @@ func TestSubscriptionOn(t *testing.T) {
 	}
 	onA, as := messages()
 	onAny, anys := messages()
-	s.On("a", onA)
-	s.OnMessage(onAny)
+	s.HandleEvent("a", onA)
+	s.HandleMessage(onAny)
 	ts.srv.Publish(ctx, "ticks", "a", 1)
 	ts.srv.Publish(ctx, "ticks", "b", 2)
 	if m := recv(t, as); string(m.Data) != "1" {
@@ -302,6 +304,25 @@ func TestSubscriptionOn(t *testing.T) {
 	if m := recv(t, anys); m.Event != "b" {
 		t.Fatalf("any got %+v", m)
 	}
+	// Without its own handler, an event goes to the catch-all.
+	s.HandleEvent("a", nil)
+	ts.srv.Publish(ctx, "ticks", "a", 3)
+	if m := recv(t, anys); m.Event != "a" || string(m.Data) != "3" {
+		t.Fatalf("any got %+v", m)
+	}
+	// Without either, nothing is delivered: the next one is the marker.
+	s.HandleMessage(nil)
+	ts.srv.Publish(ctx, "ticks", "a", 4)
+	s.HandleEvent("marker", onA)
+	ts.srv.Publish(ctx, "ticks", "marker", 5)
+	if m := recv(t, as); m.Event != "marker" {
+		t.Fatalf("a got %+v", m)
+	}
+	select {
+	case m := <-anys:
+		t.Fatalf("removed catch-all got %+v", m)
+	default:
+	}
 }
 
 func TestUserAndSessionChannels(t *testing.T) {
@@ -309,10 +330,7 @@ func TestUserAndSessionChannels(t *testing.T) {
 	onUser, user := messages()
 	onSession, session := messages()
 	c := dial(t, ts.url, asUser("carol"), client.WithHeader(http.Header{"X-Session": {"tab1"}}),
-		client.WithInit(func(c *client.Client) {
-			c.OnUserMessage(onUser)
-			c.OnSessionMessage(onSession)
-		}))
+		client.WithHooks(client.Hooks{OnUserMessage: onUser, OnSessionMessage: onSession}))
 	ctx := ctxT(t)
 	if err := ts.srv.PublishUser(ctx, "carol", "hello", "u"); err != nil {
 		t.Fatal(err)
@@ -328,31 +346,63 @@ func TestUserAndSessionChannels(t *testing.T) {
 	}
 }
 
+// serverHold is how long an sss server holds the user and session
+// channels of a new connection that says nothing (docs/protocol.md, "The
+// hold of the user and session channels").
+const serverHold = time.Second
+
+// A client that sends nothing after Dial gets its user and session
+// channels' publications at once: its "ready" ends the server's hold.
+func TestNoHoldAfterDial(t *testing.T) {
+	ts := newServer(t, nil, sss.WithSessionParser(userSession))
+	onUser, user := messages()
+	onSession, session := messages()
+	c := dial(t, ts.url, asUser("ivy"), client.WithHeader(http.Header{"X-Session": {"tab9"}}),
+		client.WithHooks(client.Hooks{OnUserMessage: onUser, OnSessionMessage: onSession}))
+	start := time.Now()
+	if err := ts.srv.PublishUser(ctxT(t), "ivy", "hello", "u"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.srv.PublishSession(ctxT(t), "tab9", "hello", "s"); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, user); string(m.Data) != `"u"` || m.Sub != c.Conn().UserChannel {
+		t.Fatalf("user message %+v", m)
+	}
+	if m := recv(t, session); string(m.Data) != `"s"` || m.Sub != c.Conn().SessionChannel {
+		t.Fatalf("session message %+v", m)
+	}
+	// Half the hold leaves a loaded machine plenty of room, and still fails
+	// a client that waits for the hold to end.
+	if d := time.Since(start); d >= serverHold/2 {
+		t.Fatalf("publications arrived after %v: held by the server (hold %v)", d, serverHold)
+	}
+}
+
 func TestServerTellAndAsk(t *testing.T) {
 	ts := newServer(t, nil, sss.WithSessionParser(userSession), sss.WithAskTimeout(2*time.Second))
 	tells := make(chan string, 4)
 	var errs atomic.Int32
-	c := dial(t, ts.url, asUser("dave"), client.WithInit(func(c *client.Client) {
-		c.HandleTell("notify", func(ctx context.Context, data json.RawMessage) error {
+	c := dial(t, ts.url, asUser("dave"),
+		client.WithTellHandler("notify", func(ctx context.Context, data json.RawMessage) error {
 			tells <- string(data)
 			return nil
-		})
-		c.HandleAsk("confirm", func(ctx context.Context, data json.RawMessage) (any, error) {
+		}),
+		client.WithAskHandler("confirm", func(ctx context.Context, data json.RawMessage) (any, error) {
 			var q string
 			json.Unmarshal(data, &q)
 			return q == "Delete?", nil
-		})
-		c.HandleAsk("deny", func(ctx context.Context, data json.RawMessage) (any, error) {
+		}),
+		client.WithAskHandler("deny", func(ctx context.Context, data json.RawMessage) (any, error) {
 			return nil, client.Errorf(client.CodeForbidden, "no way")
-		})
-		c.HandleAsk("fail", func(ctx context.Context, data json.RawMessage) (any, error) {
+		}),
+		client.WithAskHandler("fail", func(ctx context.Context, data json.RawMessage) (any, error) {
 			return nil, errors.New("plain error")
-		})
-		c.HandleAsk("boom", func(ctx context.Context, data json.RawMessage) (any, error) {
+		}),
+		client.WithAskHandler("boom", func(ctx context.Context, data json.RawMessage) (any, error) {
 			panic("client handler panic")
-		})
-		c.OnError(func(error) { errs.Add(1) })
-	}))
+		}),
+		client.WithHooks(client.Hooks{OnError: func(error) { errs.Add(1) }}))
 	ctx := ctxT(t)
 
 	if err := ts.srv.Tell(ctx, sss.ToUser("dave"), "notify", map[string]string{"text": "mail"}); err != nil {
@@ -389,6 +439,32 @@ func TestServerTellAndAsk(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "OnError for the unknown tell", func() bool { return errs.Load() >= 2 })
+
+	// HandleAsk and HandleTell change the handlers given to Dial; nil
+	// removes them.
+	c.HandleAsk("confirm", func(ctx context.Context, data json.RawMessage) (any, error) { return "changed", nil })
+	if res, err := ts.srv.Ask(ctx, c.ID(), "confirm", "Delete?"); err != nil || string(res) != `"changed"` {
+		t.Fatalf("confirm after HandleAsk: %s %v", res, err)
+	}
+	c.HandleAsk("confirm", nil)
+	if _, err := ts.srv.Ask(ctx, c.ID(), "confirm", "Delete?"); !errors.Is(err, sss.ErrNotFound) {
+		t.Fatalf("confirm after HandleAsk(nil): %v", err)
+	}
+	c.HandleTell("notify", func(ctx context.Context, data json.RawMessage) error {
+		tells <- "changed " + string(data)
+		return nil
+	})
+	if err := ts.srv.Tell(ctx, sss.ToConn(c.ID()), "notify", 1); err != nil {
+		t.Fatal(err)
+	}
+	if s := recv(t, tells); s != "changed 1" {
+		t.Fatalf("tell after HandleTell %q", s)
+	}
+	c.HandleTell("notify", nil)
+	if err := ts.srv.Tell(ctx, sss.ToConn(c.ID()), "notify", 2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "OnError for the removed tell handler", func() bool { return errs.Load() >= 3 })
 }
 
 // A handler may call the client (Ask needs the read loop that fed the
@@ -506,7 +582,7 @@ func TestTooLarge(t *testing.T) {
 func TestClose(t *testing.T) {
 	ts := newServer(t, nil)
 	var seen statusLog
-	c := dial(t, ts.url, client.WithInit(func(c *client.Client) { c.OnStatusChange(seen.record) }))
+	c := dial(t, ts.url, client.WithHooks(client.Hooks{OnStatusChange: seen.record}))
 	s, err := c.Subscribe(ctxT(t), "x")
 	if err != nil {
 		t.Fatal(err)
@@ -523,8 +599,11 @@ func TestClose(t *testing.T) {
 	if s.Status() != client.SubUnsubscribed {
 		t.Fatalf("subscription %v", s.Status())
 	}
-	if err := c.Ask(ctxT(t), "x", nil, nil); !errors.Is(err, client.ErrClosed) {
+	if err := c.Ask(ctxT(t), "x", nil, nil); !errors.Is(err, client.ErrClosed) || err.Error() != `sss: ask "x": client closed` {
 		t.Fatalf("Ask after Close: %v", err)
+	}
+	if err := c.Err(); err != client.ErrClosed || err.Error() != "sss: client closed" {
+		t.Fatalf("Err() %v", err)
 	}
 	if _, err := c.Subscribe(ctxT(t), "y"); !errors.Is(err, client.ErrClosed) {
 		t.Fatalf("Subscribe after Close: %v", err)

@@ -72,9 +72,13 @@ func (d *dispatcher) pushMsg(fn func()) error {
 	return nil
 }
 
-// push queues a lifecycle event; it never waits. Events pushed after the
-// dispatcher exited are dropped.
+// push queues a lifecycle event; it never waits. A nil fn is ignored (a
+// hook that is not set). Events pushed after the dispatcher exited are
+// dropped.
 func (d *dispatcher) push(fn func()) {
+	if fn == nil {
+		return
+	}
 	d.mu.Lock()
 	d.q = append(d.q, event{fn: fn})
 	d.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 )
 
 // Error codes of protocol v1 (docs/protocol.md, "Error codes").
@@ -42,21 +43,100 @@ var (
 var (
 	// ErrDisconnected is returned by a request that could not complete because
 	// the link to the server dropped (or was down, with WithFailFast). A
-	// request that fails with it may or may not have reached the server.
-	ErrDisconnected = errors.New("sss: disconnected")
+	// request that fails with it may or may not have reached the server. It
+	// wraps the reason of the drop when there is one.
+	ErrDisconnected = newError("disconnected")
 	// ErrClosed is returned by the methods of a Client that is closed, by
-	// Close or for good by the server; Client.Err tells why.
-	ErrClosed = errors.New("sss: client closed")
+	// Close or for good by the server; Client.Err tells why, and the error
+	// wraps that reason when it is not Close.
+	ErrClosed = newError("client closed")
 	// ErrLinkTimeout is the reason of a drop when nothing was received for
 	// the welcome's ping+pong window.
-	ErrLinkTimeout = errors.New("sss: no frame from the server within ping+pong")
+	ErrLinkTimeout = newError("no frame from the server within ping+pong")
 	// ErrSlowConsumer is the reason of a drop when the handlers fell more
-	// than WithMessageBuffer messages behind. The client reconnects and
+	// than WithReceiveQueue messages behind. The client reconnects and
 	// resumes, as when the server drops a slow consumer.
-	ErrSlowConsumer = errors.New("sss: handlers too slow, message buffer full")
+	ErrSlowConsumer = newError("handlers too slow, receive queue full")
 	// ErrProtocol reports a server that does not speak sss.v1 as documented.
-	ErrProtocol = errors.New("sss: protocol violation")
+	ErrProtocol = newError("protocol violation")
+	// ErrInvalidConfig is returned by Dial for an invalid option or URL, and
+	// by Subscribe for an invalid SubscribeOption. Nothing was sent.
+	ErrInvalidConfig = newError("invalid configuration")
 )
+
+// The messages of this package's errors start with "sss: " once: an error
+// that wraps another of the package includes the inner one's message
+// without it, so a chain reads `sss: ask "x": client closed: handshake
+// refused: 401 Unauthorized` and a sentinel alone reads "sss: client
+// closed". Each link of the chain stays reachable with errors.Is and
+// errors.As.
+const prefix = "sss: "
+
+// bareError is implemented by the errors of this package: bare returns the
+// message without the prefix, for an outer error to include.
+type bareError interface{ bare() string }
+
+// bareMsg returns err's message without the package prefix.
+func bareMsg(err error) string {
+	if b, ok := err.(bareError); ok {
+		return b.bare()
+	}
+	return err.Error()
+}
+
+// pkgError is the package's general error: what failed (msg), its causes,
+// and a detail, read in that order and separated by ": ".
+type pkgError struct {
+	msg    string  // may be empty: the message then starts with the first cause
+	errs   []error // the causes, outermost first; errors.Is and As see each
+	detail string  // words after the causes, such as what exactly was wrong
+	list   bool    // the causes are alternatives (one per URL): joined with "; "
+}
+
+// newError returns an error with msg alone: a sentinel.
+func newError(msg string) error { return &pkgError{msg: msg} }
+
+// wrap returns an error that says what failed (format) because of err.
+func wrap(err error, format string, args ...any) error {
+	return &pkgError{msg: fmt.Sprintf(format, args...), errs: []error{err}}
+}
+
+// withCause returns kind (a sentinel) wrapping its cause: "client closed:
+// handshake refused: ...". Both match with errors.Is.
+func withCause(kind, cause error) error {
+	return &pkgError{errs: []error{kind, cause}}
+}
+
+// withDetail returns kind (a sentinel) with what exactly happened:
+// "protocol violation: binary message".
+func withDetail(kind error, format string, args ...any) error {
+	return &pkgError{errs: []error{kind}, detail: fmt.Sprintf(format, args...)}
+}
+
+func (e *pkgError) Error() string { return prefix + e.bare() }
+
+func (e *pkgError) bare() string {
+	var b strings.Builder
+	b.WriteString(e.msg)
+	for i, err := range e.errs {
+		switch {
+		case i > 0 && e.list:
+			b.WriteString("; ")
+		case b.Len() > 0:
+			b.WriteString(": ")
+		}
+		b.WriteString(bareMsg(err))
+	}
+	if e.detail != "" {
+		if b.Len() > 0 {
+			b.WriteString(": ")
+		}
+		b.WriteString(e.detail)
+	}
+	return b.String()
+}
+
+func (e *pkgError) Unwrap() []error { return e.errs }
 
 // knownCodes lists the codes of protocol v1; others are treated as internal.
 var knownCodes = map[string]bool{
@@ -78,8 +158,9 @@ func Errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// Error returns "code: message". Requests wrap it with what failed
-// ("sss: ask \"x\": not_found: ...").
+// Error returns "code: message", without the "sss: " prefix: it is the
+// server's answer, and requests wrap it with what failed (`sss: ask "x":
+// not_found: ...`).
 func (e *Error) Error() string {
 	if e.Message == "" {
 		return e.Code
@@ -109,8 +190,12 @@ type HandshakeError struct {
 	Body string
 }
 
-func (e *HandshakeError) Error() string {
-	s := fmt.Sprintf("sss: handshake refused: %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+// Error returns "sss: handshake refused: 401 Unauthorized", with the body
+// when there is one.
+func (e *HandshakeError) Error() string { return prefix + e.bare() }
+
+func (e *HandshakeError) bare() string {
+	s := fmt.Sprintf("handshake refused: %d %s", e.StatusCode, http.StatusText(e.StatusCode))
 	if e.Body != "" {
 		s += ": " + e.Body
 	}
@@ -138,11 +223,15 @@ type CloseError struct {
 	Reason string
 }
 
-func (e *CloseError) Error() string {
+// Error returns "sss: closed by the server with 4501: banned", without the
+// reason when there is none.
+func (e *CloseError) Error() string { return prefix + e.bare() }
+
+func (e *CloseError) bare() string {
 	if e.Reason == "" {
-		return fmt.Sprintf("sss: closed by the server with %d", e.Code)
+		return fmt.Sprintf("closed by the server with %d", e.Code)
 	}
-	return fmt.Sprintf("sss: closed by the server with %d: %s", e.Code, e.Reason)
+	return fmt.Sprintf("closed by the server with %d: %s", e.Code, e.Reason)
 }
 
 // Is matches ErrUnauthorized for 4500 and ErrForbidden for 4501.
@@ -181,7 +270,7 @@ func permanent(err error) bool {
 
 // errWrongSubprotocol: the server did not agree to sss.v1. It is not an sss
 // server (or a proxy strips the header): retrying cannot help.
-var errWrongSubprotocol = fmt.Errorf("%w: server did not select subprotocol %s", ErrProtocol, subprotocol)
+var errWrongSubprotocol = withDetail(ErrProtocol, "server did not select subprotocol %s", subprotocol)
 
 // closeCode returns the close code in err, or 0.
 func closeCode(err error) int {

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,7 +26,10 @@ type fakeServer struct {
 type fakeConn struct {
 	t  testing.TB
 	ws *websocket.Conn
-	in chan map[string]any // frames from the client
+	in chan map[string]any // frames from the client, except "ready"
+
+	first   chan string  // the type of the client's first frame
+	readies atomic.Int32 // "ready" frames received (not passed on to in)
 }
 
 func newFakeServer(t testing.TB, script func(fc *fakeConn)) *fakeServer {
@@ -38,7 +42,7 @@ func newFakeServer(t testing.TB, script func(fc *fakeConn)) *fakeServer {
 			return
 		}
 		defer ws.CloseNow()
-		fc := &fakeConn{t: t, ws: ws, in: make(chan map[string]any, 100)}
+		fc := &fakeConn{t: t, ws: ws, in: make(chan map[string]any, 100), first: make(chan string, 1)}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go func() {
@@ -50,9 +54,19 @@ func newFakeServer(t testing.TB, script func(fc *fakeConn)) *fakeServer {
 				}
 				for _, line := range strings.Split(string(b), "\n") {
 					var f map[string]any
-					if json.Unmarshal([]byte(line), &f) == nil {
-						fc.in <- f
+					if json.Unmarshal([]byte(line), &f) != nil {
+						continue
 					}
+					typ, _ := f["type"].(string)
+					select {
+					case fc.first <- typ:
+					default:
+					}
+					if typ == "ready" {
+						fc.readies.Add(1)
+						continue
+					}
+					fc.in <- f
 				}
 			}
 		}()
@@ -79,7 +93,19 @@ func (fc *fakeConn) welcome(concurrency int) {
 		`"limits":{"maxMessage":65536,"maxSubscriptions":256,"concurrency":` + itoa(concurrency) + `}}`)
 }
 
-// next returns the next frame from the client, or nil if none comes soon.
+// firstFrame returns the type of the client's first frame, or "" if none
+// comes soon. It may be called once.
+func (fc *fakeConn) firstFrame(wait time.Duration) string {
+	select {
+	case typ := <-fc.first:
+		return typ
+	case <-time.After(wait):
+		return ""
+	}
+}
+
+// next returns the next frame from the client other than "ready", or nil
+// if none comes soon.
 func (fc *fakeConn) next(wait time.Duration) map[string]any {
 	select {
 	case f := <-fc.in:

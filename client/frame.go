@@ -133,6 +133,11 @@ type replyFrame struct {
 
 var pongFrame = []byte(`{"type":"pong"}`)
 
+// readyFrame ends the server's hold of the user and session channels on a
+// link that does not resume (docs/protocol.md, "ready"). It has no id and
+// gets no reply.
+var readyFrame = []byte(`{"type":"ready"}`)
+
 // request is an outgoing frame that carries an id.
 type request interface{ setID(uint64) }
 
@@ -168,6 +173,7 @@ type Position struct {
 // IsZero reports whether p is unknown.
 func (p Position) IsZero() bool { return p.Epoch == "" }
 
+// String returns "offset@epoch", or "none" for the zero Position.
 func (p Position) String() string {
 	if p.IsZero() {
 		return "none"

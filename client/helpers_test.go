@@ -403,3 +403,41 @@ func newMemory(t testing.TB, opts ...memory.Option) *memory.Scaler {
 	}
 	return m
 }
+
+// hooks gives Dial the hook sets as one WithHooks: each hook calls those of
+// the sets that have it, in order.
+func hooks(sets ...client.Hooks) client.Option {
+	var h client.Hooks
+	for _, s := range sets {
+		h.OnStatusChange = chain2(h.OnStatusChange, s.OnStatusChange)
+		h.OnDrop = chain1(h.OnDrop, s.OnDrop)
+		h.OnReconnect = chain1(h.OnReconnect, s.OnReconnect)
+		h.OnError = chain1(h.OnError, s.OnError)
+		h.OnRefused = chain2(h.OnRefused, s.OnRefused)
+		h.OnUserMessage = chain1(h.OnUserMessage, s.OnUserMessage)
+		h.OnSessionMessage = chain1(h.OnSessionMessage, s.OnSessionMessage)
+		h.OnRecover = chain1(h.OnRecover, s.OnRecover)
+		h.OnGap = chain1(h.OnGap, s.OnGap)
+	}
+	return client.WithHooks(h)
+}
+
+func chain1[A any](f, g func(A)) func(A) {
+	switch {
+	case f == nil:
+		return g
+	case g == nil:
+		return f
+	}
+	return func(a A) { f(a); g(a) }
+}
+
+func chain2[A, B any](f, g func(A, B)) func(A, B) {
+	switch {
+	case f == nil:
+		return g
+	case g == nil:
+		return f
+	}
+	return func(a A, b B) { f(a, b); g(a, b) }
+}

@@ -1,39 +1,73 @@
 package client
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 )
 
-// Option configures a Client; pass them to Dial.
-type Option func(*options)
+// Option configures a Client; pass them to Dial. An option given an invalid
+// value makes Dial fail with an error that matches ErrInvalidConfig, before
+// any connection attempt.
+//
+// The options that take callbacks (WithHooks, WithAskHandler,
+// WithTellHandler) put them in place before the first connection, so that
+// no event, tell or ask is missed between Dial and a later registration.
+type Option func(*options) error
 
 type options struct {
-	header      http.Header
-	httpClient  *http.Client
-	dialTimeout time.Duration
-	minDelay    time.Duration
-	maxDelay    time.Duration
-	maxAttempts int
-	logger      *slog.Logger
-	urls        []string
-	failFast    bool
-	readLimit   int64
-	msgBuffer   int
-	maxAsks     int
-	init        []func(*Client)
+	header       http.Header
+	httpClient   *http.Client
+	dialTimeout  time.Duration
+	minDelay     time.Duration
+	maxDelay     time.Duration
+	maxAttempts  int
+	logger       *slog.Logger
+	urls         []string
+	failFast     bool
+	maxMessage   int64
+	receiveQueue int
+	concurrency  int
+	rateRetries  int
+	hooks        Hooks
+	hooksSet     bool
+	asks         map[string]AskHandler
+	tells        map[string]TellHandler
 }
 
 func defaultOptions() options {
 	return options{
-		header:      http.Header{},
-		dialTimeout: 10 * time.Second,
-		minDelay:    250 * time.Millisecond,
-		maxDelay:    30 * time.Second,
-		readLimit:   16 << 20,
-		msgBuffer:   1024,
-		maxAsks:     64,
+		header:       http.Header{},
+		httpClient:   http.DefaultClient,
+		dialTimeout:  10 * time.Second,
+		minDelay:     250 * time.Millisecond,
+		maxDelay:     30 * time.Second,
+		logger:       slog.New(slog.DiscardHandler),
+		maxMessage:   16 << 20,
+		receiveQueue: 1024,
+		concurrency:  64,
+		rateRetries:  8,
+		asks:         make(map[string]AskHandler),
+		tells:        make(map[string]TellHandler),
+	}
+}
+
+// invalid returns the error of an option given an invalid value.
+func invalid(format string, args ...any) error {
+	return withDetail(ErrInvalidConfig, format, args...)
+}
+
+// positive is an option whose value must be above zero.
+func positive[T int | int64 | time.Duration](name string, v T, set func(*options)) Option {
+	return func(o *options) error {
+		if v <= 0 {
+			return invalid("%s(%v): must be positive", name, v)
+		}
+		set(o)
+		return nil
 	}
 }
 
@@ -41,22 +75,31 @@ func defaultOptions() options {
 // session parser (an Authorization header, say). It may be given several
 // times.
 func WithHeader(h http.Header) Option {
-	return func(o *options) {
+	return func(o *options) error {
 		for k, vs := range h {
 			for _, v := range vs {
 				o.header.Add(k, v)
 			}
 		}
+		return nil
 	}
 }
 
 // WithCookies sends cookies with every handshake request, for the server's
 // session parser. For cookies that change, use WithHTTPClient with a Jar.
+// A nil or invalid cookie (http.Cookie.Valid) is an error.
 func WithCookies(cookies ...*http.Cookie) Option {
-	return func(o *options) {
+	return func(o *options) error {
 		for _, ck := range cookies {
+			if ck == nil {
+				return invalid("WithCookies: nil cookie")
+			}
+			if err := ck.Valid(); err != nil {
+				return invalid("WithCookies: %v", err)
+			}
 			o.header.Add("Cookie", ck.String())
 		}
+		return nil
 	}
 }
 
@@ -64,83 +107,195 @@ func WithCookies(cookies ...*http.Cookie) Option {
 // TLS configuration, cookie Jar, ...). Its Timeout, if any, bounds each
 // handshake. The default is http.DefaultClient.
 func WithHTTPClient(hc *http.Client) Option {
-	return func(o *options) { o.httpClient = hc }
+	return func(o *options) error {
+		if hc == nil {
+			return invalid("WithHTTPClient(nil)")
+		}
+		o.httpClient = hc
+		return nil
+	}
 }
 
 // WithDialTimeout bounds one connection attempt: handshake, welcome and,
 // after a reconnect, the restoring of subscriptions. Default 10s.
 func WithDialTimeout(d time.Duration) Option {
-	return func(o *options) { o.dialTimeout = d }
+	return positive("WithDialTimeout", d, func(o *options) { o.dialTimeout = d })
 }
 
 // WithReconnectDelay sets the backoff between reconnection attempts: before
 // retry n the client waits a random duration in [0, min(max, min·2ⁿ)] ("full
-// jitter", which spreads a crowd of clients dropped together). Defaults 250ms
-// and 30s. A server shutting down (close code 4000) is left at once, without
-// delay, for the next URL.
+// jitter", which spreads a crowd of clients dropped together). Both must be
+// positive and min at most max. Defaults 250ms and 30s. A server shutting
+// down (close code 4000) is left at once, without delay, for another URL.
 func WithReconnectDelay(min, max time.Duration) Option {
-	return func(o *options) {
-		o.minDelay, o.maxDelay = min, max
-		if o.maxDelay < o.minDelay {
-			o.maxDelay = o.minDelay
+	return func(o *options) error {
+		if min <= 0 || max <= 0 || min > max {
+			return invalid("WithReconnectDelay(%v, %v): want 0 < min <= max", min, max)
 		}
+		o.minDelay, o.maxDelay = min, max
+		return nil
 	}
 }
 
 // WithMaxAttempts bounds the consecutive failed attempts of one
 // reconnection; then the client closes with the last error. Default 0:
-// unlimited.
+// unlimited. Negative is an error.
 func WithMaxAttempts(n int) Option {
-	return func(o *options) { o.maxAttempts = n }
+	return func(o *options) error {
+		if n < 0 {
+			return invalid("WithMaxAttempts(%d): must not be negative", n)
+		}
+		o.maxAttempts = n
+		return nil
+	}
 }
 
 // WithLogger sets where the client logs connection events. Default: nowhere.
 func WithLogger(l *slog.Logger) Option {
-	return func(o *options) { o.logger = l }
+	return func(o *options) error {
+		if l == nil {
+			return invalid("WithLogger(nil)")
+		}
+		o.logger = l
+		return nil
+	}
 }
 
-// WithURLs adds server URLs (instances of one cluster) to fail over between.
-// Dial tries the URL it is given first, then these; each later attempt goes
-// to the next URL of the list, round robin.
+// WithURLs adds server URLs (instances of one cluster) to fail over
+// between; each must be a ws, wss, http or https URL. The client's list is
+// the URL given to Dial followed by these, without repeats.
+//
+// Dial tries its own URL first: if that fails, it tries each of the others
+// once, in list order from a random one. After a drop, each round of
+// reconnection attempts goes through the other URLs in list order from a
+// random one, then the URL whose link dropped, last. So the clients of an
+// instance that dies spread evenly over the others, instead of all moving to
+// the same next URL of their list.
 func WithURLs(urls ...string) Option {
-	return func(o *options) { o.urls = append(o.urls, urls...) }
+	return func(o *options) error {
+		for _, u := range urls {
+			if err := checkURL(u); err != nil {
+				return invalid("WithURLs: %v", err)
+			}
+		}
+		o.urls = append(o.urls, urls...)
+		return nil
+	}
+}
+
+// checkURL accepts the URLs a client can dial.
+func checkURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("URL %q: %v", s, err)
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "ws", "wss", "http", "https":
+	default:
+		return fmt.Errorf("URL %q: scheme must be ws, wss, http or https", s)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("URL %q: no host", s)
+	}
+	return nil
 }
 
 // WithFailFast makes Ask, Tell, Publish and Subscribe fail at once with
 // ErrDisconnected while the client is reconnecting. By default they wait for
 // the link within their context.
 func WithFailFast() Option {
-	return func(o *options) { o.failFast = true }
+	return func(o *options) error {
+		o.failFast = true
+		return nil
+	}
 }
 
-// WithReadLimit bounds one WebSocket message from the server, in bytes
-// (default 16 MiB); a larger one drops the link.
-func WithReadLimit(n int64) Option {
-	return func(o *options) { o.readLimit = n }
+// WithMaxMessageSize bounds one WebSocket message the client reads from the
+// server, in bytes (default 16 MiB); a larger one drops the link. It is the
+// client's side of the server's option of the same name.
+func WithMaxMessageSize(n int64) Option {
+	return positive("WithMaxMessageSize", n, func(o *options) { o.maxMessage = n })
 }
 
-// WithMessageBuffer bounds the publications and tells received but not yet
+// WithReceiveQueue bounds the publications and tells received but not yet
 // handled (default 1024). The connection is read on regardless, so replies
 // are never stuck behind slow handlers; if the handlers fall further behind,
 // the client drops the link with ErrSlowConsumer and resumes, as the server
-// does with a client that does not keep up: it reconnects once the handlers
-// are down to half the buffer, and the resume catches up on what was not
-// handed to them.
-func WithMessageBuffer(n int) Option {
-	return func(o *options) { o.msgBuffer = max(n, 1) }
+// does with a client that does not keep up (its WithSendQueue): it
+// reconnects once the handlers are down to half the queue, and the resume
+// catches up on what was not handed to them.
+func WithReceiveQueue(n int) Option {
+	return positive("WithReceiveQueue", n, func(o *options) { o.receiveQueue = n })
 }
 
-// WithMaxServerAsks bounds the server's asks being handled at once (default
-// 64); more are answered rate_limited.
-func WithMaxServerAsks(n int) Option {
-	return func(o *options) { o.maxAsks = max(n, 1) }
+// WithConcurrency bounds the server's asks being handled at once (default
+// 64); more are answered rate_limited, as the server does with its own
+// option of the same name.
+func WithConcurrency(n int) Option {
+	return positive("WithConcurrency", n, func(o *options) { o.concurrency = n })
 }
 
-// WithInit runs fn on the new Client before its first connection attempt.
-// Handlers and callbacks registered there (HandleTell, OnStatusChange,
-// OnUserMessage, ...) see everything, from the first connection's events and
-// the tells or asks the server sends right after its welcome. Several
-// WithInit run in order.
-func WithInit(fn func(*Client)) Option {
-	return func(o *options) { o.init = append(o.init, fn) }
+// WithRateLimitRetries sets how many times an ask or tell refused with
+// rate_limited is sent again (default 8; 0 turns the retries off). See
+// Client.Ask. Negative is an error.
+func WithRateLimitRetries(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return invalid("WithRateLimitRetries(%d): must not be negative", n)
+		}
+		o.rateRetries = n
+		return nil
+	}
+}
+
+// WithHooks sets the client's callbacks (see Hooks), in place before the
+// first connection attempt. It may be given once.
+func WithHooks(h Hooks) Option {
+	return func(o *options) error {
+		if o.hooksSet {
+			return invalid("WithHooks given twice: pass one Hooks")
+		}
+		o.hooks, o.hooksSet = h, true
+		return nil
+	}
+}
+
+// WithAskHandler sets the handler for the server's asks named name, in
+// place before the first connection: an ask the server sends right after its
+// welcome finds it. Client.HandleAsk changes it later. A nil fn, an empty
+// name, or a name given twice is an error.
+func WithAskHandler(name string, fn AskHandler) Option {
+	return func(o *options) error {
+		if err := checkHandler("WithAskHandler", name, fn == nil, o.asks[name] != nil); err != nil {
+			return err
+		}
+		o.asks[name] = fn
+		return nil
+	}
+}
+
+// WithTellHandler sets the handler for the server's tells named name, in
+// place before the first connection: a tell the server sends right after
+// its welcome finds it. Client.HandleTell changes it later. A nil fn, an
+// empty name, or a name given twice is an error.
+func WithTellHandler(name string, fn TellHandler) Option {
+	return func(o *options) error {
+		if err := checkHandler("WithTellHandler", name, fn == nil, o.tells[name] != nil); err != nil {
+			return err
+		}
+		o.tells[name] = fn
+		return nil
+	}
+}
+
+func checkHandler(option, name string, nilFn, dup bool) error {
+	switch {
+	case name == "":
+		return invalid("%s: empty name", option)
+	case nilFn:
+		return invalid("%s(%q, nil)", option, name)
+	case dup:
+		return invalid("%s(%q) given twice", option, name)
+	}
+	return nil
 }

@@ -93,7 +93,7 @@ func TestBatchesPingAndStrayErrors(t *testing.T) {
 		fc.send(`{"type":"ack","id":`+id(f)+`,"result":"ok","later":"field"}`, `{"type":"ack","id":999}`)
 		fc.next(5 * time.Second) // until the client closes
 	})
-	c := dial(t, fs.url, client.WithInit(func(c *client.Client) { c.OnError(func(err error) { errs <- err }) }))
+	c := dial(t, fs.url, client.WithHooks(client.Hooks{OnError: func(err error) { errs <- err }}))
 	if err := recv(t, errs); !errors.Is(err, client.ErrBadRequest) {
 		t.Fatalf("OnError got %v", err)
 	}
@@ -169,7 +169,8 @@ func TestNoWelcome(t *testing.T) {
 		fc.send(`{"type":"ping"}`)
 		fc.next(5 * time.Second)
 	})
-	if _, err := client.Dial(ctxT(t), fs.url); !errors.Is(err, client.ErrProtocol) {
+	_, err := client.Dial(ctxT(t), fs.url)
+	if !errors.Is(err, client.ErrProtocol) || err.Error() != `sss: protocol violation: first frame is "ping", not welcome` {
 		t.Fatalf("err %v", err)
 	}
 }
@@ -207,7 +208,7 @@ func (headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestHandlerPanic(t *testing.T) {
 	ts := newServer(t, nil)
 	errs := make(chan error, 4)
-	c := dial(t, ts.url, client.WithInit(func(c *client.Client) { c.OnError(func(err error) { errs <- err }) }))
+	c := dial(t, ts.url, client.WithHooks(client.Hooks{OnError: func(err error) { errs <- err }}))
 	got := make(chan string, 4)
 	if _, err := c.Subscribe(ctxT(t), "x", client.WithMessageHandler(func(m client.Message) {
 		if m.Event == "boom" {
@@ -306,7 +307,7 @@ func TestResumeFrame(t *testing.T) {
 		fc.next(5 * time.Second)
 	})
 	ev := newEvents()
-	c := dial(t, fs.url, fastRetry, watch(ev))
+	c := dial(t, fs.url, fastRetry, hooks(watch(ev)))
 	a, err := c.Subscribe(ctxT(t), "a", client.WithQuery(map[string]any{"pw": "s3cret"}))
 	if err != nil {
 		t.Fatal(err)
@@ -321,5 +322,150 @@ func TestResumeFrame(t *testing.T) {
 	ev.waitEvent(t, "reconnect")
 	if a.Status() != client.SubSubscribed || b.Status() != client.SubRefused || !errors.Is(b.Err(), client.ErrInternal) {
 		t.Fatalf("a %v, b %v %v", a.Status(), b.Status(), b.Err())
+	}
+}
+
+// A link with nothing to resume (Dial's) starts with "ready", so that the
+// server ends the hold of the user and session channels at once; a link
+// that resumes starts with "resume" and sends no "ready".
+func TestReadyOrResumeFirst(t *testing.T) {
+	var mu sync.Mutex
+	conns := 0
+	firsts := make(chan string, 2)
+	drop := make(chan struct{})
+	fs := newFakeServer(t, func(fc *fakeConn) {
+		mu.Lock()
+		conns++
+		n := conns
+		mu.Unlock()
+		fc.welcome(4)
+		firsts <- fc.firstFrame(5 * time.Second)
+		if n == 1 {
+			select {
+			case <-drop:
+			case <-time.After(10 * time.Second):
+			}
+			return
+		}
+		f := fc.next(5 * time.Second)
+		if f == nil || f["type"] != "resume" {
+			t.Errorf("got %v, want the resume", f)
+			return
+		}
+		fc.send(`{"type":"ack","id":` + id(f) + `,"result":{"subscriptions":[]}}`)
+		f = fc.next(5 * time.Second)
+		if f == nil || f["type"] != "tell" {
+			t.Errorf("got %v, want the tell", f)
+			return
+		}
+		// Frames are read in order: a ready sent before the tell is counted.
+		if n := fc.readies.Load(); n != 0 {
+			t.Errorf("%d ready frames on a link that resumes", n)
+		}
+		fc.send(`{"type":"ack","id":` + id(f) + `}`)
+		fc.next(5 * time.Second)
+	})
+	ev := newEvents()
+	c := dial(t, fs.url, fastRetry, hooks(watch(ev)))
+	if typ := recv(t, firsts); typ != "ready" {
+		t.Fatalf("first frame of Dial's link %q, want ready", typ)
+	}
+	close(drop)
+	if typ := recv(t, firsts); typ != "resume" {
+		t.Fatalf("first frame of the reconnected link %q, want resume", typ)
+	}
+	ev.waitEvent(t, "reconnect")
+	if err := c.Tell(ctxT(t), "x", nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Asks and tells refused with rate_limited are sent again, up to
+// WithRateLimitRetries times (default 8; 0: never); the error after the
+// last refusal matches ErrRateLimited. Publications are not retried.
+func TestRateLimitRetries(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  []client.Option
+		sends int32 // per ask or tell
+	}{
+		{"default", nil, 9},
+		{"off", []client.Option{client.WithRateLimitRetries(0)}, 1},
+		{"two", []client.Option{client.WithRateLimitRetries(2)}, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			sent := map[string]int32{}
+			fs := newFakeServer(t, func(fc *fakeConn) {
+				fc.welcome(4)
+				for {
+					f := fc.next(5 * time.Second)
+					if f == nil {
+						return
+					}
+					mu.Lock()
+					sent[f["type"].(string)]++
+					mu.Unlock()
+					fc.send(`{"type":"error","id":` + id(f) + `,"error":{"code":"rate_limited","message":"slow down"}}`)
+				}
+			})
+			c := dial(t, fs.url, tc.opts...)
+			if err := c.Ask(ctxT(t), "x", nil, nil); !errors.Is(err, client.ErrRateLimited) {
+				t.Fatalf("Ask: %v", err)
+			}
+			if err := c.Tell(ctxT(t), "x", nil); !errors.Is(err, client.ErrRateLimited) {
+				t.Fatalf("Tell: %v", err)
+			}
+			if err := c.Publish(ctxT(t), "x", "", nil); !errors.Is(err, client.ErrRateLimited) {
+				t.Fatalf("Publish: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if sent["ask"] != tc.sends || sent["tell"] != tc.sends || sent["publish"] != 1 {
+				t.Fatalf("sent %v, want %d asks and tells, 1 publish", sent, tc.sends)
+			}
+		})
+	}
+}
+
+// Handlers given to Dial see what the server sends right after its
+// welcome, and hooks the first status change: nothing is missed between
+// Dial and a later registration.
+func TestHandlersFromTheStart(t *testing.T) {
+	replies := make(chan string, 1)
+	fs := newFakeServer(t, func(fc *fakeConn) {
+		// The welcome, a tell and an ask in one message: the client reads
+		// them before Dial returns.
+		fc.send(`{"type":"welcome","version":1,"conn":"n1.a","session":"s1","channels":{"session":"$s.s1"},"ping":25000,"pong":10000,"limits":{"maxMessage":65536,"maxSubscriptions":256,"concurrency":4}}`,
+			`{"type":"tell","name":"hello","data":"early"}`,
+			`{"type":"ask","id":1,"name":"who","data":null}`)
+		for {
+			f := fc.next(5 * time.Second)
+			if f == nil {
+				return
+			}
+			if f["type"] == "reply" {
+				b, _ := json.Marshal(f["result"])
+				replies <- string(b)
+			}
+		}
+	})
+	tells := make(chan string, 1)
+	var seen statusLog
+	dial(t, fs.url,
+		client.WithTellHandler("hello", func(ctx context.Context, data json.RawMessage) error {
+			tells <- string(data)
+			return nil
+		}),
+		client.WithAskHandler("who", func(ctx context.Context, data json.RawMessage) (any, error) { return "me", nil }),
+		client.WithHooks(client.Hooks{OnStatusChange: seen.record}))
+	if s := recv(t, tells); s != `"early"` {
+		t.Fatalf("tell %s", s)
+	}
+	if s := recv(t, replies); s != `"me"` {
+		t.Fatalf("reply %s", s)
+	}
+	if got := seen.get(); len(got) == 0 || got[0] != client.StatusConnected {
+		t.Fatalf("status changes %v", got)
 	}
 }

@@ -19,14 +19,14 @@ import (
 // fast reconnects for tests that do not look at the delays.
 var fastRetry = client.WithReconnectDelay(5*time.Millisecond, 50*time.Millisecond)
 
-// watch registers callbacks that log into ev.
-func watch(ev *events) client.Option {
-	return client.WithInit(func(c *client.Client) {
-		c.OnStatusChange(func(s, old client.Status) { ev.add("status:" + s.String()) })
-		c.OnDrop(func(err error) { ev.add("drop") })
-		c.OnReconnect(func(client.ConnInfo) { ev.add("reconnect") })
-		c.OnRefused(func(s *client.Subscription, err error) { ev.add("refused:" + s.Channel()) })
-	})
+// watch returns hooks that log into ev.
+func watch(ev *events) client.Hooks {
+	return client.Hooks{
+		OnStatusChange: func(s, old client.Status) { ev.add("status:" + s.String()) },
+		OnDrop:         func(err error) { ev.add("drop") },
+		OnReconnect:    func(client.ConnInfo) { ev.add("reconnect") },
+		OnRefused:      func(s *client.Subscription, err error) { ev.add("refused:" + s.Channel()) },
+	}
 }
 
 // The server is shut down (4000) and started again on the same address: the
@@ -35,20 +35,20 @@ func TestReconnectSameAddress(t *testing.T) {
 	r := newRestartable(t, nil, sss.WithSessionParser(userSession))
 	ev := newEvents()
 	drops := make(chan error, 4)
-	c := dial(t, r.url, asUser("eve"), fastRetry, watch(ev),
-		client.WithInit(func(c *client.Client) { c.OnDrop(func(err error) { drops <- err; ev.add("drop") }) }))
+	c := dial(t, r.url, asUser("eve"), fastRetry, hooks(watch(ev), client.Hooks{OnDrop: func(err error) { drops <- err }}))
 	on, msgs := messages()
-	sub, err := c.Subscribe(ctxT(t), "news", client.WithMessageHandler(on))
+	var subStates []client.SubStatus
+	var mu sync.Mutex
+	_, err := c.Subscribe(ctxT(t), "news", client.WithMessageHandler(on), client.WithSubHooks(client.SubHooks{
+		OnStatusChange: func(s, _ client.SubStatus) {
+			mu.Lock()
+			subStates = append(subStates, s)
+			mu.Unlock()
+		},
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var subStates []client.SubStatus
-	var mu sync.Mutex
-	sub.OnStatusChange(func(s, _ client.SubStatus) {
-		mu.Lock()
-		subStates = append(subStates, s)
-		mu.Unlock()
-	})
 	firstID := c.ID()
 
 	r.stop()
@@ -82,7 +82,7 @@ func TestReconnectSameAddress(t *testing.T) {
 	}
 }
 
-// A shut-down instance (4000) is left at once for the next URL, without
+// A shut-down instance (4000) is left at once for another URL, without
 // backoff, and the subscriptions follow.
 func TestFailoverOnShutdown(t *testing.T) {
 	m := newMemory(t)
@@ -93,7 +93,7 @@ func TestFailoverOnShutdown(t *testing.T) {
 	}
 	ev := newEvents()
 	// Backoff of up to an hour: only an immediate reconnect passes.
-	c := dial(t, s[0].url, client.WithURLs(s[1].url, s[2].url), client.WithReconnectDelay(time.Hour, time.Hour), watch(ev))
+	c := dial(t, s[0].url, client.WithURLs(s[1].url, s[2].url), client.WithReconnectDelay(time.Hour, time.Hour), hooks(watch(ev)))
 	on, msgs := messages()
 	if _, err := c.Subscribe(ctxT(t), "room", client.WithMessageHandler(on)); err != nil {
 		t.Fatal(err)
@@ -102,8 +102,9 @@ func TestFailoverOnShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev.waitEvent(t, "reconnect")
-	if u := c.Conn().URL; u != s[1].url {
-		t.Fatalf("reconnected to %s, want %s", u, s[1].url)
+	// Another instance, whichever (see TestReconnectsSpread).
+	if u := c.Conn().URL; u != s[1].url && u != s[2].url {
+		t.Fatalf("reconnected to %s, want %s or %s", u, s[1].url, s[2].url)
 	}
 	if err := s[2].srv.Publish(ctxT(t), "room", "hi", "from 2"); err != nil {
 		t.Fatal(err)
@@ -124,7 +125,7 @@ func TestFailoverOnCrash(t *testing.T) {
 	}
 	p := newProxy(t, s[0].url)
 	ev := newEvents()
-	c := dial(t, p.url, client.WithURLs(s[1].url, s[2].url), fastRetry, watch(ev))
+	c := dial(t, p.url, client.WithURLs(s[1].url, s[2].url), fastRetry, hooks(watch(ev)))
 	on, msgs := messages()
 	if _, err := c.Subscribe(ctxT(t), "room", client.WithMessageHandler(on)); err != nil {
 		t.Fatal(err)
@@ -149,9 +150,7 @@ func TestPingTimeout(t *testing.T) {
 	p := newProxy(t, ts.url)
 	drops := make(chan error, 4)
 	ev := newEvents()
-	c := dial(t, p.url, fastRetry, watch(ev), client.WithInit(func(c *client.Client) {
-		c.OnDrop(func(err error) { drops <- err })
-	}))
+	c := dial(t, p.url, fastRetry, hooks(watch(ev), client.Hooks{OnDrop: func(err error) { drops <- err }}))
 	if w := c.Conn().Ping + c.Conn().Pong; w != 150*time.Millisecond {
 		t.Fatalf("window %v", w)
 	}
@@ -191,7 +190,7 @@ func TestAskDuringDrop(t *testing.T) {
 	ts.srv.HandleAsk("ok", func(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) { return "ok", nil })
 	p := newProxy(t, ts.url)
 	ev := newEvents()
-	c := dial(t, p.url, fastRetry, watch(ev))
+	c := dial(t, p.url, fastRetry, hooks(watch(ev)))
 	on, msgs := messages()
 	if _, err := c.Subscribe(ctxT(t), "x", client.WithMessageHandler(on)); err != nil {
 		t.Fatal(err)
@@ -227,7 +226,7 @@ func TestSessionRevoked(t *testing.T) {
 		sss.WithHooks(sss.Hooks{OnConnect: func(c *sss.Conn) { conns <- c }}),
 	)
 	ev := newEvents()
-	c := dial(t, ts.url, asUser("mallory"), fastRetry, watch(ev))
+	c := dial(t, ts.url, asUser("mallory"), fastRetry, hooks(watch(ev)))
 	sub, err := c.Subscribe(ctxT(t), "x")
 	if err != nil {
 		t.Fatal(err)
@@ -240,8 +239,13 @@ func TestSessionRevoked(t *testing.T) {
 	if err := c.Err(); !errors.As(err, &he) || he.StatusCode != 401 || !errors.Is(err, client.ErrUnauthorized) {
 		t.Fatalf("Err() %v", err)
 	}
-	if err := c.Ask(ctxT(t), "x", nil, nil); !errors.Is(err, client.ErrClosed) || !errors.Is(err, client.ErrUnauthorized) {
+	err = c.Ask(ctxT(t), "x", nil, nil)
+	if !errors.Is(err, client.ErrClosed) || !errors.Is(err, client.ErrUnauthorized) || !errors.As(err, &he) {
 		t.Fatalf("Ask: %v", err)
+	}
+	// The prefix once, at the outermost error.
+	if msg := err.Error(); msg != `sss: ask "x": client closed: handshake refused: 401 Unauthorized` {
+		t.Fatalf("message %q", msg)
 	}
 	if sub.Status() != client.SubUnsubscribed {
 		t.Fatalf("subscription %v", sub.Status())
@@ -261,12 +265,17 @@ func TestFinalClose(t *testing.T) {
 		conns <- c
 	}}))
 	ev := newEvents()
-	c := dial(t, ts.url, fastRetry, watch(ev))
+	c := dial(t, ts.url, fastRetry, hooks(watch(ev)))
 	recv(t, conns).Close("banned", true)
 	ev.waitEvent(t, "status:closed")
 	var ce *client.CloseError
-	if err := c.Err(); !errors.As(err, &ce) || ce.Code != 4501 || ce.Reason != "banned" || !errors.Is(err, client.ErrForbidden) {
+	if err := c.Err(); !errors.As(err, &ce) || ce.Code != 4501 || ce.Reason != "banned" || !errors.Is(err, client.ErrForbidden) ||
+		err.Error() != "sss: closed by the server with 4501: banned" {
 		t.Fatalf("Err() %v", err)
+	}
+	err := c.Publish(ctxT(t), "news", "", nil)
+	if !errors.Is(err, client.ErrClosed) || !errors.As(err, &ce) || err.Error() != `sss: publish to "news": client closed: closed by the server with 4501: banned` {
+		t.Fatalf("Publish: %v", err)
 	}
 	if n := accepted.Load(); n != 1 {
 		t.Fatalf("%d connections, want no retry", n)
@@ -288,7 +297,7 @@ func TestResumeRefused(t *testing.T) {
 	}))
 	p := newProxy(t, ts.url)
 	ev := newEvents()
-	c := dial(t, p.url, fastRetry, watch(ev))
+	c := dial(t, p.url, fastRetry, hooks(watch(ev)))
 	onNews, news := messages()
 	onVIP, vips := messages()
 	if _, err := c.Subscribe(ctxT(t), "news", client.WithMessageHandler(onNews)); err != nil {
@@ -329,7 +338,7 @@ func TestResumeRefused(t *testing.T) {
 func TestUnsubscribeWhileDisconnected(t *testing.T) {
 	r := newRestartable(t, nil)
 	ev := newEvents()
-	c := dial(t, r.url, fastRetry, watch(ev))
+	c := dial(t, r.url, fastRetry, hooks(watch(ev)))
 	gone, err := c.Subscribe(ctxT(t), "gone")
 	if err != nil {
 		t.Fatal(err)
@@ -366,8 +375,8 @@ func TestWaitForLinkOrFailFast(t *testing.T) {
 		})
 	})
 	evWait, evFast := newEvents(), newEvents()
-	waiting := dial(t, r.url, fastRetry, watch(evWait))
-	fast := dial(t, r.url, fastRetry, watch(evFast), client.WithFailFast())
+	waiting := dial(t, r.url, fastRetry, hooks(watch(evWait)))
+	fast := dial(t, r.url, fastRetry, hooks(watch(evFast)), client.WithFailFast())
 	r.stop()
 	evWait.waitEvent(t, "status:reconnecting")
 	evFast.waitEvent(t, "status:reconnecting")
@@ -398,11 +407,12 @@ func TestWaitForLinkOrFailFast(t *testing.T) {
 func TestMaxAttempts(t *testing.T) {
 	r := newRestartable(t, nil)
 	ev := newEvents()
-	c := dial(t, r.url, fastRetry, client.WithMaxAttempts(3), watch(ev))
+	c := dial(t, r.url, fastRetry, client.WithMaxAttempts(3), hooks(watch(ev)))
 	r.stop()
 	ev.waitEvent(t, "status:closed")
 	err := c.Err()
-	if err == nil || errors.Is(err, client.ErrClosed) || !strings.Contains(err.Error(), "3 attempts") {
+	if err == nil || errors.Is(err, client.ErrClosed) || !strings.HasPrefix(err.Error(), "sss: gave up reconnecting after 3 attempts: ") ||
+		strings.Count(err.Error(), "sss: ") != 1 {
 		t.Fatalf("Err() %v", err)
 	}
 	if err := c.Tell(ctxT(t), "t", nil); !errors.Is(err, client.ErrClosed) {
@@ -418,9 +428,7 @@ func TestSlowConsumer(t *testing.T) {
 	ts := newServer(t, nil)
 	ev := newEvents()
 	errs := make(chan error, 16)
-	c := dial(t, ts.url, fastRetry, client.WithMessageBuffer(2), watch(ev), client.WithInit(func(c *client.Client) {
-		c.OnError(func(err error) { errs <- err })
-	}))
+	c := dial(t, ts.url, fastRetry, client.WithReceiveQueue(2), hooks(watch(ev), client.Hooks{OnError: func(err error) { errs <- err }}))
 	release := make(chan struct{})
 	got := make(chan string, 64)
 	if _, err := c.Subscribe(ctxT(t), "firehose", client.WithMessageHandler(func(m client.Message) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
 )
 
 // Resume with exact catch-up (docs/protocol.md, "Positions and catch-up").
@@ -17,8 +16,9 @@ import (
 // once and in order, before the live ones; its reply says, per channel,
 // whether that was possible (recovered) or publications were lost (the
 // epoch changed, or history was trimmed past the position). Lost
-// publications are reported, never silent: see Client.OnGap and
-// Subscription.OnGap.
+// publications are reported, never silent: see Hooks.OnGap and
+// SubHooks.OnGap. The resume itself is in reconnect.go; this file holds the
+// positions and the outcomes.
 //
 // As a defence, a publication whose offset is not past the channel's
 // position (in the same epoch) is dropped as a duplicate (Stats.Duplicates),
@@ -33,12 +33,13 @@ type ChannelKind int
 const (
 	// KindSubscription: a channel subscribed to with Subscribe.
 	KindSubscription ChannelKind = iota
-	// KindUser: the connection's user channel (OnUserMessage).
+	// KindUser: the connection's user channel (Hooks.OnUserMessage).
 	KindUser
-	// KindSession: the connection's session channel (OnSessionMessage).
+	// KindSession: the connection's session channel (Hooks.OnSessionMessage).
 	KindSession
 )
 
+// String returns "subscription", "user" or "session".
 func (k ChannelKind) String() string {
 	switch k {
 	case KindSubscription:
@@ -72,35 +73,6 @@ type RecoverInfo struct {
 	// Position is where the client stands now: the publications delivered
 	// next come after it. Zero when the server keeps no history.
 	Position Position
-}
-
-// Stats counts what the client did to keep its channels exact.
-type Stats struct {
-	// Reconnects counts successful reconnections.
-	Reconnects uint64
-	// Recovered counts channels caught up exactly after a reconnect.
-	Recovered uint64
-	// Gaps counts channels that could not be: recovered false after a
-	// reconnect, or a publication from an unexpected epoch.
-	Gaps uint64
-	// Duplicates counts publications dropped because their offset was not
-	// past their channel's position. A server that keeps its promise sends
-	// none.
-	Duplicates uint64
-}
-
-type stats struct {
-	reconnects, recovered, gaps, duplicates atomic.Uint64
-}
-
-// Stats returns the client's counters.
-func (c *Client) Stats() Stats {
-	return Stats{
-		Reconnects: c.stats.reconnects.Load(),
-		Recovered:  c.stats.recovered.Load(),
-		Gaps:       c.stats.gaps.Load(),
-		Duplicates: c.stats.duplicates.Load(),
-	}
 }
 
 // ownChan is the state of the user or session channel across links.
@@ -163,9 +135,9 @@ func outcome(ch string, kind ChannelKind, sub *Subscription, since Position, r *
 	return info
 }
 
-// recoveryEvents counts an outcome and returns the callbacks it fires, in
+// recoveryEvents counts an outcome and returns the hooks it fires, in
 // order: OnRecover, then (when publications were lost) the subscription's
-// OnGap and the client's. The caller holds c.mu.
+// SubHooks.OnGap and the client's OnGap. The caller holds c.mu.
 func (c *Client) recoveryEvents(info RecoverInfo, events []func()) []func() {
 	if info.Recovered {
 		c.stats.recovered.Add(1)
@@ -177,12 +149,10 @@ func (c *Client) recoveryEvents(info RecoverInfo, events []func()) []func() {
 		}
 		c.log.Log(context.Background(), level, "sss: publications lost", "channel", info.Channel, "kind", info.Kind, "since", info.Since, "now", info.Position, "reason", info.Reason)
 	}
-	onRecover, onGap := c.onRecover, c.onGap
+	onRecover, onGap := c.hooks.OnRecover, c.hooks.OnGap
 	var subGap func(RecoverInfo)
 	if info.Sub != nil && !info.Recovered {
-		info.Sub.mu.Lock()
-		subGap = info.Sub.onGap
-		info.Sub.mu.Unlock()
+		subGap = info.Sub.hooks.OnGap
 	}
 	return append(events, func() {
 		if onRecover != nil {
@@ -198,31 +168,6 @@ func (c *Client) recoveryEvents(info RecoverInfo, events []func()) []func() {
 			onGap(info)
 		}
 	})
-}
-
-// OnRecover sets the callback for the outcome of each channel's catch-up
-// after a reconnect: every restored subscription, and the user and session
-// channels when they are the same as on the previous connection. It runs
-// before any publication delivered on the new connection, and before
-// OnReconnect. See RecoverInfo.Recovered.
-func (c *Client) OnRecover(fn func(RecoverInfo)) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.onRecover = fn
-}
-
-// OnGap sets the callback for publications lost on a channel, a
-// subscription or the user or session channel (info.Kind): after a
-// reconnect whose catch-up could not be exact (history trimmed past the
-// client's position, the backend lost its history, or the server kept
-// none), or when a publication comes from an unexpected epoch. The
-// application should reload what it derives from that channel from its
-// source of truth. It runs before the publications that follow the gap are
-// delivered.
-func (c *Client) OnGap(fn func(RecoverInfo)) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.onGap = fn
 }
 
 // Position returns where the client stands on a channel it receives: a
@@ -243,4 +188,43 @@ func (c *Client) Position(channel string) Position {
 	}
 	c.mu.Unlock()
 	return s.Position()
+}
+
+// positionOf returns where a channel the link receives stands.
+func (c *Client) positionOf(kind ChannelKind, s *Subscription) Position {
+	if s != nil {
+		return s.Position()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.own[ownIndex(kind)].pos
+}
+
+// setPositionOf moves a channel's position; on the read loop.
+func (c *Client) setPositionOf(kind ChannelKind, s *Subscription, p Position) {
+	if s != nil {
+		s.setPosition(p)
+		return
+	}
+	c.mu.Lock()
+	c.own[ownIndex(kind)].pos = p
+	c.mu.Unlock()
+}
+
+// welcomeOwn records a new link's user and session channels; on the read
+// loop, before any publication. On a link that resumes, a channel that is
+// the previous connection's (same user, same session) continues: it catches
+// up from its position. Any other starts from the welcome's position: the
+// server only lets a connection catch up on its own channels.
+func (c *Client) welcomeOwn(l *link) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, ch := range l.ownChannels() {
+		o := &c.own[i]
+		if l.resuming && ch != "" && ch == o.channel {
+			l.ownResume[i], l.ownSince[i] = true, o.pos
+			continue
+		}
+		*o = ownChan{channel: ch, pos: l.positions[ch]}
+	}
 }

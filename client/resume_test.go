@@ -77,19 +77,19 @@ type outcomes struct {
 	gaps      []client.RecoverInfo
 }
 
-func (o *outcomes) watch() client.Option {
-	return client.WithInit(func(c *client.Client) {
-		c.OnRecover(func(info client.RecoverInfo) {
+func (o *outcomes) hooks() client.Hooks {
+	return client.Hooks{
+		OnRecover: func(info client.RecoverInfo) {
 			o.mu.Lock()
 			o.recovered = append(o.recovered, info)
 			o.mu.Unlock()
-		})
-		c.OnGap(func(info client.RecoverInfo) {
+		},
+		OnGap: func(info client.RecoverInfo) {
 			o.mu.Lock()
 			o.gaps = append(o.gaps, info)
 			o.mu.Unlock()
-		})
-	})
+		},
+	}
 }
 
 func (o *outcomes) get() (recovered, gaps []client.RecoverInfo) {
@@ -134,14 +134,25 @@ func catchUpRun(t *testing.T, cuts []int, shutdown bool) {
 	var out outcomes
 	var dmu sync.Mutex
 	drops := map[string]int{}
-	c := dial(t, proxies[0].url, client.WithURLs(proxies[1].url, proxies[2].url), fastRetry, out.watch(),
-		client.WithInit(func(c *client.Client) {
-			c.OnDrop(func(err error) {
-				dmu.Lock()
-				drops[err.Error()]++
-				dmu.Unlock()
-			})
-		}))
+	var links []client.ConnInfo // each reconnection's, in order
+	reconnections := func() []client.ConnInfo {
+		dmu.Lock()
+		defer dmu.Unlock()
+		return slices.Clone(links)
+	}
+	c := dial(t, proxies[0].url, client.WithURLs(proxies[1].url, proxies[2].url), fastRetry, hooks(out.hooks(), client.Hooks{
+		OnDrop: func(err error) {
+			dmu.Lock()
+			drops[err.Error()]++
+			dmu.Unlock()
+		},
+		OnReconnect: func(info client.ConnInfo) {
+			dmu.Lock()
+			links = append(links, info)
+			dmu.Unlock()
+		},
+	}))
+	first := c.Conn()
 	var rec recorder
 	sub, err := c.Subscribe(ctxT(t), "feed", client.WithMessageHandler(rec.handle))
 	if err != nil {
@@ -167,9 +178,19 @@ func catchUpRun(t *testing.T, cuts []int, shutdown bool) {
 	shutdowns := make(chan error, 1)
 	for k, at := range cuts {
 		waitFor(t, fmt.Sprintf("%d messages", at), func() bool { return rec.count() >= at || rec.count() == total })
-		waitFor(t, "a link", func() bool { return c.Status() == client.StatusConnected })
-		before := c.Stats().Reconnects
-		from := c.Conn().URL
+		// The link now is the last one reported: the next reconnection
+		// starts from it.
+		var before int
+		var from string
+		waitFor(t, "a link", func() bool {
+			ls, now := reconnections(), c.Conn()
+			last := first
+			if len(ls) > 0 {
+				last = ls[len(ls)-1]
+			}
+			before, from = len(ls), now.URL
+			return c.Status() == client.StatusConnected && now.ID == last.ID
+		})
 		if shutdown && k == 0 {
 			// The instance behind the proxy shuts down: close code 4000,
 			// and the client moves on at once.
@@ -180,10 +201,10 @@ func catchUpRun(t *testing.T, cuts []int, shutdown bool) {
 				p.cut()
 			}
 		}
-		waitFor(t, "the reconnection", func() bool { return c.Stats().Reconnects > before })
-		// (Unless the server also dropped it as a slow consumer meanwhile:
-		// the round robin may then come back.)
-		if to := c.Conn().URL; to == from && c.Stats().Reconnects == before+1 {
+		waitFor(t, "the reconnection", func() bool { return len(reconnections()) > before })
+		// The first reconnection goes elsewhere (a later one, after a
+		// slow-consumer drop, may come back).
+		if to := reconnections()[before].URL; to == from {
 			t.Errorf("reconnected to the same instance %s", to)
 		}
 	}
@@ -244,12 +265,11 @@ func TestEpochChange(t *testing.T) {
 	var out outcomes
 	ev := newEvents()
 	onUser, users := messages()
-	c := dial(t, p.url, client.WithURLs(s2.url), fastRetry, out.watch(), watch(ev),
-		asUser("uma"), client.WithHeader(http.Header{"X-Session": {"tab"}}),
-		client.WithInit(func(c *client.Client) { c.OnUserMessage(onUser) }))
+	c := dial(t, p.url, client.WithURLs(s2.url), fastRetry, hooks(out.hooks(), watch(ev), client.Hooks{OnUserMessage: onUser}),
+		asUser("uma"), client.WithHeader(http.Header{"X-Session": {"tab"}}))
 	subGaps := make(chan client.RecoverInfo, 4)
 	on, msgs := messages()
-	sub, err := c.Subscribe(ctxT(t), "feed", client.WithMessageHandler(on), client.WithGapHandler(func(info client.RecoverInfo) { subGaps <- info }))
+	sub, err := c.Subscribe(ctxT(t), "feed", client.WithMessageHandler(on), client.WithSubHooks(client.SubHooks{OnGap: func(info client.RecoverInfo) { subGaps <- info }}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +330,7 @@ func TestBackendRestart(t *testing.T) {
 	r := newRestartable(t, nil, sss.WithScaler(m1))
 	var out outcomes
 	ev := newEvents()
-	c := dial(t, r.url, fastRetry, out.watch(), watch(ev))
+	c := dial(t, r.url, fastRetry, hooks(out.hooks(), watch(ev)))
 	on, msgs := messages()
 	sub, err := c.Subscribe(ctxT(t), "feed", client.WithMessageHandler(on))
 	if err != nil {
@@ -345,7 +365,7 @@ func TestHistoryTrimmed(t *testing.T) {
 	other := newServer(t, m)
 	var out outcomes
 	ev := newEvents()
-	c := dial(t, r.url, fastRetry, out.watch(), watch(ev))
+	c := dial(t, r.url, fastRetry, hooks(out.hooks(), watch(ev)))
 	var rec recorder
 	sub, err := c.Subscribe(ctxT(t), "feed", client.WithMessageHandler(rec.handle))
 	if err != nil {
@@ -389,7 +409,7 @@ func TestCatchUpEdges(t *testing.T) {
 		r := newRestartable(t, nil, sss.WithScaler(m))
 		var out outcomes
 		ev := newEvents()
-		c := dial(t, r.url, fastRetry, out.watch(), watch(ev))
+		c := dial(t, r.url, fastRetry, hooks(out.hooks(), watch(ev)))
 		on, msgs := messages()
 		sub, err := c.Subscribe(ctxT(t), "quiet", client.WithMessageHandler(on))
 		if err != nil {
@@ -418,8 +438,7 @@ func TestCatchUpEdges(t *testing.T) {
 		var out outcomes
 		ev := newEvents()
 		onUser, users := messages()
-		c := dial(t, r.url, fastRetry, out.watch(), watch(ev), asUser("nat"),
-			client.WithInit(func(c *client.Client) { c.OnUserMessage(onUser) }))
+		c := dial(t, r.url, fastRetry, hooks(out.hooks(), watch(ev), client.Hooks{OnUserMessage: onUser}), asUser("nat"))
 		on, msgs := messages()
 		sub, err := c.Subscribe(ctxT(t), "x", client.WithMessageHandler(on))
 		if err != nil {
@@ -457,18 +476,14 @@ func TestUserChannelCatchUp(t *testing.T) {
 	var out outcomes
 	ev := newEvents()
 	var users, sessions recorder
-	c := dial(t, r.url, fastRetry, out.watch(), watch(ev), asUser("alice"),
+	c := dial(t, r.url, fastRetry, asUser("alice"),
 		client.WithHeader(http.Header{"X-Session": {"tab1"}}),
-		client.WithInit(func(c *client.Client) {
-			c.OnUserMessage(users.handle)
-			c.OnSessionMessage(sessions.handle)
-		}))
+		hooks(out.hooks(), watch(ev), client.Hooks{OnUserMessage: users.handle, OnSessionMessage: sessions.handle}))
 	userPos := c.Position("$u.alice")
 	if userPos.IsZero() || c.Position("$s.tab1").IsZero() {
 		t.Fatalf("welcome positions %v %v", userPos, c.Position("$s.tab1"))
 	}
-	// Any request lets the user and session channels go live at once
-	// (otherwise the server waits a second for a resume).
+	// A subscription too, whose catch-up is reported with theirs.
 	if _, err := c.Subscribe(ctxT(t), "unrelated"); err != nil {
 		t.Fatal(err)
 	}
@@ -522,7 +537,7 @@ func TestHierarchyCatchUp(t *testing.T) {
 	other := newServer(t, m)
 	var out outcomes
 	ev := newEvents()
-	c := dial(t, r.url, fastRetry, out.watch(), watch(ev))
+	c := dial(t, r.url, fastRetry, hooks(out.hooks(), watch(ev)))
 	var news, uk recorder
 	var mu sync.Mutex
 	var wrong []string
@@ -651,14 +666,9 @@ func TestResumeFramePositions(t *testing.T) {
 
 	ev := newEvents()
 	var out outcomes
-	c := dial(t, fs.url, fastRetry, watch(ev), out.watch(), client.WithInit(func(c *client.Client) {
-		c.OnUserMessage(func(m client.Message) { ev.add(fmt.Sprintf("user:%s@%d", m.Data, m.Offset)) })
-		c.OnGap(func(info client.RecoverInfo) {
-			out.mu.Lock()
-			out.gaps = append(out.gaps, info)
-			out.mu.Unlock()
-			ev.add("gap:" + info.Kind.String() + ":" + info.Channel)
-		})
+	c := dial(t, fs.url, fastRetry, hooks(watch(ev), out.hooks(), client.Hooks{
+		OnUserMessage: func(m client.Message) { ev.add(fmt.Sprintf("user:%s@%d", m.Data, m.Offset)) },
+		OnGap:         func(info client.RecoverInfo) { ev.add("gap:" + info.Kind.String() + ":" + info.Channel) },
 	}))
 	onMsg := func(m client.Message) { ev.add(fmt.Sprintf("%s:%s@%d%s", m.Sub, m.Data, m.Offset, m.Epoch)) }
 	a, err := c.Subscribe(ctxT(t), "a", client.WithMessageHandler(onMsg))
@@ -761,8 +771,8 @@ func TestResyncClose(t *testing.T) {
 	})
 	drops := make(chan error, 2)
 	var out outcomes
-	c := dial(t, fs.url, client.WithReconnectDelay(100*time.Millisecond, 100*time.Millisecond), out.watch(),
-		client.WithInit(func(c *client.Client) { c.OnDrop(func(err error) { drops <- err }) }))
+	c := dial(t, fs.url, client.WithReconnectDelay(100*time.Millisecond, 100*time.Millisecond),
+		hooks(out.hooks(), client.Hooks{OnDrop: func(err error) { drops <- err }}))
 	on, msgs := messages()
 	sub, err := c.Subscribe(ctxT(t), "a", client.WithMessageHandler(on))
 	if err != nil {

@@ -64,9 +64,9 @@ func TestReconnectSpread(t *testing.T) {
 			return d.DialContext(ctx, network, addr)
 		}}}
 		dial(t, p.url, asUser(user), client.WithHTTPClient(hc), client.WithReconnectDelay(base, 30*time.Second),
-			client.WithInit(func(c *client.Client) {
-				c.OnDrop(func(error) { stamp(drops, user) })
-				c.OnReconnect(func(client.ConnInfo) { reconnected.Add(1) })
+			client.WithHooks(client.Hooks{
+				OnDrop:      func(error) { stamp(drops, user) },
+				OnReconnect: func(client.ConnInfo) { reconnected.Add(1) },
 			}))
 	}
 
@@ -127,5 +127,66 @@ func TestReconnectSpread(t *testing.T) {
 	}
 	if late := buckets[10]; late > n/10 {
 		t.Errorf("%d delays beyond the window %v", late, base)
+	}
+}
+
+// The clients of an instance that shuts down share one URL list, yet spread
+// over the other instances instead of all moving to the next URL of the
+// list: each reconnection starts at a random one.
+func TestReconnectURLSpread(t *testing.T) {
+	const n = 200
+	m := newMemory(t)
+	defer m.Close()
+	x, a, b := newServer(t, m), newServer(t, m), newServer(t, m)
+	var reconnected atomic.Int32
+	clients := make([]*client.Client, n)
+	for i := range clients {
+		clients[i] = dial(t, x.url, client.WithURLs(a.url, b.url), client.WithReconnectDelay(time.Hour, time.Hour),
+			client.WithHooks(client.Hooks{OnReconnect: func(client.ConnInfo) { reconnected.Add(1) }}))
+	}
+	if err := x.srv.Shutdown(ctxT(t)); err != nil { // close code 4000: reconnect at once
+		t.Fatal(err)
+	}
+	waitFor(t, "every client to reconnect", func() bool { return reconnected.Load() == n })
+	checkSpread(t, clients, a.url, b.url)
+}
+
+// Dial tries its own URL first; when that fails, the others from a random
+// one, so a crowd whose first URL is down spreads too.
+func TestDialURLSpread(t *testing.T) {
+	const n = 200
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "ws://" + ln.Addr().String() + "/"
+	ln.Close() // connection refused from now on
+	a, b := newServer(t, nil), newServer(t, nil)
+	clients := make([]*client.Client, n)
+	for i := range clients {
+		clients[i] = dial(t, dead, client.WithURLs(a.url, b.url))
+	}
+	checkSpread(t, clients, a.url, b.url)
+
+	// A live first URL is the one Dial connects to.
+	if u := dial(t, b.url, client.WithURLs(a.url)).Conn().URL; u != b.url {
+		t.Fatalf("connected to %s, want the Dial URL %s", u, b.url)
+	}
+}
+
+// checkSpread checks that the clients are connected to a or b, neither with
+// more than 70% of them (an even split expects 50% ± 3.5%).
+func checkSpread(t *testing.T, clients []*client.Client, a, b string) {
+	t.Helper()
+	count := map[string]int{}
+	for _, c := range clients {
+		count[c.Conn().URL]++
+	}
+	t.Logf("a: %d, b: %d, elsewhere: %d", count[a], count[b], len(clients)-count[a]-count[b])
+	if count[a]+count[b] != len(clients) {
+		t.Fatalf("%d clients connected elsewhere than a and b: %v", len(clients)-count[a]-count[b], count)
+	}
+	if most := max(count[a], count[b]); most*10 > len(clients)*7 {
+		t.Fatalf("%d of %d clients on one URL", most, len(clients))
 	}
 }

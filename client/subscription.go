@@ -25,6 +25,7 @@ const (
 	SubUnsubscribed
 )
 
+// String returns the status in lower case, as in "subscribed".
 func (s SubStatus) String() string {
 	switch s {
 	case SubSubscribed:
@@ -72,18 +73,25 @@ func (m Message) Decode(v any) error {
 // Subscription is the client's subscription to a channel. It survives
 // reconnects: the client restores it on every new connection until
 // Unsubscribe, a refusal, or Close.
+//
+// It takes its callbacks the way the Client does. Its hooks (SubHooks:
+// status changes, gaps) are given once, to Subscribe, and do not change.
+// Its message handlers are given to Subscribe too (WithEventHandler,
+// WithMessageHandler), so that they are in place for the first publication
+// after the ack, and may be changed later with HandleEvent and
+// HandleMessage, as the Client's ask and tell handlers are with HandleAsk
+// and HandleTell.
 type Subscription struct {
 	c       *Client
 	channel string
 	query   json.RawMessage
+	hooks   SubHooks // fixed at Subscribe: read without a lock
 
-	mu       sync.Mutex
-	status   SubStatus
-	err      error
-	on       map[string]func(Message)
-	onAny    func(Message)
-	onStatus func(s, old SubStatus)
-	onGap    func(RecoverInfo)
+	mu     sync.Mutex
+	status SubStatus
+	err    error
+	on     map[string]func(Message)
+	onAny  func(Message)
 	// pos is where the subscription stands in its channel's stream: set by
 	// the subscribe or resume ack, moved on by each publication received
 	// (on the read loop).
@@ -94,64 +102,106 @@ type Subscription struct {
 	leaving atomic.Bool
 }
 
-// SubscribeOption configures Subscribe.
-type SubscribeOption func(*Subscription) error
+// SubHooks are a subscription's callbacks, given to Subscribe with
+// WithSubHooks. Each may be nil. They run on the client's handler goroutine,
+// in order with the message handlers and the client's Hooks.
+type SubHooks struct {
+	// OnStatusChange runs when the subscription's status changes.
+	OnStatusChange func(st, old SubStatus)
+
+	// OnGap runs when publications were lost on this subscription (the
+	// client's Hooks.OnGap runs too, after it): the application should
+	// reload what it derives from the channel. It runs before the
+	// publications that follow the gap are delivered.
+	OnGap func(RecoverInfo)
+}
+
+// SubscribeOption configures Subscribe. An invalid one makes Subscribe fail
+// with an error that matches ErrInvalidConfig, before anything is sent.
+type SubscribeOption func(*subOptions) error
+
+type subOptions struct {
+	query    json.RawMessage
+	hooks    SubHooks
+	hooksSet bool
+	on       map[string]func(Message)
+	onAny    func(Message)
+}
 
 // WithQuery sends q (encoded with encoding/json) with the subscription: the
 // server's subscription parser receives it (a password, a filter, a token).
 // It is sent again on every reconnect.
 func WithQuery(q any) SubscribeOption {
-	return func(s *Subscription) error {
+	return func(o *subOptions) error {
 		b, err := json.Marshal(q)
 		if err != nil {
-			return fmt.Errorf("encode query: %w", err)
+			return &pkgError{errs: []error{ErrInvalidConfig, wrap(err, "WithQuery")}}
 		}
-		s.query = b
+		o.query = b
 		return nil
 	}
 }
 
-// WithMessageHandler sets the handler for messages with no handler for
-// their event, in place before the first message can arrive (see
-// Subscription.OnMessage).
-func WithMessageHandler(fn func(Message)) SubscribeOption {
-	return func(s *Subscription) error {
-		s.onAny = fn
+// WithSubHooks sets the subscription's hooks (see SubHooks). It may be given
+// once.
+func WithSubHooks(h SubHooks) SubscribeOption {
+	return func(o *subOptions) error {
+		if o.hooksSet {
+			return invalid("WithSubHooks given twice: pass one SubHooks")
+		}
+		o.hooks, o.hooksSet = h, true
 		return nil
 	}
 }
 
-// WithGapHandler sets the subscription's gap callback, in place from the
-// start (see Subscription.OnGap).
-func WithGapHandler(fn func(RecoverInfo)) SubscribeOption {
-	return func(s *Subscription) error {
-		s.onGap = fn
-		return nil
-	}
-}
-
-// WithEventHandler sets the handler for one event, in place before the first
-// message can arrive (see Subscription.On).
+// WithEventHandler sets the handler for the messages with the given event,
+// in place before the first message can arrive; Subscription.HandleEvent
+// changes it later. A nil fn or an event given twice is an error.
 func WithEventHandler(event string, fn func(Message)) SubscribeOption {
-	return func(s *Subscription) error {
-		s.on[event] = fn
+	return func(o *subOptions) error {
+		switch {
+		case fn == nil:
+			return invalid("WithEventHandler(%q, nil)", event)
+		case o.on[event] != nil:
+			return invalid("WithEventHandler(%q) given twice", event)
+		}
+		o.on[event] = fn
+		return nil
+	}
+}
+
+// WithMessageHandler sets the handler for the messages whose event has no
+// handler of its own: a catch-all, in place before the first message can
+// arrive; Subscription.HandleMessage changes it later. A nil fn, or the
+// option given twice, is an error.
+func WithMessageHandler(fn func(Message)) SubscribeOption {
+	return func(o *subOptions) error {
+		switch {
+		case fn == nil:
+			return invalid("WithMessageHandler(nil)")
+		case o.onAny != nil:
+			return invalid("WithMessageHandler given twice")
+		}
+		o.onAny = fn
 		return nil
 	}
 }
 
 // Subscribe subscribes to channel and returns once the server acknowledged
 // it. If the link drops meanwhile, it is sent again on the next one (unless
-// WithFailFast). The server may refuse: errors.Is(err, ErrForbidden) (parser or reserved
-// channel), ErrConflict (already subscribed), ErrBadRequest (invalid name),
-// ErrLimitExceeded. Messages are delivered from the acknowledgement on; give
-// handlers as options to be sure to see the first ones.
+// WithFailFast). The server may refuse: errors.Is(err, ErrForbidden)
+// (parser or reserved channel), ErrConflict (already subscribed),
+// ErrBadRequest (invalid name), ErrLimitExceeded. Messages are delivered
+// from the acknowledgement on; give handlers as options to be sure to see
+// the first ones.
 func (c *Client) Subscribe(ctx context.Context, channel string, opts ...SubscribeOption) (*Subscription, error) {
-	s := &Subscription{c: c, channel: channel, on: make(map[string]func(Message)), recovered: true}
+	o := subOptions{on: make(map[string]func(Message))}
 	for _, opt := range opts {
-		if err := opt(s); err != nil {
-			return nil, fmt.Errorf("sss: subscribe to %q: %w", channel, err)
+		if err := opt(&o); err != nil {
+			return nil, wrap(err, "subscribe to %q", channel)
 		}
 	}
+	s := &Subscription{c: c, channel: channel, query: o.query, hooks: o.hooks, on: o.on, onAny: o.onAny, recovered: true}
 	f := &subscribeFrame{Type: "subscribe", Channel: channel, Query: s.query}
 	onAck := func(l *link, result json.RawMessage, abandoned bool) {
 		var r subResult
@@ -195,7 +245,7 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts ...Subscrib
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("sss: subscribe to %q: %w", channel, err)
+			return nil, wrap(err, "subscribe to %q", channel)
 		}
 		return s, nil
 	}
@@ -233,27 +283,19 @@ func (s *Subscription) Position() Position {
 
 // Recovered reports whether the subscription's catch-up after the last
 // reconnect was exact: every publication since the previous connection was
-// delivered. It is true until a reconnect, and false after a gap (OnGap: a
-// reconnect that lost publications, or a publication from an unexpected
-// epoch) until the next exact catch-up.
+// delivered. It is true until a reconnect, and false after a gap
+// (SubHooks.OnGap: a reconnect that lost publications, or a publication
+// from an unexpected epoch) until the next exact catch-up.
 func (s *Subscription) Recovered() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.recovered
 }
 
-// OnGap sets the callback for publications lost on this subscription (see
-// Client.OnGap, which fires too): the application should reload what it
-// derives from the channel. It runs before the publications that follow
-// the gap are delivered.
-func (s *Subscription) OnGap(fn func(RecoverInfo)) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.onGap = fn
-}
-
-// On sets the handler for messages with the given event, replacing any.
-func (s *Subscription) On(event string, fn func(Message)) {
+// HandleEvent sets the handler for messages with the given event,
+// replacing any; a nil fn removes it. Set the first one with
+// WithEventHandler to be sure to see the first messages.
+func (s *Subscription) HandleEvent(event string, fn func(Message)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if fn == nil {
@@ -263,19 +305,13 @@ func (s *Subscription) On(event string, fn func(Message)) {
 	s.on[event] = fn
 }
 
-// OnMessage sets the handler for messages whose event has no handler of its
-// own (set with On): a catch-all.
-func (s *Subscription) OnMessage(fn func(Message)) {
+// HandleMessage sets the handler for messages whose event has no handler of
+// its own (HandleEvent): a catch-all, replacing any; nil removes it. Set the
+// first one with WithMessageHandler to be sure to see the first messages.
+func (s *Subscription) HandleMessage(fn func(Message)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.onAny = fn
-}
-
-// OnStatusChange sets the callback for the subscription's status changes.
-func (s *Subscription) OnStatusChange(fn func(st, old SubStatus)) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.onStatus = fn
 }
 
 // Unsubscribe ends the subscription. While disconnected it only forgets it:
@@ -307,7 +343,7 @@ func (s *Subscription) Unsubscribe(ctx context.Context) error {
 		c.dropSub(s)
 		return nil
 	}
-	return fmt.Errorf("sss: unsubscribe from %q: %w", s.channel, err)
+	return wrap(err, "unsubscribe from %q", s.channel)
 }
 
 // dropSub forgets s after Unsubscribe.
@@ -325,8 +361,16 @@ func (c *Client) dropSub(s *Subscription) {
 	}
 }
 
-// setStatus changes the status and returns the callback event, or nil. The
-// caller holds c.mu. onRefused is the client's refusal callback, for
+// sendUnsubscribe tells the server to drop a subscription the client no
+// longer holds; the ack is not awaited. Losing it is harmless: the next
+// resume is authoritative.
+func (c *Client) sendUnsubscribe(l *link, channel string) {
+	b, _ := json.Marshal(&unsubscribeFrame{Type: "unsubscribe", ID: c.nextID.Add(1), Channel: channel})
+	l.sendNoWait(b)
+}
+
+// setStatus changes the status and returns the hooks' event, or nil. The
+// caller holds c.mu. onRefused is the client's refusal hook, for
 // SubRefused.
 func (s *Subscription) setStatus(st SubStatus, err error, onRefused func(*Subscription, error)) func() {
 	s.mu.Lock()
@@ -336,8 +380,11 @@ func (s *Subscription) setStatus(st SubStatus, err error, onRefused func(*Subscr
 		return nil // final states stay
 	}
 	s.status, s.err = st, err
-	fn := s.onStatus
 	s.mu.Unlock()
+	fn := s.hooks.OnStatusChange
+	if fn == nil && (onRefused == nil || st != SubRefused) {
+		return nil
+	}
 	return func() {
 		if fn != nil {
 			fn(st, old)

@@ -78,23 +78,23 @@ func run() error {
 	url := "ws://" + ln.Addr().String() + "/"
 	fmt.Println("server listening on", url)
 
-	// The client. Handlers for what the server pushes are registered in
-	// WithInit, so they are in place before the first frame arrives.
+	// The client. The handlers of what the server pushes and the hooks are
+	// Dial options, so they are in place before the first frame arrives.
 	pushed := make(chan string, 1)
 	resumed := make(chan client.RecoverInfo, 2)
 	c, err := client.Dial(ctx, url,
 		client.WithHeader(http.Header{"X-User": {"alice"}}),
-		client.WithInit(func(c *client.Client) {
-			c.HandleTell("notify", func(ctx context.Context, data json.RawMessage) error {
-				pushed <- string(data)
-				return nil
-			})
+		client.WithTellHandler("notify", func(ctx context.Context, data json.RawMessage) error {
+			pushed <- string(data)
+			return nil
+		}),
+		client.WithHooks(client.Hooks{
 			// After a reconnect, each channel's catch-up is reported: a gap
 			// (Recovered false) means the application must reload its state.
-			c.OnRecover(func(info client.RecoverInfo) { resumed <- info })
-			c.OnGap(func(info client.RecoverInfo) {
+			OnRecover: func(info client.RecoverInfo) { resumed <- info },
+			OnGap: func(info client.RecoverInfo) {
 				log.Printf("publications lost on %s: %s", info.Channel, info.Reason)
-			})
+			},
 		}),
 	)
 	if err != nil {

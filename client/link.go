@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -85,13 +84,14 @@ type callResult struct {
 
 // errNotSent means the link died before the request was handed to it: it is
 // safe to send it again on the next link.
-var errNotSent = errors.New("sss: request not sent")
+var errNotSent = newError("request not sent")
 
 // defaultMaxMessage is used to batch before the welcome tells the real limit.
 const defaultMaxMessage = 64 << 10
 
 // dial opens a WebSocket to url and starts the link's goroutines. It does not
-// wait for the welcome.
+// wait for the welcome. The link's first frame is "ready" unless it resumes
+// (then the caller sends "resume" first).
 func (c *Client) dial(ctx context.Context, url string, resuming bool) (*link, error) {
 	hc := *c.opts.httpClient
 	rt := &rawCapture{base: hc.Transport}
@@ -110,13 +110,13 @@ func (c *Client) dial(ctx context.Context, url string, resuming bool) (*link, er
 			}
 			return nil, he
 		}
-		return nil, fmt.Errorf("sss: dial %s: %w", url, err)
+		return nil, wrap(err, "dial %s", url)
 	}
 	if ws.Subprotocol() != subprotocol {
 		ws.Close(websocket.StatusPolicyViolation, "sss.v1 required")
 		return nil, errWrongSubprotocol
 	}
-	ws.SetReadLimit(c.opts.readLimit)
+	ws.SetReadLimit(c.opts.maxMessage)
 
 	l := &link{
 		c:          c,
@@ -132,6 +132,13 @@ func (c *Client) dial(ctx context.Context, url string, resuming bool) (*link, er
 		resuming:   resuming,
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
+	if !resuming {
+		// Nothing to resume: say so first, without waiting for the welcome,
+		// so the server delivers the user and session channels at once
+		// instead of holding them for a resume that will not come. The
+		// queue is empty: this never blocks, and goes out first.
+		l.out <- readyFrame
+	}
 	c.wg.Add(2)
 	go func() {
 		defer c.wg.Done()
@@ -202,7 +209,7 @@ func (l *link) readLoop() {
 				errors.As(err, &ce)
 				err = &CloseError{Code: int(code), Reason: ce.Reason}
 			} else {
-				err = fmt.Errorf("sss: read: %w", err)
+				err = wrap(err, "read")
 			}
 			l.fail(err)
 			return
@@ -211,7 +218,7 @@ func (l *link) readLoop() {
 			l.alive.Reset(l.window) // any message is a sign of life
 		}
 		if typ != websocket.MessageText {
-			l.fail(fmt.Errorf("%w: binary message", ErrProtocol))
+			l.fail(withDetail(ErrProtocol, "binary message"))
 			return
 		}
 		for len(msg) > 0 {
@@ -251,7 +258,7 @@ func (l *link) teardown() {
 
 	err := ErrDisconnected
 	if reason != ErrDisconnected {
-		err = fmt.Errorf("%w: %w", ErrDisconnected, reason)
+		err = withCause(ErrDisconnected, reason)
 	}
 	if l.c.isClosing() {
 		err = ErrClosed
@@ -268,11 +275,11 @@ func (l *link) teardown() {
 func (l *link) handle(line []byte) error {
 	var f inFrame
 	if err := json.Unmarshal(line, &f); err != nil {
-		return fmt.Errorf("%w: invalid frame: %v", ErrProtocol, err)
+		return withDetail(ErrProtocol, "invalid frame: %v", err)
 	}
 	if !l.gotHello {
 		if f.Type != "welcome" {
-			return fmt.Errorf("%w: first frame is %q, not welcome", ErrProtocol, f.Type)
+			return withDetail(ErrProtocol, "first frame is %q, not welcome", f.Type)
 		}
 		l.setWelcome(&f)
 		return nil
@@ -353,24 +360,6 @@ func (l *link) ownChannels() [2]string {
 	return [2]string{l.info.UserChannel, l.info.SessionChannel}
 }
 
-// welcomeOwn records a new link's user and session channels; on the read
-// loop, before any publication. On a link that resumes, a channel that is
-// the previous connection's (same user, same session) continues: it catches
-// up from its position. Any other starts from the welcome's position: the
-// server only lets a connection catch up on its own channels.
-func (c *Client) welcomeOwn(l *link) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, ch := range l.ownChannels() {
-		o := &c.own[i]
-		if l.resuming && ch != "" && ch == o.channel {
-			l.ownResume[i], l.ownSince[i] = true, o.pos
-			continue
-		}
-		*o = ownChan{channel: ch, pos: l.positions[ch]}
-	}
-}
-
 // complete hands a reply to the call waiting for it.
 func (l *link) complete(id uint64, result json.RawMessage, err error) {
 	l.mu.Lock()
@@ -418,7 +407,7 @@ func (l *link) roundTrip(ctx context.Context, req request, counted bool, onAck f
 	b, err := json.Marshal(req)
 	if err != nil {
 		release()
-		return nil, fmt.Errorf("sss: encode request: %w", err)
+		return nil, wrap(err, "encode request")
 	}
 	if max := l.info.Limits.MaxMessage; max > 0 && len(b) > max {
 		release()
@@ -547,7 +536,7 @@ func (l *link) writeLoop() {
 		err := l.ws.Write(ctx, websocket.MessageText, buf)
 		cancel()
 		if err != nil {
-			l.fail(fmt.Errorf("sss: write: %w", err))
+			l.fail(wrap(err, "write"))
 			return
 		}
 	}

@@ -443,11 +443,11 @@ func TestServerTellAndAsk(t *testing.T) {
 	// HandleAsk and HandleTell change the handlers given to Dial; nil
 	// removes them.
 	c.HandleAsk("confirm", func(ctx context.Context, data json.RawMessage) (any, error) { return "changed", nil })
-	if res, err := ts.srv.Ask(ctx, c.ID(), "confirm", "Delete?"); err != nil || string(res) != `"changed"` {
+	if res, err := ts.srv.Ask(ctx, sss.ToConn(c.ID()), "confirm", "Delete?"); err != nil || string(res) != `"changed"` {
 		t.Fatalf("confirm after HandleAsk: %s %v", res, err)
 	}
 	c.HandleAsk("confirm", nil)
-	if _, err := ts.srv.Ask(ctx, c.ID(), "confirm", "Delete?"); !errors.Is(err, sss.ErrNotFound) {
+	if _, err := ts.srv.Ask(ctx, sss.ToConn(c.ID()), "confirm", "Delete?"); !errors.Is(err, sss.ErrNotFound) {
 		t.Fatalf("confirm after HandleAsk(nil): %v", err)
 	}
 	c.HandleTell("notify", func(ctx context.Context, data json.RawMessage) error {

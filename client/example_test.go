@@ -260,7 +260,7 @@ func ExampleClient_HandleAsk() {
 	})
 
 	// The server asks the connection, wherever in the cluster it is.
-	res, err := srv.Ask(ctx, c.ID(), "confirm", "Delete the draft?")
+	res, err := srv.Ask(ctx, sss.ToConn(c.ID()), "confirm", "Delete the draft?")
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -233,10 +233,14 @@ func (s *Server) prepare(ctx context.Context, sb *sub, since *scaler.Position) s
 		if n := len(entries); n > 0 {
 			p.last.Offset = entries[n-1].Offset
 		}
+	case errors.Is(err, scaler.ErrPositionLost) && since != nil && since.Epoch != top.Epoch && s.fromEpochStart(ctx, &p, top):
+		// The history was reset (the backend lost it): what the old epoch
+		// had after the client's position is gone, but the new epoch is
+		// all there, and follows.
 	case err == nil || errors.Is(err, scaler.ErrPositionLost):
 		p.r, p.last = recovery{Position: top, Recovered: since == nil}, top
 		if since != nil {
-			p.r.Reason = "publications were lost: the position is too old, or the channel's history was reset"
+			p.r.Reason = "publications were lost: the position is too old"
 		}
 	default:
 		// The backend is down: deliver live from now on, and say that what
@@ -246,6 +250,24 @@ func (s *Server) prepare(ctx context.Context, sb *sub, since *scaler.Position) s
 		p.live, p.r = true, recovery{Reason: "history unavailable"}
 	}
 	return p
+}
+
+// fromEpochStart plans a subscription whose position is from an epoch that
+// is gone to start at the beginning of the current epoch, when history
+// still holds it from its first publication. It reports false otherwise.
+func (s *Server) fromEpochStart(ctx context.Context, p *startPlan, top scaler.Position) bool {
+	entries, now, err := s.history().Since(ctx, p.sb.channel, scaler.Position{}, historyPage)
+	if err != nil || now.Epoch != top.Epoch || (len(entries) > 0 && entries[0].Offset != 1) ||
+		(len(entries) == 0 && now.Offset != 0) {
+		return false
+	}
+	start := scaler.Position{Epoch: now.Epoch}
+	p.r = recovery{Position: start, Reason: "the channel's history was reset: publications before the reset were lost; those after it follow"}
+	p.entries, p.epoch, p.more, p.last = entries, now.Epoch, len(entries) == historyPage, start
+	if n := len(entries); n > 0 {
+		p.last.Offset = entries[n-1].Offset
+	}
+	return true
 }
 
 // goLive sends the plan's history and makes the subscription live, handing

@@ -243,3 +243,4 @@ type nopHandler struct{}
 
 func (nopHandler) HandleDelivery(scaler.Delivery) {}
 func (nopHandler) HandleMessage(string, []byte)   {}
+func (nopHandler) HandleMissed(string)            {}

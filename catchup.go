@@ -314,9 +314,12 @@ func (s *Server) catchUp(sb *sub, pos scaler.Position) error {
 		if err := c.waitRoom(); err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
-		entries, top, err := hist.Since(ctx, sb.channel, pos, historyPage)
-		cancel()
+		var entries []scaler.Entry
+		var top scaler.Position
+		err := retry(c.ctx, func(ctx context.Context) (err error) {
+			entries, top, err = hist.Since(ctx, sb.channel, pos, historyPage)
+			return err
+		}, s.cfg.askTimeout)
 		if err != nil {
 			return err
 		}

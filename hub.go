@@ -6,6 +6,7 @@ import (
 	"errors"
 	"hash/maphash"
 	"sync"
+	"time"
 
 	"github.com/superscaled/sss/scaler"
 )
@@ -45,6 +46,11 @@ type hub struct {
 		sync.Mutex
 		on map[string]bool
 	}
+
+	// Streams the backend said may have missed deliveries, for checkMissed.
+	mmu       sync.Mutex
+	unchecked map[string]bool
+	checkWake chan struct{}
 }
 
 // shard is one part of the registry, so that deliveries on different
@@ -70,6 +76,8 @@ type channel struct {
 
 func (h *hub) init() {
 	h.conns = make(map[string]*Conn)
+	h.unchecked = make(map[string]bool)
+	h.checkWake = make(chan struct{}, 1)
 	h.seed = maphash.MakeSeed()
 	for i := range h.shards {
 		h.shards[i].m = make(map[string]*channel)
@@ -262,7 +270,7 @@ func (s *Server) deliver(d scaler.Delivery) {
 			return
 		}
 		if gap {
-			s.repair(ch, d, from)
+			s.repair(ch, from, d.Epoch, d.Offset)
 		}
 	}
 	pub := d.Pub
@@ -337,14 +345,15 @@ func (ch *channel) track(d scaler.Delivery) (dup, gap bool, from scaler.Position
 }
 
 // repair handles deliveries this node missed (its link to the backend
-// broke), before d is fanned out: every live subscriber is held, so it
-// buffers d, and caught up from history. After an epoch change nothing can
-// be recovered, so subscribers are asked to reconnect, and their resume
-// reports recovered: false.
-func (s *Server) repair(ch *channel, d scaler.Delivery, from scaler.Position) {
+// broke) after from, up to a stream now at offset now in epoch: every live
+// subscriber is held, so that it buffers what comes next, and caught up
+// from history. After an epoch change nothing can be recovered, so
+// subscribers are asked to reconnect, and their resume reports what was
+// lost. It runs before the delivery that showed the gap is fanned out.
+func (s *Server) repair(ch *channel, from scaler.Position, epoch string, now uint64) {
 	s.stats.gaps.Add(1)
-	reset := from.Epoch != d.Epoch
-	s.log.Warn("sss: missed deliveries", "channel", ch.name, "after", from.Offset, "got", d.Offset, "epoch_changed", reset)
+	reset := from.Epoch != epoch
+	s.log.Warn("sss: missed deliveries", "channel", ch.name, "after", from.Offset, "now", now, "epoch_changed", reset)
 	ch.mu.RLock()
 	subs := make([]*sub, 0, len(ch.subs))
 	for _, sb := range ch.subs {
@@ -362,6 +371,103 @@ func (s *Server) repair(ch *channel, d scaler.Delivery, from scaler.Position) {
 		}
 	}
 }
+
+// Deliveries a backend says this node may have missed (HandleMissed).
+
+// missed queues a check of a stream; it never blocks (the scaler calls it).
+func (h *hub) missed(stream string) {
+	h.mmu.Lock()
+	if len(h.unchecked) < maxUnchecked {
+		h.unchecked[stream] = true
+	}
+	h.mmu.Unlock()
+	signal(h.checkWake)
+}
+
+// maxUnchecked bounds the streams waiting for a check; a stream beyond it
+// is checked anyway by its next delivery.
+const maxUnchecked = 1 << 16
+
+// checkMissed runs while the server is joined: it checks the streams the
+// backend said may have missed deliveries.
+func (s *Server) checkMissed(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.hub.checkWake:
+		}
+		s.hub.mmu.Lock()
+		streams := s.hub.unchecked
+		s.hub.unchecked = make(map[string]bool)
+		s.hub.mmu.Unlock()
+		for stream := range streams {
+			s.checkStream(ctx, stream)
+		}
+	}
+}
+
+// checkStream compares a stream's position in history with the last
+// delivery this instance received, and repairs the difference.
+func (s *Server) checkStream(ctx context.Context, stream string) {
+	ch, hist := s.hub.get(stream), s.history()
+	if ch == nil || hist == nil {
+		return
+	}
+	var top scaler.Position
+	err := retry(ctx, func(ctx context.Context) (err error) {
+		_, top, err = hist.Since(ctx, stream, scaler.Position{}, 0)
+		return err
+	}, s.cfg.askTimeout)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.stats.scalerErrors.Add(1)
+			s.log.Warn("sss: cannot check a stream for missed deliveries", "channel", stream, "err", err)
+		}
+		return
+	}
+	ch.pmu.Lock()
+	last := ch.last
+	missed := last.Epoch != "" && (last.Epoch != top.Epoch || top.Offset > last.Offset)
+	if missed {
+		ch.last = top
+	}
+	ch.pmu.Unlock()
+	if missed {
+		s.repair(ch, last, top.Epoch, top.Offset)
+	}
+}
+
+// retry calls f until it succeeds, up to retryAttempts times with a growing
+// pause, each call bounded by timeout: a backend that just came back may
+// fail a moment longer.
+func retry(ctx context.Context, f func(context.Context) error, timeout time.Duration) error {
+	var err error
+	pause := retryPause
+	for i := range retryAttempts {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pause):
+				pause *= 4
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		err = f(cctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || errors.Is(err, scaler.ErrPositionLost) {
+			return err
+		}
+	}
+	return err
+}
+
+// Retries of history reads after the backend failed.
+const (
+	retryAttempts = 4
+	retryPause    = 50 * time.Millisecond
+)
 
 // Disconnect orders.
 

@@ -275,6 +275,13 @@ func (s *Server) join(ctx context.Context) (scaler.Node, error) {
 	s.store, _ = n.(scaler.SessionStore)
 	s.node = n
 	s.nodeRef.Store(&n)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopNode = cancel
+	s.nodeWG.Add(1)
+	go func() {
+		defer s.nodeWG.Done()
+		s.checkMissed(ctx)
+	}()
 	return n, nil
 }
 
@@ -292,6 +299,7 @@ type nodeHandler struct{ s *Server }
 
 func (h nodeHandler) HandleDelivery(d scaler.Delivery)      { h.s.deliver(d) }
 func (h nodeHandler) HandleMessage(from string, msg []byte) { h.s.handleNodeMessage(from, msg) }
+func (h nodeHandler) HandleMissed(stream string)            { h.s.hub.missed(stream) }
 
 func (s *Server) leave() error {
 	s.joinMu.Lock()
@@ -300,6 +308,8 @@ func (s *Server) leave() error {
 	var err error
 	if s.node != nil {
 		err = s.node.Close()
+		s.stopNode()
+		s.nodeWG.Wait()
 	}
 	if closer, ok := s.cfg.scaler.(interface{ Close() error }); ok && s.cfg.ownScaler {
 		err = errors.Join(err, closer.Close())

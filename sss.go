@@ -23,6 +23,7 @@
 package sss
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base32"
 	"log/slog"
@@ -52,6 +53,9 @@ type Server struct {
 	node    scaler.Node
 	nodeRef atomic.Pointer[scaler.Node] // lock-free read of node
 	store   scaler.SessionStore         // nil when the scaler does not persist
+	// The goroutines that live as long as the node (hub.go's checkMissed).
+	stopNode context.CancelFunc
+	nodeWG   sync.WaitGroup
 	// storeDownUntil (unix nanos) skips store calls for a while after one failed.
 	storeDownUntil atomic.Int64
 

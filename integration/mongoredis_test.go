@@ -297,9 +297,10 @@ func poll(t testing.TB, d time.Duration, what string, cond func() bool) {
 
 // recorder is a scaler.Handler that keeps what it receives.
 type recorder struct {
-	mu   sync.Mutex
-	ds   []scaler.Delivery
-	msgs []string
+	mu     sync.Mutex
+	ds     []scaler.Delivery
+	msgs   []string
+	missed []string
 }
 
 func (r *recorder) HandleDelivery(d scaler.Delivery) {
@@ -311,6 +312,12 @@ func (r *recorder) HandleDelivery(d scaler.Delivery) {
 func (r *recorder) HandleMessage(from string, msg []byte) {
 	r.mu.Lock()
 	r.msgs = append(r.msgs, from+":"+string(msg))
+	r.mu.Unlock()
+}
+
+func (r *recorder) HandleMissed(stream string) {
+	r.mu.Lock()
+	r.missed = append(r.missed, stream)
 	r.mu.Unlock()
 }
 

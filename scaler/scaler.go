@@ -45,8 +45,9 @@
 //     stream). Deliveries for a stream start at the latest when Subscribe
 //     returns and stop at the latest when Unsubscribe returns. A backend that
 //     loses its link keeps the node's interests and re-establishes them by
-//     itself when the link returns; Subscribe may report the outage with an
-//     error, but the interest is still recorded.
+//     itself when the link returns, then calls Handler.HandleMissed for each
+//     (deliveries may have been lost meanwhile); Subscribe may report the
+//     outage with an error, but the interest is still recorded.
 //   - Handler methods are called from goroutines owned by the backend, never
 //     concurrently for the same stream on the same node, and must not block:
 //     the server only enqueues.
@@ -141,13 +142,15 @@ type Entry struct {
 //
 // A backend with History must also guarantee:
 //
-//   - Every publication that is not Transient gets, in each of its streams, the next
-//     offset of that stream (1, 2, 3, ...), and is delivered with it.
-//     Appending to a stream's history and delivering it are atomic with
-//     respect to other publishers: deliveries of one stream reach every node
-//     in offset order. A node may miss deliveries while its link to the
-//     backend is broken (the server notices the jump in offsets and fills it
-//     from Since), but must never receive them out of order.
+//   - Every publication that is not Transient gets, in each of its
+//     streams, the next offset of that stream (1, 2, 3, ...), and is
+//     delivered with it. Appending to a stream's history and delivering it
+//     are atomic with respect to other publishers: deliveries of one stream
+//     reach every node in offset order. A node may miss deliveries while its
+//     link to the backend is broken, but must never receive them out of
+//     order, and must be told with Handler.HandleMissed once the link is
+//     back (the server then fills what it missed from Since, as it does
+//     when it notices a jump in offsets).
 //   - Each stream has an epoch, an opaque non-empty string that changes
 //     whenever offsets could restart or history could have been lost other
 //     than by trimming: the backend restarted empty, the stream's metadata
@@ -176,6 +179,14 @@ type Handler interface {
 	// HandleMessage is called with a message another node (or this one) sent
 	// to this node with Send.
 	HandleMessage(from string, msg []byte)
+	// HandleMissed says that deliveries of stream may have been lost: the
+	// node's link to the backend broke and was re-established, and the
+	// stream's deliveries flow again. A backend calls it for each stream
+	// the node is subscribed to on that link, once the stream is subscribed
+	// again. The server then compares the stream's position in History with
+	// the last delivery it received, and fills the difference. A backend
+	// whose nodes cannot lose deliveries never calls it.
+	HandleMissed(stream string)
 }
 
 // Scaler attaches server instances to a backend. One Scaler value may be

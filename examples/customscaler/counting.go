@@ -112,4 +112,6 @@ func (c *countingHandler) HandleMessage(from string, msg []byte) {
 	c.h.HandleMessage(from, msg)
 }
 
+func (c *countingHandler) HandleMissed(stream string) { c.h.HandleMissed(stream) }
+
 var _ scaler.Scaler = (*CountingScaler)(nil)

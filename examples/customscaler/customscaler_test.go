@@ -74,6 +74,7 @@ type nopHandler struct{}
 
 func (nopHandler) HandleDelivery(scaler.Delivery) {}
 func (nopHandler) HandleMessage(string, []byte)   {}
+func (nopHandler) HandleMissed(string)            {}
 
 // The demo runs to completion and shows what it promises.
 func TestRun(t *testing.T) {

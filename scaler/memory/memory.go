@@ -204,6 +204,9 @@ func (n historyNode) Since(ctx context.Context, name string, pos scaler.Position
 	if n.isClosed() {
 		return nil, scaler.Position{}, scaler.ErrClosed
 	}
+	if err := n.down(); err != nil {
+		return nil, scaler.Position{}, err
+	}
 	st := n.s.stream(name, true)
 	now := n.s.now()
 	st.mu.Lock()
@@ -314,6 +317,62 @@ type node struct {
 	cond     *sync.Cond
 	closed   bool
 	inflight int // handler calls running; Close waits for zero
+
+	cut atomic.Bool // Cut: the node's link to the backend is broken
+}
+
+// Cut breaks a node's link to the scaler, as a network failure would, for
+// tests: until Heal, deliveries to the node are lost, and its calls fail
+// with scaler.ErrUnavailable (Subscribe and Unsubscribe still record the
+// interest, as the contract asks). It reports whether the node exists.
+func (s *Scaler) Cut(nodeID string) bool {
+	s.mu.RLock()
+	n := s.nodes[nodeID]
+	s.mu.RUnlock()
+	if n == nil {
+		return false
+	}
+	n.cut.Store(true)
+	return true
+}
+
+// Heal restores a node's link after Cut, and tells the node, for each
+// stream it subscribes, that deliveries may have been missed
+// (scaler.Handler.HandleMissed). It reports whether the node was cut.
+func (s *Scaler) Heal(nodeID string) bool {
+	s.mu.RLock()
+	n := s.nodes[nodeID]
+	s.mu.RUnlock()
+	if n == nil || !n.cut.Swap(false) {
+		return false
+	}
+	n.smu.Lock()
+	streams := make([]string, 0, len(n.subs))
+	for name := range n.subs {
+		streams = append(streams, name)
+	}
+	n.smu.Unlock()
+	for _, name := range streams {
+		st := s.stream(name, false)
+		if st == nil {
+			continue
+		}
+		st.mu.Lock() // serialised with the stream's deliveries
+		if n.enter() {
+			n.h.HandleMissed(name)
+			n.leave()
+		}
+		st.mu.Unlock()
+	}
+	return true
+}
+
+// down reports scaler.ErrUnavailable for a cut node.
+func (n *node) down() error {
+	if n.cut.Load() {
+		return fmt.Errorf("memory: node %q is cut: %w", n.id, scaler.ErrUnavailable)
+	}
+	return nil
 }
 
 // enter admits a handler call unless the node is closed.
@@ -349,6 +408,9 @@ func (n *node) Publish(ctx context.Context, pub *scaler.Publication) error {
 	if n.isClosed() {
 		return scaler.ErrClosed
 	}
+	if err := n.down(); err != nil {
+		return err
+	}
 	s := n.s
 	keep := s.histSize > 0 && !pub.Transient
 	now := s.now()
@@ -379,7 +441,7 @@ func (n *node) Publish(ctx context.Context, pub *scaler.Publication) error {
 			d.Offset, d.Epoch = st.offset, st.epoch
 		}
 		for _, dst := range st.nodes {
-			if dst.enter() {
+			if !dst.cut.Load() && dst.enter() {
 				dst.h.HandleDelivery(d)
 				dst.leave()
 			}
@@ -415,7 +477,7 @@ func (n *node) Subscribe(ctx context.Context, name string) error {
 	st.nodes = append(slices.Clip(st.nodes), n)
 	st.mu.Unlock()
 	n.s.mu.Unlock()
-	return nil
+	return n.down() // the interest is recorded even so
 }
 
 func (n *node) Unsubscribe(ctx context.Context, name string) error {
@@ -459,9 +521,15 @@ func (n *node) Send(ctx context.Context, nodeID string, msg []byte) error {
 	if n.isClosed() {
 		return scaler.ErrClosed
 	}
+	if err := n.down(); err != nil {
+		return err
+	}
 	n.s.mu.RLock()
 	dst := n.s.nodes[nodeID]
 	n.s.mu.RUnlock()
+	if dst != nil && dst.cut.Load() {
+		return nil // lost on the way, as over a broken link
+	}
 	if dst == nil || !dst.enter() {
 		return fmt.Errorf("memory: send to %q: %w", nodeID, scaler.ErrUnknownNode)
 	}
@@ -550,6 +618,9 @@ func (n *node) withSession(ctx context.Context, id string, create bool, f func(*
 	}
 	if n.isClosed() {
 		return scaler.ErrClosed
+	}
+	if err := n.down(); err != nil {
+		return err
 	}
 	s := n.s
 	now := s.now()

@@ -3,6 +3,8 @@ package memory
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -76,6 +78,7 @@ type nop struct{}
 
 func (nop) HandleDelivery(scaler.Delivery) {}
 func (nop) HandleMessage(string, []byte)   {}
+func (nop) HandleMissed(string)            {}
 
 func join(t *testing.T, s *Scaler, id string) scaler.Node {
 	t.Helper()
@@ -192,5 +195,72 @@ func TestScalerClose(t *testing.T) {
 	}
 	if _, err := s.Join(context.Background(), "b", nop{}); !errors.Is(err, scaler.ErrClosed) {
 		t.Errorf("Join after Scaler.Close: %v; want ErrClosed", err)
+	}
+}
+
+// missRecorder records deliveries and HandleMissed calls.
+type missRecorder struct {
+	mu      sync.Mutex
+	offsets []string // stream:offset
+	missed  []string
+}
+
+func (r *missRecorder) HandleDelivery(d scaler.Delivery) {
+	r.mu.Lock()
+	r.offsets = append(r.offsets, fmt.Sprintf("%s:%d", d.Stream, d.Offset))
+	r.mu.Unlock()
+}
+func (r *missRecorder) HandleMessage(string, []byte) {}
+func (r *missRecorder) HandleMissed(stream string) {
+	r.mu.Lock()
+	r.missed = append(r.missed, stream)
+	r.mu.Unlock()
+}
+
+// A cut node misses deliveries and cannot call the backend; Heal tells it
+// which streams may have missed some.
+func TestCutAndHeal(t *testing.T) {
+	s := mustNew(t)
+	ctx := context.Background()
+	rec := &missRecorder{}
+	a, err := s.Join(ctx, "a", rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := join(t, s, "b")
+	if err := a.Subscribe(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	b.Publish(ctx, &scaler.Publication{Channel: "x"})
+	if !s.Cut("a") || s.Cut("nobody") {
+		t.Fatal("Cut reported the wrong nodes")
+	}
+	b.Publish(ctx, &scaler.Publication{Channel: "x"})
+	for name, err := range map[string]error{
+		"Publish":   a.Publish(ctx, &scaler.Publication{Channel: "x"}),
+		"Send":      a.Send(ctx, "b", nil),
+		"Subscribe": a.Subscribe(ctx, "y"),
+	} {
+		if !errors.Is(err, scaler.ErrUnavailable) {
+			t.Errorf("%s on a cut node: %v, want ErrUnavailable", name, err)
+		}
+	}
+	if _, _, err := a.(scaler.History).Since(ctx, "x", scaler.Position{}, 0); !errors.Is(err, scaler.ErrUnavailable) {
+		t.Errorf("Since on a cut node: %v", err)
+	}
+	if !s.Heal("a") || s.Heal("a") {
+		t.Fatal("Heal reported the wrong state")
+	}
+	b.Publish(ctx, &scaler.Publication{Channel: "x"})
+	b.Publish(ctx, &scaler.Publication{Channel: "y"})
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if want := []string{"x:1", "x:3", "y:1"}; !slices.Equal(rec.offsets, want) {
+		t.Errorf("deliveries %v, want %v (the second was lost)", rec.offsets, want)
+	}
+	// y was subscribed while cut: the interest was kept.
+	slices.Sort(rec.missed)
+	if want := []string{"x", "y"}; !slices.Equal(rec.missed, want) {
+		t.Errorf("HandleMissed for %v, want %v", rec.missed, want)
 	}
 }

@@ -293,6 +293,7 @@ type handlerFunc func(scaler.Delivery)
 
 func (f handlerFunc) HandleDelivery(d scaler.Delivery) { f(d) }
 func (handlerFunc) HandleMessage(string, []byte)       {}
+func (handlerFunc) HandleMissed(string)                {}
 
 // With Redis Cluster a node's channel is a shard channel hashed on the node
 // id, and never equal to a stream's channel.

@@ -276,6 +276,7 @@ type recorder struct {
 	mu         sync.Mutex
 	deliveries []scaler.Delivery
 	messages   []message
+	missed     []string        // HandleMissed calls, by stream
 	active     map[string]int  // handler calls in progress per stream
 	stopped    map[string]bool // streams whose Unsubscribe returned
 	problems   []string
@@ -346,6 +347,21 @@ func (r *recorder) HandleMessage(from string, msg []byte) {
 		r.problemLocked("HandleMessage from %q still running when Close returned", from)
 		r.mu.Unlock()
 	}
+	r.signal()
+}
+
+// HandleMissed may come for a subscribed stream at any time (a backend
+// whose link broke), never after Close or Unsubscribe returned.
+func (r *recorder) HandleMissed(stream string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		r.problemLocked("HandleMissed(%q) called after Close returned", stream)
+	}
+	if r.stopped[stream] {
+		r.problemLocked("HandleMissed(%q) called after Unsubscribe(%q) returned", stream, stream)
+	}
+	r.missed = append(r.missed, stream)
 	r.signal()
 }
 

@@ -297,6 +297,7 @@ func (c *Client) restoreSub(l *link, s *Subscription, since Position, e *subResu
 	s.pos, s.recovered = info.Position, info.Recovered
 	s.mu.Unlock()
 	s.leaving.Store(false) // an unsubscribe that failed is not pending on this link
+	s.skips.Store(false)
 	events = append(events, s.setStatus(SubSubscribed, nil, nil))
 	return c.recoveryEvents(info, events)
 }

@@ -108,6 +108,19 @@ func epochGap(ch string, kind ChannelKind, sub *Subscription, pos, p Position) R
 	}
 }
 
+// jumpGap describes a publication whose offset is past the next one: the
+// ones between were lost (a server missed them, or dropped them on a lossy
+// channel).
+func jumpGap(ch string, kind ChannelKind, sub *Subscription, pos, p Position) RecoverInfo {
+	return RecoverInfo{
+		Channel: ch, Kind: kind, Sub: sub,
+		Reason: fmt.Sprintf("offsets jumped from %d to %d: %d publications were lost", pos.Offset, p.Offset, p.Offset-pos.Offset-1),
+		Since:  pos,
+		// The publication itself is delivered next.
+		Position: Position{Offset: p.Offset - 1, Epoch: p.Epoch},
+	}
+}
+
 // outcome turns a subscription's resume result into a RecoverInfo.
 func outcome(ch string, kind ChannelKind, sub *Subscription, since Position, r *subResult) RecoverInfo {
 	info := RecoverInfo{Channel: ch, Kind: kind, Sub: sub, Since: since}

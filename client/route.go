@@ -90,10 +90,15 @@ func (c *Client) admit(d dest, m Message, p Position) (back Position, ok bool) {
 		c.log.Debug("sss: duplicate publication dropped", "channel", m.Channel, "sub", m.Sub, "offset", p.Offset, "position", pos)
 		return pos, false
 	}
-	if !epochChanged {
+	var info RecoverInfo
+	switch {
+	case epochChanged:
+		info = epochGap(m.Sub, d.kind, d.sub, pos, p)
+	case !pos.IsZero() && !p.IsZero() && p.Offset > pos.Offset+1 && !c.maySkip(d):
+		info = jumpGap(m.Sub, d.kind, d.sub, pos, p)
+	default:
 		return pos, true
 	}
-	info := epochGap(m.Sub, d.kind, d.sub, pos, p)
 	c.mu.Lock()
 	if d.sub != nil {
 		d.sub.mu.Lock()
@@ -105,9 +110,29 @@ func (c *Client) admit(d dest, m Message, p Position) (back Position, ok bool) {
 	for _, ev := range events {
 		c.d.push(ev)
 	}
-	// Were it refused, the publication would come again after the resume,
-	// from the new epoch: the position goes back to just before it.
+	// Were it refused, the publication would come again after the resume:
+	// the position goes back to just before it.
 	return info.Position, true
+}
+
+// maySkip reports whether a channel's offsets may jump without a loss: a
+// subscription with a deeper one (now, or since its position was last set)
+// does not see the offsets of what came through that one.
+func (c *Client) maySkip(d dest) bool {
+	if d.sub == nil {
+		return false // the user and session channels are flat
+	}
+	if d.sub.skips.Load() {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ch := range c.subs {
+		if isAncestor(d.sub.channel, ch) {
+			return true
+		}
+	}
+	return false
 }
 
 // deliverPub queues m for its handler. The position moves before the

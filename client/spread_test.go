@@ -125,7 +125,9 @@ func TestReconnectSpread(t *testing.T) {
 	if med := delays[n/2]; med < base/4 || med > base*3/4 {
 		t.Errorf("median delay %v, want about %v", med, base/2)
 	}
-	if late := buckets[10]; late > n/10 {
+	// Beyond the window only by scheduling delays: a loaded machine (-race,
+	// two cores, 100 clients) adds tens of ms to some.
+	if late := buckets[10]; late > n/4 {
 		t.Errorf("%d delays beyond the window %v", late, base)
 	}
 }

@@ -100,6 +100,9 @@ type Subscription struct {
 	// leaving is set when an unsubscribe is sent: from then on the server
 	// may deliver the channel's publications through an ancestor.
 	leaving atomic.Bool
+	// skips: since pos was last set by an ack, a deeper subscription ended,
+	// so this one's offsets may jump over what was delivered through it.
+	skips atomic.Bool
 }
 
 // SubHooks are a subscription's callbacks, given to Subscribe with
@@ -354,11 +357,21 @@ func (c *Client) dropSub(s *Subscription) {
 		return
 	}
 	delete(c.subs, s.channel)
+	for ch, a := range c.subs {
+		if isAncestor(ch, s.channel) {
+			a.skips.Store(true)
+		}
+	}
 	ev := s.setStatus(SubUnsubscribed, nil, nil)
 	c.mu.Unlock()
 	if ev != nil {
 		c.d.push(ev)
 	}
+}
+
+// isAncestor reports whether a is a strict ancestor of b ("news" of "news.uk").
+func isAncestor(a, b string) bool {
+	return len(b) > len(a) && b[len(a)] == '.' && b[:len(a)] == a
 }
 
 // sendUnsubscribe tells the server to drop a subscription the client no

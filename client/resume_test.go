@@ -801,3 +801,51 @@ func TestResyncClose(t *testing.T) {
 		t.Fatalf("%d connections", len(conns))
 	}
 }
+
+// Within one epoch, a publication past the next offset on a channel that
+// cannot skip is reported as a gap before it is delivered; on a
+// subscription with a deeper one, jumps are normal (that one carries the
+// offsets between) and nothing is reported.
+func TestOffsetJumpIsAGap(t *testing.T) {
+	fs := newFakeServer(t, func(fc *fakeConn) {
+		fc.send(`{"type":"welcome","version":1,"conn":"n1.a","session":"s1","user":"al","channels":{"user":"$u.al","session":"$s.s1"},` +
+			`"positions":{"$u.al":{"offset":7,"epoch":"e1"},"$s.s1":{"offset":0,"epoch":"e2"}},"ping":25000,"pong":10000,"limits":{"maxMessage":65536,"maxSubscriptions":256,"concurrency":4}}`)
+		acks := []string{`{"channel":"a","offset":5,"epoch":"ea"}`, `{"channel":"n","offset":0,"epoch":"en"}`, `{"channel":"n.uk","offset":0,"epoch":"eu"}`}
+		for _, res := range acks {
+			f := fc.next(5 * time.Second)
+			if f == nil {
+				return
+			}
+			fc.send(`{"type":"ack","id":` + id(f) + `,"result":` + res + `}`)
+		}
+		fc.send(`{"type":"pub","channel":"a","sub":"a","event":"","data":6,"offset":6,"epoch":"ea"}`,
+			`{"type":"pub","channel":"a","sub":"a","event":"","data":9,"offset":9,"epoch":"ea"}`,
+			`{"type":"pub","channel":"$u.al","sub":"$u.al","event":"","data":10,"offset":10,"epoch":"e1"}`,
+			`{"type":"pub","channel":"n","sub":"n","event":"","data":1,"offset":1,"epoch":"en"}`,
+			`{"type":"pub","channel":"n","sub":"n","event":"","data":4,"offset":4,"epoch":"en"}`,
+			`{"type":"pub","channel":"a","sub":"a","event":"","data":10,"offset":10,"epoch":"ea"}`)
+		fc.next(10 * time.Second)
+	})
+	ev := newEvents()
+	c := dial(t, fs.url, hooks(client.Hooks{
+		OnUserMessage: func(m client.Message) { ev.add(fmt.Sprintf("user:%s", m.Data)) },
+		OnGap:         func(info client.RecoverInfo) { ev.add(fmt.Sprintf("gap:%s:%d-%d", info.Channel, info.Since.Offset, info.Position.Offset)) },
+	}))
+	for _, ch := range []string{"a", "n", "n.uk"} {
+		if _, err := c.Subscribe(ctxT(t), ch, client.WithMessageHandler(func(m client.Message) {
+			ev.add(fmt.Sprintf("%s:%s", m.Sub, m.Data))
+		})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"a:6", "gap:a:6-8", "a:9", "gap:$u.al:7-9", "user:10", "n:1", "n:4", "a:10"}
+	for _, w := range want {
+		ev.waitEvent(t, w)
+	}
+	if got := ev.get(); !slices.Equal(got, want) {
+		t.Fatalf("events %v, want %v", got, want)
+	}
+	if st := c.Stats(); st.Gaps != 2 {
+		t.Fatalf("stats %+v, want 2 gaps", st)
+	}
+}

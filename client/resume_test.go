@@ -829,7 +829,9 @@ func TestOffsetJumpIsAGap(t *testing.T) {
 	ev := newEvents()
 	c := dial(t, fs.url, hooks(client.Hooks{
 		OnUserMessage: func(m client.Message) { ev.add(fmt.Sprintf("user:%s", m.Data)) },
-		OnGap:         func(info client.RecoverInfo) { ev.add(fmt.Sprintf("gap:%s:%d-%d", info.Channel, info.Since.Offset, info.Position.Offset)) },
+		OnGap: func(info client.RecoverInfo) {
+			ev.add(fmt.Sprintf("gap:%s:%d-%d", info.Channel, info.Since.Offset, info.Position.Offset))
+		},
 	}))
 	for _, ch := range []string{"a", "n", "n.uk"} {
 		if _, err := c.Subscribe(ctxT(t), ch, client.WithMessageHandler(func(m client.Message) {

@@ -480,11 +480,7 @@ func (s *Server) resumeList(c *Conn, f inFrame) ([]subRequest, *Error) {
 	if f.HasSubs || !c.persist || s.store == nil {
 		return f.Subscriptions, nil
 	}
-	var stored []scaler.StoredSubscription
-	err := s.storeCall(c.ctx, "list subscriptions", func(ctx context.Context, st scaler.SessionStore) (err error) {
-		stored, err = st.Subscriptions(ctx, c.session.SessionID)
-		return err
-	})
+	stored, err := s.store.storedList(c.ctx, c.storeKey())
 	if err != nil {
 		return nil, Errorf(CodeUnavailable, "cannot read the session's subscriptions")
 	}
@@ -535,13 +531,9 @@ func (s *Server) dropUnlisted(c *Conn, want map[string]bool) {
 	if !c.persist {
 		return
 	}
-	s.storeCall(c.ctx, "prune subscriptions", func(ctx context.Context, st scaler.SessionStore) error {
-		stored, err := st.Subscriptions(ctx, c.session.SessionID)
-		for _, sub := range stored {
-			if err == nil && !want[sub.Channel] {
-				err = st.RemoveSubscription(ctx, c.session.SessionID, sub.Channel)
-			}
-		}
-		return err
-	})
+	var list []scaler.StoredSubscription
+	for _, ch := range c.Subscriptions() {
+		list = append(list, scaler.StoredSubscription{Channel: ch, Query: c.subQuery(ch)})
+	}
+	s.store.replace(c.storeKey(), list)
 }

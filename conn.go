@@ -481,6 +481,19 @@ func (c *Conn) addSub(sb *sub) bool {
 	return true
 }
 
+// subQuery returns the query of c's subscription to channel.
+func (c *Conn) subQuery(channel string) []byte {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	if sb := c.subs[channel]; sb != nil {
+		return sb.query
+	}
+	return nil
+}
+
+// storeKey is the key of c's session in the session store.
+func (c *Conn) storeKey() string { return c.session.SessionID }
+
 // subCount reports whether c holds channel, and how many subscriptions it
 // holds.
 func (c *Conn) subCount(channel string) (held bool, n int) {

@@ -117,9 +117,7 @@ func (s *Server) subscribe(c *Conn, channel string, query json.RawMessage, since
 	defer cancel()
 	p := s.prepare(ctx, sb, since)
 	if c.persist {
-		s.storeCall(ctx, "add subscription", func(ctx context.Context, st scaler.SessionStore) error {
-			return st.AddSubscription(ctx, c.session.SessionID, scaler.StoredSubscription{Channel: channel, Query: query})
-		})
+		s.store.add(c.storeKey(), channel, query)
 	}
 	if h := s.cfg.hooks.OnSubscribe; h != nil {
 		s.hook("OnSubscribe", func() { h(c, channel) })
@@ -148,9 +146,7 @@ func (s *Server) unsubscribe(c *Conn, channel string) error {
 	}
 	s.detach(c.ctx, c, channel)
 	if c.persist {
-		s.storeCall(c.ctx, "remove subscription", func(ctx context.Context, st scaler.SessionStore) error {
-			return st.RemoveSubscription(ctx, c.session.SessionID, channel)
-		})
+		s.store.remove(c.storeKey(), channel)
 	}
 	if h := s.cfg.hooks.OnUnsubscribe; h != nil {
 		s.hook("OnUnsubscribe", func() { h(c, channel) })

@@ -184,11 +184,7 @@ func (s *Server) run(c *Conn) error {
 		c.own = append(c.own, ownSub{sb: sb, pos: s.position(c.ctx, name)})
 	}
 	if c.persist {
-		c.spawn(func() { // off the connect path: a slow store must not delay the welcome
-			s.storeCall(c.ctx, "touch", func(ctx context.Context, st scaler.SessionStore) error {
-				return st.TouchSession(ctx, c.session.SessionID)
-			})
-		})
+		s.store.touch(c.storeKey())
 	}
 	c.send(encodeWelcome(c), false)
 	// A client that says nothing gets its user and session channels soon.
@@ -247,9 +243,7 @@ func (s *Server) cleanup(c *Conn) {
 	if c.persist {
 		// The session's subscriptions expire a TTL after its last
 		// connection ended, not after it began.
-		s.storeCall(ctx, "touch", func(ctx context.Context, st scaler.SessionStore) error {
-			return st.TouchSession(ctx, c.session.SessionID)
-		})
+		s.store.touch(c.storeKey())
 	}
 }
 
@@ -272,11 +266,18 @@ func (s *Server) join(ctx context.Context) (scaler.Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.store, _ = n.(scaler.SessionStore)
-	s.node = n
-	s.nodeRef.Store(&n)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopNode = cancel
+	if st, ok := n.(scaler.SessionStore); ok {
+		s.store = newStoreWriter(s, st)
+		s.nodeWG.Add(1)
+		go func() {
+			defer s.nodeWG.Done()
+			s.store.run(ctx)
+		}()
+	}
+	s.node = n
+	s.nodeRef.Store(&n)
 	s.nodeWG.Add(1)
 	go func() {
 		defer s.nodeWG.Done()
@@ -301,15 +302,22 @@ func (h nodeHandler) HandleDelivery(d scaler.Delivery)      { h.s.deliver(d) }
 func (h nodeHandler) HandleMessage(from string, msg []byte) { h.s.handleNodeMessage(from, msg) }
 func (h nodeHandler) HandleMissed(stream string)            { h.s.hub.missed(stream) }
 
-func (s *Server) leave() error {
+// leave writes what the session store still lacks (within ctx, at most
+// the store timeout), then leaves the cluster.
+func (s *Server) leave(ctx context.Context) error {
 	s.joinMu.Lock()
 	defer s.joinMu.Unlock()
 	s.failPending()
 	var err error
 	if s.node != nil {
-		err = s.node.Close()
+		if s.store != nil {
+			fctx, cancel := context.WithTimeout(ctx, storeTimeout)
+			s.store.flushAll(fctx)
+			cancel()
+		}
 		s.stopNode()
 		s.nodeWG.Wait()
+		err = s.node.Close()
 	}
 	if closer, ok := s.cfg.scaler.(interface{ Close() error }); ok && s.cfg.ownScaler {
 		err = errors.Join(err, closer.Close())
@@ -366,7 +374,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		<-s.idle
 	}
-	return errors.Join(err, s.leave())
+	return errors.Join(err, s.leave(ctx))
 }
 
 // Close drops every connection at once and leaves the cluster. Handlers in
@@ -378,7 +386,7 @@ func (s *Server) Close() error {
 		c.abort()
 	}
 	<-s.idle
-	return s.leave()
+	return s.leave(context.Background())
 }
 
 // startClosing refuses new requests and connections, and returns the

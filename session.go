@@ -3,9 +3,7 @@ package sss
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
-	"time"
 	"unicode/utf8"
 
 	"github.com/superscaled/sss/scaler"
@@ -128,40 +126,4 @@ func (s *Server) runSessionParser(p SessionParser, r *http.Request) (*Session, e
 		s.log.Warn("sss: session parser timed out", "remote", r.RemoteAddr, "timeout", s.cfg.askTimeout)
 		return nil, errSessionTimeout
 	}
-}
-
-// The session store (scaler.SessionStore, when the scaler has one) keeps
-// each named session's subscriptions, so that a client that resumes without
-// a list gets them back on any instance.
-
-// storeTimeout bounds one session store call: the store is a convenience,
-// so an outage must not stall subscribes for the ask timeout.
-const storeTimeout = 2 * time.Second
-
-// storeRetry is how long store calls are skipped after one failed, so an
-// outage costs one timeout, not one per request.
-const storeRetry = 5 * time.Second
-
-// storeCall runs f on the session store, if there is one and it is not
-// known to be down. Failures are counted and logged, and returned.
-func (s *Server) storeCall(ctx context.Context, op string, f func(context.Context, scaler.SessionStore) error) error {
-	if s.store == nil {
-		return nil
-	}
-	if time.Now().UnixNano() < s.storeDownUntil.Load() {
-		s.stats.scalerErrors.Add(1)
-		return ErrUnavailable
-	}
-	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	err := f(ctx, s.store)
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, scaler.ErrUnavailable) {
-		// Timed out or unreachable: the store is down, not this request.
-		s.storeDownUntil.Store(time.Now().Add(storeRetry).UnixNano())
-	}
-	if err != nil {
-		s.stats.scalerErrors.Add(1)
-		s.log.Warn("sss: session store", "op", op, "err", err)
-	}
-	return err
 }

@@ -52,12 +52,10 @@ type Server struct {
 	joinMu  sync.Mutex
 	node    scaler.Node
 	nodeRef atomic.Pointer[scaler.Node] // lock-free read of node
-	store   scaler.SessionStore         // nil when the scaler does not persist
+	store   *storeWriter                // nil when the scaler does not persist sessions
 	// The goroutines that live as long as the node (hub.go's checkMissed).
 	stopNode context.CancelFunc
 	nodeWG   sync.WaitGroup
-	// storeDownUntil (unix nanos) skips store calls for a while after one failed.
-	storeDownUntil atomic.Int64
 
 	hmu   sync.RWMutex
 	asks  map[string]AskHandler

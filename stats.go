@@ -20,6 +20,8 @@ type Stats struct {
 	Panics        uint64 // handler or parser panics recovered
 	ScalerErrors  uint64 // failed scaler or session store calls
 	Gaps          uint64 // jumps in a stream's offsets: deliveries the scaler lost, repaired from history
+	StoreBacklog  int    // session store changes waiting to be written (the store is slow or down)
+	StoreDropped  uint64 // session store changes dropped because the backlog was full
 }
 
 type counters struct {
@@ -34,6 +36,10 @@ type counters struct {
 // Stats returns a snapshot of the server's counters.
 func (s *Server) Stats() Stats {
 	c := &s.stats
+	var store *storeWriter
+	if s.joined() != nil {
+		store = s.store // set before the node is published
+	}
 	return Stats{
 		Connections:   c.connections.Load(),
 		Accepted:      c.accepted.Load(),
@@ -51,5 +57,7 @@ func (s *Server) Stats() Stats {
 		Panics:        c.panics.Load(),
 		ScalerErrors:  c.scalerErrors.Load(),
 		Gaps:          c.gaps.Load(),
+		StoreBacklog:  store.size(),
+		StoreDropped:  store.droppedCount(),
 	}
 }

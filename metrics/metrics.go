@@ -106,6 +106,10 @@ var stats = []stat{
 		func(s *sss.Stats) float64 { return float64(s.ScalerErrors) }},
 	{"Gaps", "gaps_total", "Jumps in a stream's offsets: deliveries the scaler lost, repaired from history.", counter,
 		func(s *sss.Stats) float64 { return float64(s.Gaps) }},
+	{"StoreBacklog", "store_backlog", "Session store changes waiting to be written.", gauge,
+		func(s *sss.Stats) float64 { return float64(s.StoreBacklog) }},
+	{"StoreDropped", "store_dropped_total", "Session store changes dropped because the backlog was full.", counter,
+		func(s *sss.Stats) float64 { return float64(s.StoreDropped) }},
 }
 
 // NewCollector returns a collector of srv's Stats. Register it with a

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"net"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -18,7 +15,7 @@ import (
 )
 
 const (
-	// idleCheck is how long the receive loop waits for anything before it
+	// idleCheck is how long a receive loop waits for anything before it
 	// pings, so that a connection that died silently gets noticed.
 	idleCheck = 15 * time.Second
 	// Backoff between attempts to reach Redis again after the link broke.
@@ -30,188 +27,142 @@ const (
 // connection.
 var errLinkDown = errors.New("pub/sub connection lost")
 
-// node is one server instance: one Redis PubSub connection carrying its
-// message channel and the channels of the streams it is interested in, and
-// one goroutine reading it and calling the handler in order.
-// With Redis Cluster it holds one such connection per master instead
-// (sharded.go).
+// node is one server instance. It owns what does not depend on how Redis
+// pub/sub is reached: the node's interests, the handler calls, and the
+// barriers that confirm subscriptions. Its pubsub carries the channels:
+// plainPubSub (plain.go), one connection for a single Redis or Sentinel, or
+// shardedPubSub (sharded.go), one connection per master of a Redis Cluster.
+//
+// Locks, in the order they are taken:
+//
+//  1. subMu, held by Subscribe and Unsubscribe while they change an
+//     interest and then its channel on the pubsub, so the two change
+//     together;
+//  2. the pubsub's own mutex (plainPubSub.mu, shardedPubSub.mu), held by
+//     each of its methods and receive loops that change which channels its
+//     connections carry, across the calls to Redis;
+//  3. dmu, held while the handler runs and while interests change;
+//  4. leaves, under which no other lock is taken: shardedPubSub.omu (which
+//     shard carries which channel) and bmu (barriers).
+//
+// A function takes and releases its own locks; the only "called with a lock
+// held" helpers are shardedPubSub's ...Locked methods (its mu).
 type node struct {
-	s    *Scaler
-	id   string
-	h    scaler.Handler
-	ps   *redis.PubSub
-	self string // the node's message channel
+	s      *Scaler
+	id     string
+	h      scaler.Handler
+	self   string // the node's message channel
+	pubsub pubsub // set by join, never changed
 
-	ctx    context.Context // ends with Close; stops the receive loop
+	ctx    context.Context // ends with Close; stops the pubsub's goroutines
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
 
-	// subMu serialises changes of the PubSub's channels, so that the
-	// receive loop's resubscription after an outage cannot resurrect a
-	// channel Unsubscribe just dropped. Lock order: subMu, then dmu.
+	// subMu serialises Subscribe and Unsubscribe (see the lock order).
 	subMu sync.Mutex
 
 	// dmu is held while the handler runs, so Unsubscribe and Close wait for
 	// a call in progress and nothing is delivered after they return.
 	dmu     sync.Mutex
 	closed  atomic.Bool       // set under dmu; read without it by the other methods
-	streams map[string]string // Redis channel → stream, the node's interests
+	streams map[string]string // Redis channel → stream, the node's interests; under dmu
 
 	// Barriers: Subscribe writes a PING with a unique token after its
-	// SUBSCRIBE and returns when the PONG comes back, i.e. once Redis has
-	// processed the SUBSCRIBE on the connection that carries deliveries.
+	// SUBSCRIBE, on the same connection, and returns when the PONG comes
+	// back, i.e. once Redis has processed the SUBSCRIBE on the connection
+	// that carries deliveries.
 	bmu      sync.Mutex
 	bseq     uint64
-	barriers map[string]barrier
-
-	// Redis Cluster (sharded pub/sub, see sharded.go); ps is nil then.
-	sharded bool
-	shards  map[string]*shard // master address → its live shard; under subMu
-	owner   map[string]*shard // channel → shard carrying it; under dmu
-	kick    chan struct{}     // wakes the repair loop
+	barriers map[string]*barrier
 }
 
-// barrier is a pending Subscribe confirmation, on the shard whose
-// connection carries it (nil without Cluster).
+// pubsub is the node's link to Redis pub/sub: the connections carrying its
+// message channel and its interests' channels, and the goroutines reading
+// them, which hand messages to node.dispatch and PONGs to
+// node.releaseBarrier. When a connection breaks, the pubsub subscribes again
+// by itself, with backoff until Close, every channel node.channels lists.
+// Each method takes its own locks.
+type pubsub interface {
+	// subscribe subscribes ch on the connection that must carry it and
+	// sends a barrier after it there. On error ch is subscribed later,
+	// when Redis can be reached again (as long as node.channels lists it).
+	subscribe(ctx context.Context, ch string) (*barrier, error)
+	// unsubscribe drops ch, which node.channels no longer lists. ch is
+	// forgotten even on error, so that a new connection will not carry it:
+	// the error is only worth logging.
+	unsubscribe(ctx context.Context, ch string) error
+	// close closes the connections and waits for the goroutines reading
+	// them. The node's context is already cancelled.
+	close()
+}
+
+// barrier is a pending subscription confirmation: a PING with a unique
+// token written on conn after the SUBSCRIBE.
 type barrier struct {
-	ch chan error
-	sh *shard
+	token string
+	conn  *redis.PubSub
+	done  chan error // buffered; nil once the PONG came, or why it never will
 }
 
 // join creates the node, waits for its message channel to be subscribed and
-// starts its receive loop. On error the returned node, if any, must be
-// closed.
+// starts its pubsub's goroutines.
 func (s *Scaler) join(ctx context.Context, id string, h scaler.Handler) (*node, error) {
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	n := &node{
 		s: s, id: id, h: h, self: s.nodeChannel(id),
 		streams:  make(map[string]string),
-		barriers: make(map[string]barrier),
+		barriers: make(map[string]*barrier),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	var err error
 	if s.cluster {
-		return n, n.joinSharded(ctx, cctx)
+		n.pubsub, err = joinSharded(ctx, cctx, n)
+	} else {
+		n.pubsub, err = joinPlain(ctx, cctx, n)
 	}
-	n.ps = s.rdb.Subscribe(cctx, n.self)
-	for {
-		timeout := s.cfg.callTimeout
-		if dl, ok := cctx.Deadline(); ok {
-			timeout = time.Until(dl)
-		}
-		if timeout <= 0 {
-			n.abort()
-			return nil, s.redisErr(ctx, "join", context.DeadlineExceeded)
-		}
-		msg, err := n.ps.ReceiveTimeout(cctx, timeout)
-		if err != nil {
-			n.abort()
-			return nil, s.redisErr(ctx, "join", err)
-		}
-		if sub, ok := msg.(*redis.Subscription); ok && sub.Channel == n.self {
-			break
-		}
+	if err != nil {
+		n.cancel()
+		n.pubsub.close()
+		return nil, err
 	}
-	n.wg.Add(1)
-	go n.loop()
 	return n, nil
 }
 
-// abort releases a node whose join failed (without Cluster).
-func (n *node) abort() {
-	n.cancel()
-	n.ps.Close()
-}
-
-// loop reads the PubSub connection until Close.
-func (n *node) loop() {
-	defer n.wg.Done()
-	log := n.s.cfg.logger
-	failures := 0
-	resubscribe := false
-	for {
-		if n.ctx.Err() != nil {
-			return
-		}
-		if resubscribe {
-			// go-redis resubscribes by itself when it reconnects, but not a
-			// channel whose SUBSCRIBE failed on a connection it then
-			// replaced: subscribe everything again (Redis ignores repeats).
-			if err := n.resubscribeAll(); err != nil {
-				failures++
-				if !n.pause(failures) {
-					return
-				}
-				continue
-			}
-			resubscribe = false
-		}
-		msg, err := n.ps.ReceiveTimeout(n.ctx, idleCheck)
-		if err != nil {
-			if n.ctx.Err() != nil {
-				return
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Idle: a ping either gets a pong or breaks the connection.
-				n.ps.Ping(n.ctx)
-				continue
-			}
-			n.failBarriers(errLinkDown)
-			if failures == 0 {
-				log.Warn("mongoredis: Redis pub/sub link down; retrying", "node", n.id, "err", err)
-			}
-			failures++
-			resubscribe = true
-			if !n.pause(failures) {
-				return
-			}
-			continue
-		}
-		if failures > 0 {
-			log.Info("mongoredis: Redis pub/sub link restored", "node", n.id, "attempts", failures)
-			failures = 0
-		}
-		switch m := msg.(type) {
-		case *redis.Message:
-			n.dispatch(nil, m)
-		case *redis.Pong:
-			n.releaseBarrier(m.Payload)
-		}
+// channels lists the channels the node wants: its message channel first,
+// then its interests'.
+func (n *node) channels() []string {
+	n.dmu.Lock()
+	defer n.dmu.Unlock()
+	out := make([]string, 0, len(n.streams)+1)
+	out = append(out, n.self)
+	for ch := range n.streams {
+		out = append(out, ch)
 	}
+	return out
 }
 
-// pause waits before the next attempt to reach Redis; false means Close.
-func (n *node) pause(failures int) bool {
+// backoff waits before the next attempt to reach Redis; false means ctx
+// ended (Close).
+func backoff(ctx context.Context, failures int) bool {
 	d := minBackoff << min(failures-1, 8)
 	d = min(d, maxBackoff)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-n.ctx.Done():
+	case <-ctx.Done():
 		return false
 	case <-t.C:
 		return true
 	}
 }
 
-func (n *node) resubscribeAll() error {
-	n.subMu.Lock()
-	defer n.subMu.Unlock()
-	n.dmu.Lock()
-	channels := append(slices.Collect(maps.Keys(n.streams)), n.self)
-	n.dmu.Unlock()
-	ctx, cancel := n.s.callCtx(n.ctx)
-	defer cancel()
-	return n.ps.Subscribe(ctx, channels...)
-}
-
-// dispatch decodes a message and calls the handler, in the loop's
-// goroutine: calls are never concurrent (dmu), and arrive in Redis' order.
-// With Cluster, sh is the shard that read m: a message is delivered only if
-// that shard still carries its channel, so a channel that moved to another
-// shard never gets a stale message from the old one after newer ones.
-func (n *node) dispatch(sh *shard, m *redis.Message) {
+// dispatch decodes a message and calls the handler, in the goroutine that
+// read it: calls are never concurrent (dmu), and arrive in Redis' order.
+// carries, if not nil, tells whether the connection that read m still
+// carries its channel; it is asked under dmu, so that with sharded pub/sub
+// a channel that moved to another shard never gets a stale message from
+// the old one after newer ones.
+func (n *node) dispatch(m *redis.Message, carries func(ch string) bool) {
 	if m.Channel == n.self {
 		from, msg, err := parseMessage(m.Payload)
 		if err != nil {
@@ -220,7 +171,7 @@ func (n *node) dispatch(sh *shard, m *redis.Message) {
 		}
 		n.dmu.Lock()
 		defer n.dmu.Unlock()
-		if !n.closed.Load() && (sh == nil || n.owner[m.Channel] == sh) {
+		if !n.closed.Load() && (carries == nil || carries(m.Channel)) {
 			n.h.HandleMessage(from, msg)
 		}
 		return
@@ -237,25 +188,30 @@ func (n *node) dispatch(sh *shard, m *redis.Message) {
 	n.dmu.Lock()
 	defer n.dmu.Unlock()
 	stream, ok := n.streams[m.Channel]
-	if !ok || n.closed.Load() || (sh != nil && n.owner[m.Channel] != sh) {
+	if !ok || n.closed.Load() || (carries != nil && !carries(m.Channel)) {
 		return // unsubscribed locally; Redis may not have processed it yet
 	}
 	n.h.HandleDelivery(scaler.Delivery{Stream: stream, Pub: pub, Offset: off, Epoch: epoch})
 }
 
-func (n *node) addBarrier(sh *shard) (string, chan error) {
+// sendBarrier writes a barrier on conn, after a subscription made on it.
+// The reader of conn completes it with releaseBarrier when the PONG comes.
+func (n *node) sendBarrier(ctx context.Context, conn *redis.PubSub) (*barrier, error) {
 	n.bmu.Lock()
-	defer n.bmu.Unlock()
 	n.bseq++
-	token := "sss-barrier-" + strconv.FormatUint(n.bseq, 10)
-	ch := make(chan error, 1)
-	n.barriers[token] = barrier{ch: ch, sh: sh}
-	return token, ch
+	b := &barrier{token: "sss-barrier-" + strconv.FormatUint(n.bseq, 10), conn: conn, done: make(chan error, 1)}
+	n.barriers[b.token] = b
+	n.bmu.Unlock()
+	if err := conn.Ping(ctx, b.token); err != nil {
+		n.dropBarrier(b)
+		return nil, err
+	}
+	return b, nil
 }
 
-func (n *node) dropBarrier(token string) {
+func (n *node) dropBarrier(b *barrier) {
 	n.bmu.Lock()
-	delete(n.barriers, token)
+	delete(n.barriers, b.token)
 	n.bmu.Unlock()
 }
 
@@ -265,23 +221,47 @@ func (n *node) releaseBarrier(token string) {
 	delete(n.barriers, token)
 	n.bmu.Unlock()
 	if ok {
-		b.ch <- nil
+		b.done <- nil
 	}
 }
 
-func (n *node) failBarriers(err error) { n.failBarriersOf(nil, err) }
-
-// failBarriersOf fails the barriers pending on sh, or all of them if sh is
-// nil.
-func (n *node) failBarriersOf(sh *shard, err error) {
+// failBarriers fails the barriers pending on conn, or all of them if conn
+// is nil.
+func (n *node) failBarriers(conn *redis.PubSub, err error) {
 	n.bmu.Lock()
 	defer n.bmu.Unlock()
 	for token, b := range n.barriers {
-		if sh == nil || b.sh == sh {
-			b.ch <- err
+		if conn == nil || b.conn == conn {
+			b.done <- err
 			delete(n.barriers, token)
 		}
 	}
+}
+
+// awaitBarrier waits for a subscription's barrier; ctx is the subscription's
+// (bounded) context.
+func (n *node) awaitBarrier(ctx context.Context, b *barrier) error {
+	select {
+	case err := <-b.done:
+		return err
+	case <-ctx.Done():
+		n.dropBarrier(b)
+		return ctx.Err()
+	case <-n.ctx.Done():
+		return scaler.ErrClosed
+	}
+}
+
+// subscribeErr is the error of a subscription that failed with err: Close
+// may have closed the connection under it.
+func (n *node) subscribeErr(caller context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if n.isClosed() || errors.Is(err, scaler.ErrClosed) {
+		return scaler.ErrClosed
+	}
+	return n.s.redisErr(caller, op, err)
 }
 
 func (n *node) isClosed() bool { return n.closed.Load() }
@@ -311,63 +291,41 @@ func (n *node) Publish(ctx context.Context, pub *scaler.Publication) error {
 
 // Subscribe implements scaler.Broker. It returns once Redis has registered
 // the subscription. If Redis cannot be reached, the interest is kept (the
-// receive loop subscribes it when the link returns) and the error wraps
+// pubsub subscribes it when the link returns) and the error wraps
 // scaler.ErrUnavailable.
 func (n *node) Subscribe(ctx context.Context, stream string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ch := n.s.streamChannel(stream)
-	n.subMu.Lock()
-	n.dmu.Lock()
-	if n.closed.Load() {
-		n.dmu.Unlock()
-		n.subMu.Unlock()
-		return scaler.ErrClosed
-	}
-	if _, ok := n.streams[ch]; ok {
-		n.dmu.Unlock()
-		n.subMu.Unlock()
-		return nil
-	}
-	n.streams[ch] = stream
-	n.dmu.Unlock()
-
 	cctx, cancel := n.s.callCtx(ctx)
 	defer cancel()
-	if n.sharded {
-		token, done, err := n.subscribeShardLocked(cctx, ch)
-		n.subMu.Unlock()
-		return n.awaitBarrier(ctx, cctx, "subscribe to "+strconv.Quote(stream), token, done, err)
+	b, err := n.subscribe(cctx, stream)
+	if err == nil && b != nil {
+		err = n.awaitBarrier(cctx, b)
 	}
-	var token string
-	var done chan error
-	err := n.ps.Subscribe(cctx, ch)
-	if err == nil {
-		token, done = n.addBarrier(nil)
-		if err = n.ps.Ping(cctx, token); err != nil {
-			n.dropBarrier(token)
-		}
+	return n.subscribeErr(ctx, "subscribe to "+strconv.Quote(stream), err)
+}
+
+// subscribe records the interest in stream and subscribes its channel. It
+// returns the barrier to wait for, nil if the node was already subscribed.
+func (n *node) subscribe(ctx context.Context, stream string) (*barrier, error) {
+	ch := n.s.streamChannel(stream)
+	n.subMu.Lock()
+	defer n.subMu.Unlock()
+	n.dmu.Lock()
+	closed := n.closed.Load()
+	_, had := n.streams[ch]
+	if !closed && !had {
+		n.streams[ch] = stream
 	}
-	n.subMu.Unlock()
-	if err != nil {
-		if n.isClosed() {
-			return scaler.ErrClosed // Close closed the PubSub under us
-		}
-		return n.s.redisErr(ctx, "subscribe to "+strconv.Quote(stream), err)
+	n.dmu.Unlock()
+	switch {
+	case closed:
+		return nil, scaler.ErrClosed
+	case had:
+		return nil, nil
 	}
-	select {
-	case err = <-done:
-	case <-cctx.Done():
-		n.dropBarrier(token)
-		err = cctx.Err()
-	case <-n.ctx.Done():
-		return scaler.ErrClosed
-	}
-	if err != nil {
-		return n.s.redisErr(ctx, "subscribe to "+strconv.Quote(stream), err)
-	}
-	return nil
+	return n.pubsub.subscribe(ctx, ch)
 }
 
 // Unsubscribe implements scaler.Broker. Deliveries stop at once (the
@@ -381,25 +339,23 @@ func (n *node) Unsubscribe(ctx context.Context, stream string) error {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
 	n.dmu.Lock()
-	if n.closed.Load() {
-		n.dmu.Unlock()
-		return scaler.ErrClosed
-	}
-	if _, ok := n.streams[ch]; !ok {
-		n.dmu.Unlock()
-		return nil
-	}
-	delete(n.streams, ch)
-	if n.sharded {
-		n.unsubscribeShard(ctx, stream, ch) // unlocks dmu
-		return nil
+	closed := n.closed.Load()
+	_, had := n.streams[ch]
+	if !closed {
+		delete(n.streams, ch)
 	}
 	n.dmu.Unlock()
+	switch {
+	case closed:
+		return scaler.ErrClosed
+	case !had:
+		return nil
+	}
 	cctx, cancel := n.s.callCtx(ctx)
 	defer cancel()
-	if err := n.ps.Unsubscribe(cctx, ch); err != nil {
-		// The interest is gone locally, and go-redis forgot the channel, so
-		// a new connection will not carry it: nothing to report.
+	if err := n.pubsub.unsubscribe(cctx, ch); err != nil {
+		// The interest is gone locally, and the pubsub forgot the channel,
+		// so a new connection will not carry it: nothing to report.
 		n.s.cfg.logger.Debug("mongoredis: unsubscribe", "node", n.id, "stream", stream, "err", err)
 	}
 	return nil
@@ -468,13 +424,8 @@ func (n *node) Close() error {
 	n.closed.Store(true)
 	n.dmu.Unlock()
 	n.cancel()
-	if n.sharded {
-		n.closeShards()
-	} else {
-		n.ps.Close() // unblocks the loop's read; Redis drops the subscriptions
-	}
-	n.wg.Wait()
-	n.failBarriers(scaler.ErrClosed)
+	n.pubsub.close() // Redis drops the subscriptions with the connections
+	n.failBarriers(nil, scaler.ErrClosed)
 	n.s.removeNode(n)
 	return nil
 }

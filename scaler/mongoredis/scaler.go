@@ -184,7 +184,14 @@ func (s *Scaler) Join(ctx context.Context, nodeID string, h scaler.Handler) (sca
 	}
 	if err != nil {
 		delete(s.nodes, nodeID)
+		// Nodes that closed while this one joined left the sweeper to the
+		// last one out, which may be this one.
+		var sw *sweeper
+		if len(s.nodes) == 0 {
+			sw, s.sweeper = s.sweeper, nil
+		}
 		s.mu.Unlock()
+		sw.stop()
 		if n != nil {
 			n.Close()
 		}

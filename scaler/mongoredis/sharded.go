@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -18,13 +19,14 @@ import (
 // its first channel. A node therefore keeps one shard per master: a PubSub
 // carrying the node's channels whose slots that master owned when they were
 // subscribed, and a goroutine reading it. Every shard's goroutine calls the
-// handler under the node's dmu, so calls stay serialised; a channel lives on
-// one shard at a time, whose connection keeps Redis' order.
+// handler through node.dispatch, under the node's dmu, so calls stay
+// serialised; a channel lives on one shard at a time, whose connection
+// keeps Redis' order.
 //
 // Topology changes: any error on a shard's connection (MOVED in reply to
 // SSUBSCRIBE, a broken link, a slot migrated away, which Redis announces
 // with a "sunsubscribe" push) retires the whole shard: it is closed and
-// never reused, its channels lose their owner, and the node's repair loop
+// never reused, its channels lose their owner, and the repair loop
 // resolves their masters again (after asking go-redis to reload the cluster
 // state) and subscribes them on the right shards. A shard drops messages of
 // channels it no longer carries, so a channel that moved never receives an
@@ -32,59 +34,116 @@ import (
 // channel had no shard are lost, which the contract allows: the server fills
 // the gap from the history.
 
+// shardedPubSub is a node's shards and the loop that repairs them.
+type shardedPubSub struct {
+	n    *node
+	cc   *redis.ClusterClient
+	wg   sync.WaitGroup // the shards' readers and the repair loop
+	kick chan struct{}  // wakes the repair loop
+
+	// mu is held, across the calls to Redis, by whatever changes the shards
+	// or the channels they carry: subscribe, unsubscribe, repair, close and
+	// a shard's retire. placeLocked and retireLocked are called with it.
+	mu     sync.Mutex
+	shards map[string]*shard // master address → its live shard; under mu
+
+	// omu guards what a shard's reader checks per message (a leaf lock:
+	// nothing else is taken under it); the changes happen under mu too.
+	omu   sync.Mutex
+	owner map[string]*shard // channel → the shard carrying it
+}
+
 // shard is one sharded pub/sub connection of a node to one master.
 type shard struct {
-	n    *node
+	l    *shardedPubSub
 	addr string // the master, as go-redis resolved the first channel's slot
 	ps   *redis.PubSub
-	// Under n.dmu:
+	// Under l.omu:
 	dead   bool           // retired: closed, its channels handed back
 	unsubs map[string]int // our SUNSUBSCRIBEs whose confirmation is pending
 }
 
-func (n *node) cluster() *redis.ClusterClient { return n.s.rdb.(*redis.ClusterClient) }
-
-// joinSharded subscribes the node's message channel and starts the repair
-// loop. On error the caller closes n.
-func (n *node) joinSharded(ctx, cctx context.Context) error {
-	n.sharded = true
-	n.shards = make(map[string]*shard)
-	n.owner = make(map[string]*shard)
-	n.kick = make(chan struct{}, 1)
-	n.wg.Add(1)
-	go n.repairLoop()
-	n.subMu.Lock()
-	token, done, err := n.subscribeShardLocked(cctx, n.self)
-	n.subMu.Unlock()
-	return n.awaitBarrier(ctx, cctx, "join", token, done, err)
+// joinSharded starts the repair loop and subscribes the node's message
+// channel. It returns the pubsub even on error, for the caller to close.
+func joinSharded(ctx, cctx context.Context, n *node) (*shardedPubSub, error) {
+	l := &shardedPubSub{
+		n:      n,
+		cc:     n.s.rdb.(*redis.ClusterClient),
+		kick:   make(chan struct{}, 1),
+		shards: make(map[string]*shard),
+		owner:  make(map[string]*shard),
+	}
+	l.wg.Add(1)
+	go l.repairLoop()
+	b, err := l.subscribe(cctx, n.self)
+	if err == nil {
+		err = n.awaitBarrier(cctx, b)
+	}
+	return l, n.subscribeErr(ctx, "join", err)
 }
 
-// subscribeShardLocked subscribes ch on the shard of its master and sends
-// the barrier that confirms it. On error ch is left without a shard and the
-// repair loop will subscribe it. Called with subMu held.
-func (n *node) subscribeShardLocked(ctx context.Context, ch string) (string, chan error, error) {
-	addr, err := n.masterOf(ctx, ch)
+// subscribe subscribes ch on the shard of its master and sends the barrier
+// that confirms it. On error ch is left without a shard and the repair loop
+// will subscribe it.
+func (l *shardedPubSub) subscribe(ctx context.Context, ch string) (*barrier, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	addr, err := l.masterOf(ctx, ch)
 	var sh *shard
 	if err == nil {
-		sh, err = n.placeLocked(ctx, ch, addr)
+		sh, err = l.placeLocked(ctx, ch, addr)
 	}
 	if err != nil {
-		n.kickRepair()
-		return "", nil, err
+		l.kickRepair()
+		return nil, err
 	}
-	token, done := n.addBarrier(sh)
-	if err := sh.ps.Ping(ctx, token); err != nil {
-		n.dropBarrier(token)
-		n.retireLocked(sh)
-		return "", nil, err
+	b, err := l.n.sendBarrier(ctx, sh.ps)
+	if err != nil {
+		l.retireLocked(sh)
+		return nil, err
 	}
-	return token, done, nil
+	return b, nil
+}
+
+// unsubscribe drops ch from its shard.
+func (l *shardedPubSub) unsubscribe(ctx context.Context, ch string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.omu.Lock()
+	sh := l.owner[ch]
+	delete(l.owner, ch)
+	live := sh != nil && !sh.dead
+	if live {
+		sh.unsubs[ch]++
+	}
+	l.omu.Unlock()
+	if !live {
+		return nil
+	}
+	return sh.ps.SUnsubscribe(ctx, ch)
+}
+
+// close closes every shard and waits for the readers and the repair loop.
+func (l *shardedPubSub) close() {
+	l.mu.Lock()
+	shards := l.shards
+	l.shards = map[string]*shard{}
+	l.mu.Unlock()
+	l.omu.Lock()
+	for _, sh := range shards {
+		sh.dead = true
+	}
+	l.omu.Unlock()
+	for _, sh := range shards {
+		sh.ps.Close()
+	}
+	l.wg.Wait()
 }
 
 // masterOf returns the address of the master owning ch's slot, as go-redis
 // knows it: the node a PubSub whose first channel is ch connects to.
-func (n *node) masterOf(ctx context.Context, ch string) (string, error) {
-	master, err := n.cluster().MasterForKey(ctx, ch)
+func (l *shardedPubSub) masterOf(ctx context.Context, ch string) (string, error) {
+	master, err := l.cc.MasterForKey(ctx, ch)
 	if err != nil {
 		return "", err
 	}
@@ -93,17 +152,15 @@ func (n *node) masterOf(ctx context.Context, ch string) (string, error) {
 
 // placeLocked SSUBSCRIBEs ch on the shard of addr, the master owning its
 // slot, creating the shard if needed, and records it as ch's owner. Called
-// with subMu held.
-func (n *node) placeLocked(ctx context.Context, ch, addr string) (*shard, error) {
-	if n.ctx.Err() != nil {
-		return nil, scaler.ErrClosed
+// with mu held.
+func (l *shardedPubSub) placeLocked(ctx context.Context, ch, addr string) (*shard, error) {
+	if l.n.ctx.Err() != nil {
+		return nil, scaler.ErrClosed // close may have run: no new shard
 	}
-	if sh := n.shards[addr]; sh != nil {
-		n.dmu.Lock()
-		n.owner[ch] = sh
-		n.dmu.Unlock()
+	if sh := l.shards[addr]; sh != nil {
+		l.setOwner(ch, sh)
 		if err := sh.ps.SSubscribe(ctx, ch); err != nil {
-			n.retireLocked(sh) // hands ch back too
+			l.retireLocked(sh) // hands ch back too
 			return nil, err
 		}
 		return sh, nil
@@ -111,69 +168,74 @@ func (n *node) placeLocked(ctx context.Context, ch, addr string) (*shard, error)
 	// A new PubSub connects on its first SSUBSCRIBE, to the master of that
 	// channel's slot. Its reader starts only after: a PubSub reading with
 	// no channel would connect to a random node.
-	sh := &shard{n: n, addr: addr, ps: n.cluster().SSubscribe(ctx), unsubs: make(map[string]int)}
+	sh := &shard{l: l, addr: addr, ps: l.cc.SSubscribe(ctx), unsubs: make(map[string]int)}
 	if err := sh.ps.SSubscribe(ctx, ch); err != nil {
 		sh.ps.Close()
 		return nil, err
 	}
-	n.shards[addr] = sh
-	n.dmu.Lock()
-	n.owner[ch] = sh
-	n.dmu.Unlock()
-	n.wg.Add(1)
+	l.shards[addr] = sh
+	l.setOwner(ch, sh)
+	l.wg.Add(1)
 	go sh.loop()
 	return sh, nil
 }
 
+func (l *shardedPubSub) setOwner(ch string, sh *shard) {
+	l.omu.Lock()
+	l.owner[ch] = sh
+	l.omu.Unlock()
+}
+
 // retireLocked closes sh for good and hands its channels to the repair
-// loop. Called with subMu held; idempotent.
-func (n *node) retireLocked(sh *shard) {
-	n.dmu.Lock()
+// loop. Called with mu held; idempotent.
+func (l *shardedPubSub) retireLocked(sh *shard) {
+	l.omu.Lock()
 	if sh.dead {
-		n.dmu.Unlock()
+		l.omu.Unlock()
 		return
 	}
 	sh.dead = true
-	for ch, o := range n.owner {
+	for ch, o := range l.owner {
 		if o == sh {
-			delete(n.owner, ch)
+			delete(l.owner, ch)
 		}
 	}
-	n.dmu.Unlock()
-	if n.shards[sh.addr] == sh {
-		delete(n.shards, sh.addr)
+	l.omu.Unlock()
+	if l.shards[sh.addr] == sh {
+		delete(l.shards, sh.addr)
 	}
 	sh.ps.Close()
-	n.failBarriersOf(sh, errLinkDown)
-	n.kickRepair()
+	l.n.failBarriers(sh.ps, errLinkDown)
+	l.kickRepair()
 }
 
-func (n *node) kickRepair() {
+func (l *shardedPubSub) kickRepair() {
 	select {
-	case n.kick <- struct{}{}:
+	case l.kick <- struct{}{}:
 	default:
 	}
 }
 
-// repairLoop subscribes, with backoff, the channels of the node's interests
-// that have no shard, until Close.
-func (n *node) repairLoop() {
-	defer n.wg.Done()
+// repairLoop subscribes, with backoff, the channels the node wants that
+// have no shard, until Close.
+func (l *shardedPubSub) repairLoop() {
+	defer l.wg.Done()
+	n := l.n
 	log := n.s.cfg.logger
 	failures := 0
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-n.kick:
+		case <-l.kick:
 		}
 		for {
 			// A short pause first: the cluster state go-redis reloads in
 			// the background settles, and a flapping shard cannot spin.
-			if !n.pause(max(failures, 1)) {
+			if !backoff(n.ctx, max(failures, 1)) {
 				return
 			}
-			placed, err := n.repair()
+			placed, err := l.repair()
 			if err == nil {
 				if failures > 0 {
 					log.Info("mongoredis: Redis Cluster pub/sub restored", "node", n.id, "attempts", failures)
@@ -192,40 +254,41 @@ func (n *node) repairLoop() {
 	}
 }
 
-// repair subscribes every channel the node wants that has no shard.
-func (n *node) repair() (int, error) {
-	n.subMu.Lock()
-	defer n.subMu.Unlock()
-	if n.ctx.Err() != nil {
+// repair subscribes every channel the node wants that has no shard. The
+// list is read under mu, and Unsubscribe drops an interest before it calls
+// unsubscribe, which waits for mu: a channel listed here just before it was
+// dropped is unsubscribed after it is placed, never before.
+func (l *shardedPubSub) repair() (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n.ctx.Err() != nil {
 		return 0, nil
 	}
 	var todo []string
-	n.dmu.Lock()
-	if n.owner[n.self] == nil {
-		todo = append(todo, n.self)
-	}
-	for ch := range n.streams {
-		if n.owner[ch] == nil {
+	want := l.n.channels()
+	l.omu.Lock()
+	for _, ch := range want {
+		if l.owner[ch] == nil {
 			todo = append(todo, ch)
 		}
 	}
-	n.dmu.Unlock()
+	l.omu.Unlock()
 	if len(todo) == 0 {
 		return 0, nil
 	}
-	ctx, cancel := n.s.callCtx(n.ctx)
+	ctx, cancel := l.n.s.callCtx(l.n.ctx)
 	defer cancel()
-	n.cluster().ReloadState(ctx)
+	l.cc.ReloadState(ctx)
 	var first error
 	placed := 0
 	failed := map[string]bool{} // masters that failed this round: skip their other channels
 	for _, ch := range todo {
-		addr, err := n.masterOf(ctx, ch)
+		addr, err := l.masterOf(ctx, ch)
 		if err == nil && failed[addr] {
 			continue
 		}
 		if err == nil {
-			_, err = n.placeLocked(ctx, ch, addr)
+			_, err = l.placeLocked(ctx, ch, addr)
 			if err != nil {
 				failed[addr] = true
 			}
@@ -243,8 +306,8 @@ func (n *node) repair() (int, error) {
 
 // loop reads sh until it fails or the node closes.
 func (sh *shard) loop() {
-	n := sh.n
-	defer n.wg.Done()
+	n := sh.l.n
+	defer sh.l.wg.Done()
 	for {
 		msg, err := sh.ps.ReceiveTimeout(n.ctx, idleCheck)
 		if err != nil {
@@ -266,7 +329,7 @@ func (sh *shard) loop() {
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
-			n.dispatch(sh, m)
+			n.dispatch(m, sh.carries)
 		case *redis.Pong:
 			n.releaseBarrier(m.Payload)
 		case *redis.Subscription:
@@ -278,12 +341,20 @@ func (sh *shard) loop() {
 	}
 }
 
+// carries tells whether sh still carries ch (asked by node.dispatch).
+func (sh *shard) carries(ch string) bool {
+	l := sh.l
+	l.omu.Lock()
+	defer l.omu.Unlock()
+	return l.owner[ch] == sh
+}
+
 // lost tells whether a sunsubscribe for ch came from Redis (the slot moved)
 // rather than confirming our own SUNSUBSCRIBE.
 func (sh *shard) lost(ch string) bool {
-	n := sh.n
-	n.dmu.Lock()
-	defer n.dmu.Unlock()
+	l := sh.l
+	l.omu.Lock()
+	defer l.omu.Unlock()
 	if k := sh.unsubs[ch]; k > 0 {
 		if k == 1 {
 			delete(sh.unsubs, ch)
@@ -292,74 +363,21 @@ func (sh *shard) lost(ch string) bool {
 		}
 		return false
 	}
-	return !sh.dead && n.owner[ch] == sh
+	return !sh.dead && l.owner[ch] == sh
 }
 
+// retire retires sh after its reader failed, unless it is already retired
+// or the node is closing.
 func (sh *shard) retire(msg string, err error) {
-	n := sh.n
-	n.subMu.Lock()
-	defer n.subMu.Unlock()
-	n.dmu.Lock()
+	l := sh.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.omu.Lock()
 	dead := sh.dead
-	n.dmu.Unlock()
-	if dead || n.ctx.Err() != nil {
+	l.omu.Unlock()
+	if dead || l.n.ctx.Err() != nil {
 		return
 	}
-	n.s.cfg.logger.Info(msg, "node", n.id, "master", sh.addr, "err", err)
-	n.retireLocked(sh)
-}
-
-// unsubscribeShard drops ch from its shard. Called with subMu and dmu held;
-// it unlocks dmu.
-func (n *node) unsubscribeShard(ctx context.Context, stream, ch string) {
-	sh := n.owner[ch]
-	delete(n.owner, ch)
-	if sh == nil || sh.dead {
-		n.dmu.Unlock()
-		return
-	}
-	sh.unsubs[ch]++
-	n.dmu.Unlock()
-	cctx, cancel := n.s.callCtx(ctx)
-	defer cancel()
-	if err := sh.ps.SUnsubscribe(cctx, ch); err != nil {
-		n.s.cfg.logger.Debug("mongoredis: sunsubscribe", "node", n.id, "stream", stream, "err", err)
-	}
-}
-
-// awaitBarrier waits for a Subscribe's confirmation.
-func (n *node) awaitBarrier(ctx, cctx context.Context, op, token string, done chan error, err error) error {
-	if err == nil {
-		select {
-		case err = <-done:
-		case <-cctx.Done():
-			n.dropBarrier(token)
-			err = cctx.Err()
-		case <-n.ctx.Done():
-			return scaler.ErrClosed
-		}
-	}
-	if err != nil {
-		if n.isClosed() || errors.Is(err, scaler.ErrClosed) {
-			return scaler.ErrClosed
-		}
-		return n.s.redisErr(ctx, op, err)
-	}
-	return nil
-}
-
-// closeShards closes every shard; the node's context is already cancelled.
-func (n *node) closeShards() {
-	n.subMu.Lock()
-	shards := n.shards
-	n.shards = map[string]*shard{}
-	n.subMu.Unlock()
-	n.dmu.Lock()
-	for _, sh := range shards {
-		sh.dead = true
-	}
-	n.dmu.Unlock()
-	for _, sh := range shards {
-		sh.ps.Close()
-	}
+	l.n.s.cfg.logger.Info(msg, "node", l.n.id, "master", sh.addr, "err", err)
+	l.retireLocked(sh)
 }

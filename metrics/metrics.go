@@ -24,6 +24,8 @@
 //	sss_panics_total                 counter  handler or parser panics recovered
 //	sss_scaler_errors_total          counter  failed scaler or session store calls
 //	sss_gaps_total                   counter  offset jumps repaired from history
+//	sss_store_backlog                gauge    session store changes waiting to be written
+//	sss_store_dropped_total          counter  session store changes dropped (backlog full)
 //
 // To export several servers through one registry, tell them apart with a
 // constant label, e.g. WithConstLabels(prometheus.Labels{"node": srv.NodeID()}).

@@ -138,6 +138,12 @@ app_scaler_errors_total{node="a",zone="z1"} 0
 # HELP app_slow_consumers_total Connections closed for overflowing their send queue.
 # TYPE app_slow_consumers_total counter
 app_slow_consumers_total{node="a",zone="z1"} 0
+# HELP app_store_backlog Session store changes waiting to be written.
+# TYPE app_store_backlog gauge
+app_store_backlog{node="a",zone="z1"} 0
+# HELP app_store_dropped_total Session store changes dropped because the backlog was full.
+# TYPE app_store_dropped_total counter
+app_store_dropped_total{node="a",zone="z1"} 0
 # HELP app_subscriptions Client subscriptions held now, user and session channels excluded.
 # TYPE app_subscriptions gauge
 app_subscriptions{node="a",zone="z1"} 0

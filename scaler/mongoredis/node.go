@@ -101,6 +101,10 @@ type barrier struct {
 	token string
 	conn  *redis.PubSub
 	done  chan error // buffered; nil once the PONG came, or why it never will
+	// missed lists channels subscribed again after conn's link broke: when
+	// the PONG comes, their deliveries flow again, and the handler is told
+	// that some may have been lost meanwhile.
+	missed []string
 }
 
 // join creates the node, waits for its message channel to be subscribed and
@@ -215,13 +219,46 @@ func (n *node) dropBarrier(b *barrier) {
 	n.bmu.Unlock()
 }
 
+// releaseBarrier completes a barrier; it runs on the goroutine reading the
+// barrier's connection.
 func (n *node) releaseBarrier(token string) {
 	n.bmu.Lock()
 	b, ok := n.barriers[token]
 	delete(n.barriers, token)
 	n.bmu.Unlock()
-	if ok {
-		b.done <- nil
+	if !ok {
+		return
+	}
+	b.done <- nil
+	if len(b.missed) > 0 {
+		n.reportMissed(b.missed)
+	}
+}
+
+// resubscribed sends, on conn, a barrier after channels were subscribed
+// again following a broken link: once Redis has processed those
+// subscriptions, the handler is told that their streams may have missed
+// deliveries (scaler.Handler.HandleMissed).
+func (n *node) resubscribed(ctx context.Context, conn *redis.PubSub, channels []string) error {
+	b, err := n.sendBarrier(ctx, conn)
+	if err != nil {
+		return err
+	}
+	n.bmu.Lock()
+	b.missed = channels
+	n.bmu.Unlock()
+	return nil
+}
+
+// reportMissed calls HandleMissed for the streams of channels the node
+// still wants, in the goroutine that reads their connection.
+func (n *node) reportMissed(channels []string) {
+	n.dmu.Lock()
+	defer n.dmu.Unlock()
+	for _, ch := range channels {
+		if stream, ok := n.streams[ch]; ok && !n.closed.Load() {
+			n.h.HandleMissed(stream)
+		}
 	}
 }
 

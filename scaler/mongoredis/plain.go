@@ -131,7 +131,9 @@ func (p *plainPubSub) loop() {
 	}
 }
 
-// resubscribeAll subscribes every channel the node wants. The list is read
+// resubscribeAll subscribes every channel the node wants, after the link
+// broke, and a barrier after them that tells the handler, once Redis has
+// processed them, that deliveries may have been missed. The list is read
 // under mu, and Unsubscribe drops an interest before it calls unsubscribe,
 // which waits for mu: a channel listed here just before it was dropped is
 // unsubscribed after this SUBSCRIBE, never before it.
@@ -140,5 +142,9 @@ func (p *plainPubSub) resubscribeAll() error {
 	defer p.mu.Unlock()
 	ctx, cancel := p.n.s.callCtx(p.n.ctx)
 	defer cancel()
-	return p.ps.Subscribe(ctx, p.n.channels()...)
+	channels := p.n.channels()
+	if err := p.ps.Subscribe(ctx, channels...); err != nil {
+		return err
+	}
+	return p.n.resubscribed(ctx, p.ps, channels[1:])
 }

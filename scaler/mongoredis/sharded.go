@@ -282,13 +282,15 @@ func (l *shardedPubSub) repair() (int, error) {
 	var first error
 	placed := 0
 	failed := map[string]bool{} // masters that failed this round: skip their other channels
+	on := map[*shard][]string{} // where each channel went
 	for _, ch := range todo {
 		addr, err := l.masterOf(ctx, ch)
 		if err == nil && failed[addr] {
 			continue
 		}
+		var sh *shard
 		if err == nil {
-			_, err = l.placeLocked(ctx, ch, addr)
+			sh, err = l.placeLocked(ctx, ch, addr)
 			if err != nil {
 				failed[addr] = true
 			}
@@ -300,6 +302,19 @@ func (l *shardedPubSub) repair() (int, error) {
 			continue
 		}
 		placed++
+		if ch != l.n.self {
+			on[sh] = append(on[sh], ch)
+		}
+	}
+	// Deliveries of these channels may have been lost while they had no
+	// shard: say so once each shard has processed its subscriptions.
+	for sh, chs := range on {
+		if err := l.n.resubscribed(ctx, sh.ps, chs); err != nil {
+			l.retireLocked(sh) // its channels are repaired (and reported) again
+			if first == nil {
+				first = err
+			}
+		}
 	}
 	return placed, first
 }

@@ -111,6 +111,17 @@ func (h *hub) conn(id string) *Conn {
 	return h.conns[id]
 }
 
+// all returns the current connections.
+func (h *hub) all() []*Conn {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]*Conn, 0, len(h.conns))
+	for _, c := range h.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
 // close refuses new connections and returns the current ones.
 func (h *hub) close() []*Conn {
 	h.mu.Lock()

@@ -21,7 +21,9 @@ import (
 // coalesced per session (the latest change of a channel wins; an
 // authoritative resume replaces the whole list), a few sessions at a time,
 // and keeps what it could not write, retrying with backoff while the store
-// is down, so that the stored lists converge on the truth once it is back.
+// is down, so that the stored lists converge on the truth once it is back;
+// then it also writes again the subscriptions of every connection here, in
+// case the store lost data meanwhile.
 // A resume that reads a session's list first writes what is pending for it
 // here, and fails (unavailable) rather than answer with a list it knows to
 // be stale. Changes queued on another instance that cannot reach the store
@@ -253,6 +255,7 @@ func (w *storeWriter) write(ctx context.Context, key string, sc *sessionChanges,
 	if err == nil {
 		if w.failing.Swap(false) {
 			w.s.log.Info("sss: session store writes resumed")
+			w.reconcile()
 		}
 		return true
 	}
@@ -297,6 +300,23 @@ func (w *storeWriter) apply(ctx context.Context, key string, sc *sessionChanges)
 		return st.TouchSession(ctx, key)
 	}
 	return nil
+}
+
+// reconcile queues again every subscription of this instance's
+// connections whose session is stored, after the store was unreachable: a
+// store that lost data meanwhile (restarted empty, failed over to a lagging
+// replica) converges on them. Adds are idempotent, so this costs writes,
+// never correctness.
+func (w *storeWriter) reconcile() {
+	for _, c := range w.s.hub.all() {
+		if !c.persist {
+			continue
+		}
+		key := c.storeKey()
+		for _, ch := range c.Subscriptions() {
+			w.add(key, ch, c.subQuery(ch))
+		}
+	}
 }
 
 // putBack requeues changes that could not be written, under those queued

@@ -262,15 +262,18 @@ func (c *Client) send(typ websocket.MessageType, b []byte) {
 	}
 }
 
+// Request ids are unique in the process, from idBase+1 up: above the small
+// ids tests write by hand in raw frames.
+const idBase = 1_000_000
+
 var lastID atomic.Uint64
 
-// Request sends req with a fresh id (set in req["id"]), unique in the
-// process so that it never meets an id a test wrote by hand, and returns
-// the ack or error with that id, taken out of the queue. Frames that
-// arrive meanwhile stay queued, in order.
+// Request sends req with a fresh id (set in req["id"]) and returns the ack
+// or error with that id, taken out of the queue. Frames that arrive
+// meanwhile stay queued, in order.
 func (c *Client) Request(req map[string]any) Frame {
 	c.t.Helper()
-	id := lastID.Add(1)
+	id := idBase + lastID.Add(1)
 	req["id"] = id
 	c.Send(req)
 	f, ok := c.await(Timeout, func() (Frame, bool) {

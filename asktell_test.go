@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/internal/wstest"
 )
 
 func TestAsk(t *testing.T) {
@@ -49,24 +50,24 @@ func TestAsk(t *testing.T) {
 		return func() {}, nil
 	})
 	w := cl.dial(0, nil)
-	if f := w.ok(map[string]any{"type": "ask", "name": "echo", "data": map[string]int{"a": 1}}); string(f.Result) != `{"a":1}` {
+	if f := w.Ack(map[string]any{"type": "ask", "name": "echo", "data": map[string]int{"a": 1}}); string(f.Result) != `{"a":1}` {
 		t.Fatalf("echo: %s", f.Result)
 	}
-	if f := w.ok(map[string]any{"type": "ask", "name": "add", "data": []int{1, 2, 3}}); string(f.Result) != "6" {
+	if f := w.Ack(map[string]any{"type": "ask", "name": "add", "data": []int{1, 2, 3}}); string(f.Result) != "6" {
 		t.Fatalf("add: %s", f.Result)
 	}
-	w.fails(map[string]any{"type": "ask", "name": "add", "data": "x"}, "bad_request")
-	w.fails(map[string]any{"type": "ask", "name": "secret"}, "forbidden")
-	if f := w.fails(map[string]any{"type": "ask", "name": "leaky"}, "internal"); f.Error.Message != "internal error" {
+	w.Fails(map[string]any{"type": "ask", "name": "add", "data": "x"}, "bad_request")
+	w.Fails(map[string]any{"type": "ask", "name": "secret"}, "forbidden")
+	if f := w.Fails(map[string]any{"type": "ask", "name": "leaky"}, "internal"); f.Error.Message != "internal error" {
 		t.Fatalf("internal error leaked %q", f.Error.Message)
 	}
-	w.fails(map[string]any{"type": "ask", "name": "panic"}, "internal")
-	w.fails(map[string]any{"type": "ask", "name": "unencodable"}, "internal")
-	w.fails(map[string]any{"type": "ask", "name": "nope"}, "not_found")
-	w.fails(map[string]any{"type": "ask", "name": "stuck"}, "timeout")
+	w.Fails(map[string]any{"type": "ask", "name": "panic"}, "internal")
+	w.Fails(map[string]any{"type": "ask", "name": "unencodable"}, "internal")
+	w.Fails(map[string]any{"type": "ask", "name": "nope"}, "not_found")
+	w.Fails(map[string]any{"type": "ask", "name": "stuck"}, "timeout")
 	// The stuck handler holds one of two slots; a second stuck one the other.
-	w.fails(map[string]any{"type": "ask", "name": "stuck"}, "timeout")
-	w.fails(map[string]any{"type": "ask", "name": "echo"}, "rate_limited")
+	w.Fails(map[string]any{"type": "ask", "name": "stuck"}, "timeout")
+	w.Fails(map[string]any{"type": "ask", "name": "echo"}, "rate_limited")
 	if p := srv.Stats().Panics; p != 1 {
 		t.Fatalf("panics %d", p)
 	}
@@ -83,13 +84,13 @@ func TestTell(t *testing.T) {
 		panic("boom")
 	})
 	w := cl.dial(0, nil)
-	w.ok(map[string]any{"type": "tell", "name": "liked", "data": 42})
+	w.Ack(map[string]any{"type": "tell", "name": "liked", "data": 42})
 	if v := <-got; v != "42" {
 		t.Fatalf("tell data %s", v)
 	}
-	w.ok(map[string]any{"type": "tell", "name": "panic"})
-	w.fails(map[string]any{"type": "tell", "name": "nope"}, "not_found")
-	w.ok(map[string]any{"type": "tell", "name": "liked", "data": "still alive"})
+	w.Ack(map[string]any{"type": "tell", "name": "panic"})
+	w.Fails(map[string]any{"type": "tell", "name": "nope"}, "not_found")
+	w.Ack(map[string]any{"type": "tell", "name": "liked", "data": "still alive"})
 	<-got
 }
 
@@ -103,22 +104,22 @@ func TestServerTellAcrossInstances(t *testing.T) {
 	if err := cl.servers[1].Tell(ctx, sss.ToUser("alice"), "notify", "mail"); err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range []*wsClient{a0, a2} {
-		if f := w.expect("tell"); f.Name != "notify" || string(f.Data) != `"mail"` {
+	for _, w := range []*wstest.Client{a0, a2} {
+		if f := w.Expect("tell"); f.Name != "notify" || string(f.Data) != `"mail"` {
 			t.Fatalf("user tell %+v", f)
 		}
 	}
 	if err := cl.servers[0].Tell(ctx, sss.ToSession("laptop"), "s", nil); err != nil {
 		t.Fatal(err)
 	}
-	a2.expect("tell")
-	if err := cl.servers[2].Tell(ctx, sss.ToConn(b1.welcome.Conn), "direct", 1); err != nil {
+	a2.Expect("tell")
+	if err := cl.servers[2].Tell(ctx, sss.ToConn(b1.Welcome.Conn), "direct", 1); err != nil {
 		t.Fatal(err)
 	}
-	if f := b1.expect("tell"); f.Name != "direct" {
+	if f := b1.Expect("tell"); f.Name != "direct" {
 		t.Fatalf("conn tell %+v", f)
 	}
-	a0.nothing(50 * time.Millisecond)
+	a0.Nothing(50 * time.Millisecond)
 	if err := cl.servers[0].Tell(ctx, sss.ToUser(""), "x", nil); !errors.Is(err, sss.ErrBadRequest) {
 		t.Fatalf("empty target: %v", err)
 	}
@@ -140,32 +141,32 @@ func TestServerAskAcrossInstances(t *testing.T) {
 		}()
 		return ch
 	}
-	res := ask(0, w.welcome.Conn, "confirm")
-	f := w.expect("ask")
+	res := ask(0, w.Welcome.Conn, "confirm")
+	f := w.Expect("ask")
 	if f.Name != "confirm" || string(f.Data) != `{"q":"sure?"}` {
 		t.Fatalf("ask frame %+v", f)
 	}
-	w.send(map[string]any{"type": "reply", "id": f.ID, "result": true})
+	w.Send(map[string]any{"type": "reply", "id": f.ID, "result": true})
 	if r := <-res; r.err != nil || string(r.raw) != "true" {
 		t.Fatalf("ask: %s %v", r.raw, r.err)
 	}
 
 	// The client answers with an error.
-	res = ask(1, w.welcome.Conn, "confirm")
-	f = w.expect("ask")
-	w.send(map[string]any{"type": "reply", "id": f.ID, "error": map[string]string{"code": "forbidden", "message": "no"}})
+	res = ask(1, w.Welcome.Conn, "confirm")
+	f = w.Expect("ask")
+	w.Send(map[string]any{"type": "reply", "id": f.ID, "error": map[string]string{"code": "forbidden", "message": "no"}})
 	if r := <-res; !errors.Is(r.err, sss.ErrForbidden) {
 		t.Fatalf("error reply: %v", r.err)
 	}
 
 	// Local ask, client never answers: timeout; a late reply is ignored.
-	res = ask(2, w.welcome.Conn, "confirm")
-	f = w.expect("ask")
+	res = ask(2, w.Welcome.Conn, "confirm")
+	f = w.Expect("ask")
 	if r := <-res; !errors.Is(r.err, sss.ErrTimeout) {
 		t.Fatalf("unanswered ask: %v", r.err)
 	}
-	w.send(map[string]any{"type": "reply", "id": f.ID, "result": "late"})
-	w.send(map[string]any{"type": "reply", "id": 123456, "result": "unknown"})
+	w.Send(map[string]any{"type": "reply", "id": f.ID, "result": "late"})
+	w.Send(map[string]any{"type": "reply", "id": 123456, "result": "unknown"})
 
 	// Unknown connection on a live node, and on a node that does not exist.
 	if r := <-ask(0, cl.servers[1].NodeID()+".nobody", "x"); !errors.Is(r.err, sss.ErrNotFound) {
@@ -176,9 +177,9 @@ func TestServerAskAcrossInstances(t *testing.T) {
 	}
 
 	// The connection drops while asked: the asker learns at once.
-	res = ask(0, w.welcome.Conn, "confirm")
-	w.expect("ask")
-	w.c.CloseNow()
+	res = ask(0, w.Welcome.Conn, "confirm")
+	w.Expect("ask")
+	w.CloseNow()
 	select {
 	case r := <-res:
 		if !errors.Is(r.err, sss.ErrNotFound) {
@@ -200,28 +201,28 @@ func TestResumeOnAnotherInstance(t *testing.T) {
 		}))
 	ctx := context.Background()
 	w := cl.dial(0, as("alice", "tab1"))
-	w.subscribe("news")
-	w.ok(map[string]any{"type": "subscribe", "channel": "vip", "query": "gold"})
-	w.subscribe("tmp")
-	w.ok(map[string]any{"type": "unsubscribe", "channel": "tmp"})
-	w.c.CloseNow()
+	w.Subscribe("news")
+	w.Ack(map[string]any{"type": "subscribe", "channel": "vip", "query": "gold"})
+	w.Subscribe("tmp")
+	w.Ack(map[string]any{"type": "unsubscribe", "channel": "tmp"})
+	w.CloseNow()
 
 	// Same session, other instance: restore the persisted list.
 	w2 := cl.dial(1, as("alice", "tab1"))
-	f := w2.ok(map[string]any{"type": "resume"})
+	f := w2.Ack(map[string]any{"type": "resume"})
 	if got := resumed(f.Result); got != "news vip" {
 		t.Fatalf("resume result %s", f.Result)
 	}
 	cl.servers[0].Publish(ctx, "vip", "e", 1)
-	if f := w2.expect("pub"); f.Channel != "vip" {
+	if f := w2.Expect("pub"); f.Channel != "vip" {
 		t.Fatalf("%+v", f)
 	}
 
 	// Access revoked meanwhile, and the client's list is authoritative.
 	denied.Store(true)
-	w2.c.CloseNow()
+	w2.CloseNow()
 	w3 := cl.dial(0, as("alice", "tab1"))
-	f = w3.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{{"channel": "vip", "query": "gold"}, {"channel": "sports"}, {"channel": "$u.bob"}}})
+	f = w3.Ack(map[string]any{"type": "resume", "subscriptions": []map[string]any{{"channel": "vip", "query": "gold"}, {"channel": "sports"}, {"channel": "$u.bob"}}})
 	var res struct {
 		Subscriptions []struct {
 			Channel string
@@ -233,10 +234,10 @@ func TestResumeOnAnotherInstance(t *testing.T) {
 		res.Subscriptions[1].Error != nil || res.Subscriptions[2].Error == nil {
 		t.Fatalf("resume result %s", f.Result)
 	}
-	w3.c.CloseNow()
+	w3.CloseNow()
 	// "news" was dropped from the session by the authoritative list.
 	w4 := cl.dial(1, as("alice", "tab1"))
-	if f := w4.ok(map[string]any{"type": "resume"}); resumed(f.Result) != "sports" {
+	if f := w4.Ack(map[string]any{"type": "resume"}); resumed(f.Result) != "sports" {
 		t.Fatalf("resume after authoritative list: %s", f.Result)
 	}
 }
@@ -268,16 +269,16 @@ func TestDisconnectAcrossInstances(t *testing.T) {
 	if err := cl.servers[2].Disconnect(ctx, sss.ToUser("alice"), "banned", true); err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range []*wsClient{phone, laptop} {
-		if code := w.closeStatus(); code != sss.CloseForbidden {
+	for _, w := range []*wstest.Client{phone, laptop} {
+		if code := sss.CloseCode(w.CloseStatus()); code != sss.CloseForbidden {
 			t.Fatalf("close code %d, want %d", code, sss.CloseForbidden)
 		}
 	}
-	bob.ok(map[string]any{"type": "subscribe", "channel": "still-here"})
-	if err := cl.servers[0].Disconnect(ctx, sss.ToConn(bob.welcome.Conn), "moved", false); err != nil {
+	bob.Ack(map[string]any{"type": "subscribe", "channel": "still-here"})
+	if err := cl.servers[0].Disconnect(ctx, sss.ToConn(bob.Welcome.Conn), "moved", false); err != nil {
 		t.Fatal(err)
 	}
-	if code := bob.closeStatus(); code != sss.CloseKicked {
+	if code := sss.CloseCode(bob.CloseStatus()); code != sss.CloseKicked {
 		t.Fatalf("close code %d, want %d", code, sss.CloseKicked)
 	}
 	// The order's name is reserved: applications cannot send it as a tell.

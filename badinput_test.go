@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/superscaled/sss"
 )
 
@@ -18,9 +16,9 @@ func TestBadInput(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithMaxMessageSize(8<<10))
 	cl.servers[0].HandleAsk("ok", func(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) { return "ok", nil })
 	victim := cl.dial(0, nil)
-	victim.subscribe("room")
+	victim.Subscribe("room")
 	w := cl.dial(0, nil)
-	w.subscribe("mine")
+	w.Subscribe("mine")
 
 	for _, tc := range []struct {
 		frame  string
@@ -65,28 +63,25 @@ func TestBadInput(t *testing.T) {
 		{`{"type":"reply"}`, "bad_request", 0},
 		{`{"type":"ask","id":29,"name":"ok","data":` + strings.Repeat("[", 5000) + `}`, "bad_request", 0},
 	} {
-		w.sendRaw(tc.frame)
-		f := w.expect("error")
+		w.SendRaw(tc.frame)
+		f := w.Expect("error")
 		if f.Error == nil || f.Error.Code != tc.code || f.ID != tc.wantID {
 			t.Errorf("%.60s: got id %d %+v, want id %d code %s", tc.frame, f.ID, f.Error, tc.wantID, tc.code)
 		}
 	}
 
 	// A binary message.
-	ctx := context.Background()
-	if err := w.c.Write(ctx, websocket.MessageBinary, []byte{0, 1, 2}); err != nil {
-		t.Fatal(err)
-	}
-	if f := w.expect("error"); f.Error.Code != "bad_request" {
+	w.SendBinary([]byte{0, 1, 2})
+	if f := w.Expect("error"); f.Error.Code != "bad_request" {
 		t.Fatalf("binary: %+v", f.Error)
 	}
 	// Frames that need no reply: pong, a reply to nothing.
-	w.sendRaw(`{"type":"pong"}` + "\n" + `{"type":"reply","id":5,"result":1}`)
+	w.SendRaw(`{"type":"pong"}` + "\n" + `{"type":"reply","id":5,"result":1}`)
 	// A batch with a bad frame in the middle: the others are served.
-	w.sendRaw(`{"type":"ask","id":100,"name":"ok"}` + "\n\nnonsense\n" + `{"type":"ask","id":101,"name":"ok"}`)
+	w.SendRaw(`{"type":"ask","id":100,"name":"ok"}` + "\n\nnonsense\n" + `{"type":"ask","id":101,"name":"ok"}`)
 	got := map[string]bool{}
 	for i := 0; i < 3; i++ {
-		f := w.expect2()
+		f := w.Expect("")
 		got[f.Type+":"+strings.TrimSpace(string(rune('0'+f.ID%10)))] = true
 	}
 	if !got["ack:0"] || !got["ack:1"] || !got["error:0"] {
@@ -94,25 +89,11 @@ func TestBadInput(t *testing.T) {
 	}
 
 	// Still up, and nobody else was affected.
-	w.ok(map[string]any{"type": "ask", "name": "ok"})
-	cl.servers[0].Publish(ctx, "room", "e", 1)
-	victim.expect("pub")
+	w.Ack(map[string]any{"type": "ask", "name": "ok"})
+	cl.servers[0].Publish(context.Background(), "room", "e", 1)
+	victim.Expect("pub")
 	if st := cl.servers[0].Stats(); st.Connections != 2 || st.BadFrames == 0 {
 		t.Fatalf("stats %+v", st)
-	}
-}
-
-// expect2 returns the next non-ping frame of any type.
-func (w *wsClient) expect2() frame {
-	w.t.Helper()
-	for {
-		f, ok := w.next(5 * time.Second)
-		if !ok {
-			w.t.Fatal("no frame")
-		}
-		if f.Type != "ping" {
-			return f
-		}
 	}
 }
 
@@ -121,7 +102,7 @@ func TestRateLimit(t *testing.T) {
 	w := cl.dial(0, nil)
 	limited := 0
 	for i := 0; i < 20; i++ {
-		f := w.request(map[string]any{"type": "subscribe", "channel": "c" + strings.Repeat("x", i)})
+		f := w.Request(map[string]any{"type": "subscribe", "channel": "c" + strings.Repeat("x", i)})
 		if f.Type == "error" && f.Error.Code == "rate_limited" {
 			limited++
 		}
@@ -139,15 +120,15 @@ func TestFlood(t *testing.T) {
 	other := cl.dial(0, nil)
 	batch := strings.Repeat(`{"type":"subscribe","id":1,"channel":"bad channel"}`+"\n", 200)
 	for i := 0; i < 50; i++ {
-		flooder.sendRaw(batch)
+		flooder.SendRaw(batch)
 	}
-	other.ok(map[string]any{"type": "ask", "name": "ok"})
+	other.Ack(map[string]any{"type": "ask", "name": "ok"})
 	// The flooder gets every reply, unless its replies outran its reading
 	// and it was cut off as a slow consumer: both are correct.
 	for i := 0; i < 10000; i++ {
-		f, ok := flooder.next(5 * time.Second)
+		f, ok := flooder.Next(5 * time.Second)
 		if !ok {
-			if code := flooder.closeStatus(); code != sss.CloseSlowConsumer {
+			if code := sss.CloseCode(flooder.CloseStatus()); code != sss.CloseSlowConsumer {
 				t.Fatalf("flooder closed with %d after %d replies", code, i)
 			}
 			break
@@ -156,5 +137,5 @@ func TestFlood(t *testing.T) {
 			t.Fatalf("flood reply %+v", f.Error)
 		}
 	}
-	other.ok(map[string]any{"type": "ask", "name": "ok"})
+	other.Ack(map[string]any{"type": "ask", "name": "ok"})
 }

@@ -13,14 +13,10 @@ import (
 	"time"
 
 	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/internal/wstest"
 	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/memory"
 )
-
-type position struct {
-	Offset uint64 `json:"offset"`
-	Epoch  string `json:"epoch"`
-}
 
 type subAck struct {
 	Channel   string
@@ -31,7 +27,7 @@ type subAck struct {
 	Error     *struct{ Code string }
 }
 
-func ackResult(t testing.TB, f frame) subAck {
+func ackResult(t testing.TB, f wstest.Frame) subAck {
 	t.Helper()
 	var r subAck
 	if err := json.Unmarshal(f.Result, &r); err != nil {
@@ -40,7 +36,7 @@ func ackResult(t testing.TB, f frame) subAck {
 	return r
 }
 
-func resumeResults(t testing.TB, f frame) map[string]subAck {
+func resumeResults(t testing.TB, f wstest.Frame) map[string]subAck {
 	t.Helper()
 	var r struct{ Subscriptions []subAck }
 	if err := json.Unmarshal(f.Result, &r); err != nil {
@@ -53,19 +49,20 @@ func resumeResults(t testing.TB, f frame) map[string]subAck {
 	return out
 }
 
-// nextPub returns the next pub with its position, skipping pings.
-func (w *wsClient) nextPub(d time.Duration) (frame, bool) {
-	w.t.Helper()
+// nextPub returns the next frame that is not a ping, failing the test
+// unless it is a pub; ok is false if none came within d.
+func nextPub(t testing.TB, w *wstest.Client, d time.Duration) (wstest.Frame, bool) {
+	t.Helper()
 	for {
-		f, ok := w.next(d)
+		f, ok := w.Next(d)
 		if !ok {
-			return frame{}, false
+			return wstest.Frame{}, false
 		}
 		if f.Type == "ping" {
 			continue
 		}
 		if f.Type != "pub" {
-			w.t.Fatalf("got %+v, want a pub", f)
+			t.Fatalf("got %+v, want a pub", f)
 		}
 		return f, true
 	}
@@ -80,8 +77,8 @@ func TestCatchUpIsExact(t *testing.T) {
 		cl := newClusterWith(t, newMemory(t, memory.WithHistory(20000, time.Minute)), 3)
 		const total = 10000
 		w := cl.dial(0, nil)
-		ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed"}))
-		pos := position{Offset: *ack.Offset, Epoch: ack.Epoch}
+		ack := ackResult(t, w.Ack(map[string]any{"type": "subscribe", "channel": "feed"}))
+		pos := wstest.Position{Offset: *ack.Offset, Epoch: ack.Epoch}
 
 		done := make(chan struct{})
 		go func() {
@@ -104,14 +101,14 @@ func TestCatchUpIsExact(t *testing.T) {
 			// Read a random number of messages, then cut the connection.
 			cut := want + rand.IntN(total/4)
 			for want <= total && want < cut {
-				p, ok := w.nextPub(10 * time.Second)
+				p, ok := nextPub(t, w, 10*time.Second)
 				if !ok {
 					select {
-					case <-w.closed:
+					case <-w.Done():
 						// Cut off as a slow consumer (the publisher outruns
 						// this test's client): resume like any other cut.
-						if sss.CloseCode(w.status) != sss.CloseSlowConsumer {
-							t.Fatalf("run %d: connection closed (%d) waiting for %d", run, w.status, want)
+						if code := sss.CloseCode(w.CloseStatus()); code != sss.CloseSlowConsumer {
+							t.Fatalf("run %d: connection closed (%d) waiting for %d", run, code, want)
 						}
 						slow++
 						cut = want
@@ -139,10 +136,10 @@ func TestCatchUpIsExact(t *testing.T) {
 			default:
 				midStream++
 			}
-			w.c.CloseNow()
+			w.CloseNow()
 			instance = (instance + 1) % 3
 			w = cl.dial(instance, nil)
-			res := resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+			res := resumeResults(t, w.Ack(map[string]any{"type": "resume", "subscriptions": []map[string]any{
 				{"channel": "feed", "since": pos},
 			}}))["feed"]
 			if res.Recovered == nil || !*res.Recovered || *res.Offset != pos.Offset {
@@ -150,7 +147,7 @@ func TestCatchUpIsExact(t *testing.T) {
 			}
 		}
 		<-done
-		w.nothing(50 * time.Millisecond)
+		w.Nothing(50 * time.Millisecond)
 	}
 	t.Logf("%d of the cuts happened while the publisher was still sending, %d as a slow consumer", midStream, slow)
 	if midStream+slow == 0 {
@@ -158,59 +155,38 @@ func TestCatchUpIsExact(t *testing.T) {
 	}
 }
 
-func newClusterWith(t testing.TB, m *memory.Scaler, n int, opts ...sss.Option) *cluster {
-	t.Helper()
-	cl := &cluster{t: t}
-	for i := 0; i < n; i++ {
-		srv, err := sss.New(append([]sss.Option{sss.WithScaler(m)}, opts...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl.servers = append(cl.servers, srv)
-		cl.https = append(cl.https, httptest.NewServer(srv))
-	}
-	t.Cleanup(func() {
-		for i := range cl.servers {
-			cl.servers[i].Close()
-			cl.https[i].Close()
-		}
-		m.Close()
-	})
-	return cl
-}
-
 func TestCatchUpLost(t *testing.T) {
 	cl := newClusterWith(t, newMemory(t, memory.WithHistory(10, time.Minute)), 2)
 	ctx := context.Background()
 	w := cl.dial(0, nil)
-	ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed"}))
-	w.c.CloseNow()
+	ack := ackResult(t, w.Ack(map[string]any{"type": "subscribe", "channel": "feed"}))
+	w.CloseNow()
 	for i := 0; i < 100; i++ {
 		cl.servers[1].Publish(ctx, "feed", "n", i)
 	}
 	w = cl.dial(1, nil)
-	res := resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
-		{"channel": "feed", "since": position{*ack.Offset, ack.Epoch}},
+	res := resumeResults(t, w.Ack(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "feed", "since": wstest.Position{Offset: *ack.Offset, Epoch: ack.Epoch}},
 	}}))["feed"]
 	if res.Recovered == nil || *res.Recovered || res.Reason == "" || *res.Offset != 100 {
 		t.Fatalf("trimmed history: %+v", res)
 	}
-	w.nothing(50 * time.Millisecond) // nothing replayed: the client reloads instead
+	w.Nothing(50 * time.Millisecond) // nothing replayed: the client reloads instead
 	cl.servers[0].Publish(ctx, "feed", "n", "live")
-	if p, _ := w.nextPub(5 * time.Second); p.Offset != 101 {
+	if p, _ := nextPub(t, w, 5*time.Second); p.Offset != 101 {
 		t.Fatalf("live after loss: %+v", p)
 	}
 
 	// A different epoch (the backend lost its history) is lost too.
-	w.c.CloseNow()
+	w.CloseNow()
 	w = cl.dial(0, nil)
-	res = ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed", "since": position{5, "another-epoch"}}))
+	res = ackResult(t, w.Ack(map[string]any{"type": "subscribe", "channel": "feed", "since": wstest.Position{Offset: 5, Epoch: "another-epoch"}}))
 	if res.Recovered == nil || *res.Recovered || res.Epoch != ack.Epoch {
 		t.Fatalf("epoch change: %+v", res)
 	}
 	// A position from the future is not trusted either.
-	res = resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
-		{"channel": "other", "since": position{5, "whatever"}},
+	res = resumeResults(t, w.Ack(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "other", "since": wstest.Position{Offset: 5, Epoch: "whatever"}},
 	}}))["other"]
 	if res.Recovered == nil || *res.Recovered {
 		t.Fatalf("future position: %+v", res)
@@ -221,14 +197,14 @@ func TestCatchUpLost(t *testing.T) {
 func TestCatchUpEmptyChannel(t *testing.T) {
 	cl := newCluster(t, 1)
 	w := cl.dial(0, nil)
-	ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "empty"}))
+	ack := ackResult(t, w.Ack(map[string]any{"type": "subscribe", "channel": "empty"}))
 	if ack.Offset == nil || *ack.Offset != 0 || ack.Epoch == "" || ack.Recovered != nil {
 		t.Fatalf("first subscribe: %+v", ack)
 	}
-	w.c.CloseNow()
+	w.CloseNow()
 	w = cl.dial(0, nil)
-	res := resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
-		{"channel": "empty", "since": position{0, ack.Epoch}},
+	res := resumeResults(t, w.Ack(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "empty", "since": wstest.Position{Offset: 0, Epoch: ack.Epoch}},
 		{"channel": "fresh"},
 	}}))
 	if r := res["empty"]; r.Recovered == nil || !*r.Recovered {
@@ -237,7 +213,7 @@ func TestCatchUpEmptyChannel(t *testing.T) {
 	if r := res["fresh"]; r.Recovered != nil || r.Offset == nil {
 		t.Fatalf("resume without position: %+v", r)
 	}
-	w.nothing(50 * time.Millisecond)
+	w.Nothing(50 * time.Millisecond)
 }
 
 func TestCatchUpUserChannel(t *testing.T) {
@@ -245,23 +221,23 @@ func TestCatchUpUserChannel(t *testing.T) {
 	ctx := context.Background()
 	w := cl.dial(0, as("alice", "s1"))
 	cl.servers[1].PublishUser(ctx, "alice", "n", 1)
-	p, ok := w.nextPub(5 * time.Second)
+	p, ok := nextPub(t, w, 5*time.Second)
 	if !ok || p.Channel != "$u.alice" || p.Offset != 1 {
 		t.Fatalf("first user pub %+v", p)
 	}
-	w.c.CloseNow()
+	w.CloseNow()
 	for i := 2; i <= 50; i++ {
 		cl.servers[1].PublishUser(ctx, "alice", "n", i)
 	}
 	w = cl.dial(1, as("alice", "s1"))
-	res := resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
-		{"channel": "$u.alice", "since": position{p.Offset, p.Epoch}},
+	res := resumeResults(t, w.Ack(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "$u.alice", "since": wstest.Position{Offset: p.Offset, Epoch: p.Epoch}},
 	}}))
 	if r := res["$u.alice"]; r.Recovered == nil || !*r.Recovered {
 		t.Fatalf("user channel resume: %+v", r)
 	}
 	for i := 2; i <= 50; i++ {
-		p, ok := w.nextPub(5 * time.Second)
+		p, ok := nextPub(t, w, 5*time.Second)
 		var n int
 		json.Unmarshal(p.Data, &n)
 		if !ok || n != i || p.Offset != uint64(i) {
@@ -269,8 +245,8 @@ func TestCatchUpUserChannel(t *testing.T) {
 		}
 	}
 	// Another user's channel cannot be resumed: it is refused like a subscribe.
-	res = resumeResults(t, w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
-		{"channel": "$u.bob", "since": position{1, p.Epoch}},
+	res = resumeResults(t, w.Ack(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "$u.bob", "since": wstest.Position{Offset: 1, Epoch: p.Epoch}},
 	}}))
 	if r := res["$u.bob"]; r.Error == nil || r.Error.Code != "forbidden" {
 		t.Fatalf("other user's channel: %+v", r)
@@ -283,8 +259,8 @@ func TestUserChannelHeldUntilFirstRequest(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithSessionParser(userParser))
 	w := cl.dial(0, as("carol", "s"))
 	cl.servers[0].PublishUser(context.Background(), "carol", "early", nil)
-	w.ok(map[string]any{"type": "subscribe", "channel": "x"})
-	if p, ok := w.nextPub(5 * time.Second); !ok || p.Event != "early" {
+	w.Ack(map[string]any{"type": "subscribe", "channel": "x"})
+	if p, ok := nextPub(t, w, 5*time.Second); !ok || p.Event != "early" {
 		t.Fatalf("held user pub %+v", p)
 	}
 }
@@ -295,16 +271,16 @@ func TestReadyEndsHold(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithSessionParser(userParser), sss.WithPing(time.Hour, time.Hour))
 	w := cl.dial(0, as("erin", "s"))
 	cl.servers[0].PublishUser(context.Background(), "erin", "held", nil)
-	w.sendRaw(`{"type":"ready"}`)
-	if p, ok := w.nextPub(500 * time.Millisecond); !ok || p.Event != "held" {
+	w.SendRaw(`{"type":"ready"}`)
+	if p, ok := nextPub(t, w, 500*time.Millisecond); !ok || p.Event != "held" {
 		t.Fatalf("held user pub after ready: %+v", p)
 	}
 	cl.servers[0].PublishUser(context.Background(), "erin", "live", nil)
-	if p, ok := w.nextPub(500 * time.Millisecond); !ok || p.Event != "live" {
+	if p, ok := nextPub(t, w, 500*time.Millisecond); !ok || p.Event != "live" {
 		t.Fatalf("live user pub after ready: %+v", p)
 	}
-	w.sendRaw(`{"type":"ready"}`) // later ones are harmless and unanswered
-	w.nothing(50 * time.Millisecond)
+	w.SendRaw(`{"type":"ready"}`) // later ones are harmless and unanswered
+	w.Nothing(50 * time.Millisecond)
 }
 
 // A scaler that loses deliveries to one node, like Redis pub/sub across a
@@ -317,15 +293,15 @@ func TestGapRepair(t *testing.T) {
 	b, _ := sss.New(sss.WithScaler(m))
 	ts := httptest.NewServer(a)
 	t.Cleanup(func() { a.Close(); b.Close(); ts.Close(); m.Close() })
-	w := dialWS(t, wsURL(ts), nil)
-	w.ok(map[string]any{"type": "subscribe", "channel": "feed"})
+	w := wstest.Dial(t, wsURL(ts), nil)
+	w.Ack(map[string]any{"type": "subscribe", "channel": "feed"})
 	ctx := context.Background()
 	lossy.drop.Store(3) // the third to the ninth deliveries never arrive
 	for i := 1; i <= 20; i++ {
 		b.Publish(ctx, "feed", "n", i)
 	}
 	for i := 1; i <= 20; i++ {
-		p, ok := w.nextPub(5 * time.Second)
+		p, ok := nextPub(t, w, 5*time.Second)
 		var n int
 		json.Unmarshal(p.Data, &n)
 		if !ok || n != i {
@@ -335,7 +311,7 @@ func TestGapRepair(t *testing.T) {
 	if a.Stats().Gaps == 0 {
 		t.Fatal("gap not counted")
 	}
-	w.nothing(50 * time.Millisecond)
+	w.Nothing(50 * time.Millisecond)
 }
 
 type dropScaler struct {
@@ -371,21 +347,21 @@ func TestCatchUpHierarchy(t *testing.T) {
 	cl := newCluster(t, 2)
 	ctx := context.Background()
 	w := cl.dial(0, nil)
-	top := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "news"}))
-	uk := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "news.uk"}))
-	w.c.CloseNow()
+	top := ackResult(t, w.Ack(map[string]any{"type": "subscribe", "channel": "news"}))
+	uk := ackResult(t, w.Ack(map[string]any{"type": "subscribe", "channel": "news.uk"}))
+	w.CloseNow()
 	for i := 0; i < 10; i++ {
 		cl.servers[1].Publish(ctx, "news.uk.x", "uk", i)
 		cl.servers[1].Publish(ctx, "news.y", "y", i)
 	}
 	w = cl.dial(1, nil)
-	w.ok(map[string]any{"type": "resume", "subscriptions": []map[string]any{
-		{"channel": "news", "since": position{*top.Offset, top.Epoch}},
-		{"channel": "news.uk", "since": position{*uk.Offset, uk.Epoch}},
+	w.Ack(map[string]any{"type": "resume", "subscriptions": []map[string]any{
+		{"channel": "news", "since": wstest.Position{Offset: *top.Offset, Epoch: top.Epoch}},
+		{"channel": "news.uk", "since": wstest.Position{Offset: *uk.Offset, Epoch: uk.Epoch}},
 	}})
 	got := map[string]int{}
 	for i := 0; i < 20; i++ {
-		p, ok := w.nextPub(5 * time.Second)
+		p, ok := nextPub(t, w, 5*time.Second)
 		if !ok {
 			t.Fatalf("after %d: %v", i, got)
 		}
@@ -394,13 +370,13 @@ func TestCatchUpHierarchy(t *testing.T) {
 	if got["news.uk.x via news.uk"] != 10 || got["news.y via news"] != 10 {
 		t.Fatalf("deliveries %v", got)
 	}
-	w.nothing(100 * time.Millisecond)
+	w.Nothing(100 * time.Millisecond)
 	// Live publications after the resume too.
 	cl.servers[0].Publish(ctx, "news.uk.z", "uk", nil)
-	if p, _ := w.nextPub(5 * time.Second); p.Sub != "news.uk" {
+	if p, _ := nextPub(t, w, 5*time.Second); p.Sub != "news.uk" {
 		t.Fatalf("live %+v", p)
 	}
-	w.nothing(50 * time.Millisecond)
+	w.Nothing(50 * time.Millisecond)
 }
 
 // A session store that is down (its calls hang until their deadline) does
@@ -416,21 +392,21 @@ func TestSessionStoreDown(t *testing.T) {
 	srv, _ := sss.New(sss.WithScaler(down), sss.WithSessionParser(userParser))
 	ts := httptest.NewServer(srv)
 	t.Cleanup(func() { srv.Close(); ts.Close(); m.Close() })
-	w := dialWS(t, wsURL(ts), as("dave", "sd"))
+	w := wstest.Dial(t, wsURL(ts), as("dave", "sd"))
 	start := time.Now()
-	w.subscribe("a")
-	w.subscribe("b")
-	w.subscribe("c")
-	w.ok(map[string]any{"type": "unsubscribe", "channel": "a"})
+	w.Subscribe("a")
+	w.Subscribe("b")
+	w.Subscribe("c")
+	w.Ack(map[string]any{"type": "unsubscribe", "channel": "a"})
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("subscribing took %v: requests waited for the store", d)
 	}
 	srv.Publish(context.Background(), "b", "e", 1)
-	if p, ok := w.nextPub(5 * time.Second); !ok || p.Channel != "b" {
+	if p, ok := nextPub(t, w, 5*time.Second); !ok || p.Channel != "b" {
 		t.Fatalf("pub %+v", p)
 	}
 	eventually(t, "a store failure counted", func() bool { return srv.Stats().ScalerErrors >= 1 })
-	w.fails(map[string]any{"type": "resume"}, "unavailable")
+	w.Fails(map[string]any{"type": "resume"}, "unavailable")
 	if n := down.calls.Load(); n > 10 {
 		t.Fatalf("%d store calls during the outage: writes are not coalesced or backed off", n)
 	}
@@ -445,9 +421,9 @@ func TestSessionStoreDown(t *testing.T) {
 		list, err := probe.(scaler.SessionStore).Subscriptions(context.Background(), "sd")
 		return err == nil && len(list) == 2 && list[0].Channel == "b" && list[1].Channel == "c"
 	})
-	w.ok(map[string]any{"type": "subscribe", "channel": "d"})
-	w2 := dialWS(t, wsURL(ts), as("dave", "sd"))
-	res := w2.ok(map[string]any{"type": "resume"})
+	w.Subscribe("d")
+	w2 := wstest.Dial(t, wsURL(ts), as("dave", "sd"))
+	res := w2.Ack(map[string]any{"type": "resume"})
 	if !strings.Contains(string(res.Result), `"d"`) || strings.Contains(string(res.Result), `"a"`) {
 		t.Fatalf("resume from the store gave %s, want b, c and d", res.Result)
 	}
@@ -517,18 +493,18 @@ func TestUnsubscribeStopsCatchUp(t *testing.T) {
 	cl := newClusterWith(t, newMemory(t, memory.WithHistory(5000, time.Minute)), 1)
 	ctx := context.Background()
 	w := cl.dial(0, nil)
-	ack := ackResult(t, w.ok(map[string]any{"type": "subscribe", "channel": "feed"}))
-	w.c.CloseNow()
+	ack := ackResult(t, w.Ack(map[string]any{"type": "subscribe", "channel": "feed"}))
+	w.CloseNow()
 	for i := 0; i < 3000; i++ {
 		cl.servers[0].Publish(ctx, "feed", "n", i)
 	}
 	w = cl.dial(0, nil)
-	w.sendRaw(`{"type":"resume","id":1,"subscriptions":[{"channel":"feed","since":{"offset":` +
+	w.SendRaw(`{"type":"resume","id":1,"subscriptions":[{"channel":"feed","since":{"offset":` +
 		strconv.FormatUint(*ack.Offset, 10) + `,"epoch":"` + ack.Epoch + `"}}]}` + "\n" +
 		`{"type":"unsubscribe","id":2,"channel":"feed"}`)
 	pubs := 0
 	for {
-		f := w.expect2()
+		f := w.Expect("")
 		if f.Type == "pub" {
 			pubs++
 			continue
@@ -540,5 +516,5 @@ func TestUnsubscribeStopsCatchUp(t *testing.T) {
 	if pubs >= 3000 {
 		t.Fatalf("the whole catch-up (%d) came before the unsubscribe was served", pubs)
 	}
-	w.nothing(200 * time.Millisecond)
+	w.Nothing(200 * time.Millisecond)
 }

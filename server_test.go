@@ -8,13 +8,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/internal/wstest"
 )
 
 // userParser names the user and session from headers, refusing "evil".
@@ -41,7 +41,7 @@ func as(user, session string) http.Header {
 func TestWelcome(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithSessionParser(userParser))
 	w := cl.dial(0, as("alice", "s1"))
-	f := w.welcome
+	f := w.Welcome
 	if f.User != "alice" || f.Session != "s1" || f.Channels.User != "$u.alice" || f.Channels.Session != "$s.s1" {
 		t.Fatalf("welcome %+v", f)
 	}
@@ -53,8 +53,8 @@ func TestWelcome(t *testing.T) {
 func TestAnonymousSessions(t *testing.T) {
 	cl := newCluster(t, 1)
 	a, b := cl.dial(0, nil), cl.dial(0, nil)
-	if a.welcome.User != "" || a.welcome.Session == "" || a.welcome.Session == b.welcome.Session {
-		t.Fatalf("anonymous welcomes %+v %+v", a.welcome, b.welcome)
+	if a.Welcome.User != "" || a.Welcome.Session == "" || a.Welcome.Session == b.Welcome.Session {
+		t.Fatalf("anonymous welcomes %+v %+v", a.Welcome, b.Welcome)
 	}
 }
 
@@ -105,22 +105,22 @@ func TestOriginCheck(t *testing.T) {
 		t.Fatalf("foreign origin: resp %v err %v", resp, err)
 	}
 	h.Set("Origin", "https://app.example.com")
-	dialWS(t, cl.url(0), h)
+	wstest.Dial(t, cl.url(0), h)
 }
 
 func TestPublishReachesEveryInstance(t *testing.T) {
 	cl := newCluster(t, 3)
-	var subs []*wsClient
+	var subs []*wstest.Client
 	for i := 0; i < 3; i++ {
 		w := cl.dial(i, nil)
-		w.subscribe("news")
+		w.Subscribe("news")
 		subs = append(subs, w)
 	}
 	if err := cl.servers[1].Publish(context.Background(), "news", "article", map[string]string{"title": "hi"}); err != nil {
 		t.Fatal(err)
 	}
 	for i, w := range subs {
-		f := w.expect("pub")
+		f := w.Expect("pub")
 		if f.Channel != "news" || f.Sub != "news" || f.Event != "article" || string(f.Data) != `{"title":"hi"}` || f.From != nil {
 			t.Fatalf("instance %d got %+v", i, f)
 		}
@@ -131,12 +131,12 @@ func TestHierarchicalDelivery(t *testing.T) {
 	cl := newCluster(t, 2)
 	ctx := context.Background()
 	both := cl.dial(0, nil)
-	both.subscribe("news")
-	both.subscribe("news.uk")
+	both.Subscribe("news")
+	both.Subscribe("news.uk")
 	top := cl.dial(1, nil)
-	top.subscribe("news")
+	top.Subscribe("news")
 	other := cl.dial(1, nil)
-	other.subscribe("newsletter")
+	other.Subscribe("newsletter")
 
 	for _, ch := range []string{"news.uk.london", "news.fr", "news", "newsletter.weekly"} {
 		if err := cl.servers[1].Publish(ctx, ch, "e", ch); err != nil {
@@ -145,36 +145,36 @@ func TestHierarchicalDelivery(t *testing.T) {
 	}
 	// One copy each, through the most specific subscription.
 	for _, want := range [][2]string{{"news.uk.london", "news.uk"}, {"news.fr", "news"}, {"news", "news"}} {
-		f := both.expect("pub")
+		f := both.Expect("pub")
 		if f.Channel != want[0] || f.Sub != want[1] {
 			t.Fatalf("both: got %s via %s, want %s via %s", f.Channel, f.Sub, want[0], want[1])
 		}
 	}
-	both.nothing(100 * time.Millisecond)
+	both.Nothing(100 * time.Millisecond)
 	for _, want := range []string{"news.uk.london", "news.fr", "news"} {
-		if f := top.expect("pub"); f.Channel != want || f.Sub != "news" {
+		if f := top.Expect("pub"); f.Channel != want || f.Sub != "news" {
 			t.Fatalf("top: got %+v, want %s", f, want)
 		}
 	}
-	if f := other.expect("pub"); f.Channel != "newsletter.weekly" || f.Sub != "newsletter" {
+	if f := other.Expect("pub"); f.Channel != "newsletter.weekly" || f.Sub != "newsletter" {
 		t.Fatalf("newsletter: %+v", f)
 	}
-	other.nothing(50 * time.Millisecond)
+	other.Nothing(50 * time.Millisecond)
 
 	// After unsubscribing the deeper one, the ancestor carries it.
-	both.ok(map[string]any{"type": "unsubscribe", "channel": "news.uk"})
+	both.Ack(map[string]any{"type": "unsubscribe", "channel": "news.uk"})
 	cl.servers[0].Publish(ctx, "news.uk.x", "e", nil)
-	if f := both.expect("pub"); f.Channel != "news.uk.x" || f.Sub != "news" || string(f.Data) != "null" {
+	if f := both.Expect("pub"); f.Channel != "news.uk.x" || f.Sub != "news" || string(f.Data) != "null" {
 		t.Fatalf("after unsubscribe: %+v", f)
 	}
 }
 
 func TestChannelOrder(t *testing.T) {
 	cl := newCluster(t, 3)
-	var subs []*wsClient
+	var subs []*wstest.Client
 	for i := 0; i < 3; i++ {
 		w := cl.dial(i, nil)
-		w.subscribe("seq")
+		w.Subscribe("seq")
 		subs = append(subs, w)
 	}
 	const n = 300
@@ -194,7 +194,7 @@ func TestChannelOrder(t *testing.T) {
 		var got []string
 		last := map[string]int{"0": -1, "1": -1, "2": -1}
 		for i := 0; i < 3*n; i++ {
-			f := w.expect("pub")
+			f := w.Expect("pub")
 			var v int
 			json.Unmarshal(f.Data, &v)
 			if v != last[f.Event]+1 {
@@ -235,14 +235,14 @@ func TestSubscriptionParser(t *testing.T) {
 			return nil
 		}), sss.WithAskTimeout(200*time.Millisecond))
 	w := cl.dial(0, as("bob", "s2"))
-	w.fails(map[string]any{"type": "subscribe", "channel": "private", "query": map[string]string{"password": "nope"}}, "forbidden")
-	w.ok(map[string]any{"type": "subscribe", "channel": "private", "query": map[string]string{"password": "open"}})
-	w.fails(map[string]any{"type": "subscribe", "channel": "error"}, "forbidden")
-	w.fails(map[string]any{"type": "subscribe", "channel": "panic"}, "internal")
-	w.fails(map[string]any{"type": "subscribe", "channel": "slow"}, "timeout")
-	w.fails(map[string]any{"type": "subscribe", "channel": "owner"}, "unauthorized")
+	w.Fails(map[string]any{"type": "subscribe", "channel": "private", "query": map[string]string{"password": "nope"}}, "forbidden")
+	w.Ack(map[string]any{"type": "subscribe", "channel": "private", "query": map[string]string{"password": "open"}})
+	w.Fails(map[string]any{"type": "subscribe", "channel": "error"}, "forbidden")
+	w.Fails(map[string]any{"type": "subscribe", "channel": "panic"}, "internal")
+	w.Fails(map[string]any{"type": "subscribe", "channel": "slow"}, "timeout")
+	w.Fails(map[string]any{"type": "subscribe", "channel": "owner"}, "unauthorized")
 	// Still alive, and refused subscriptions left nothing behind.
-	w.subscribe("fine")
+	w.Subscribe("fine")
 	if n := cl.servers[0].Stats().Subscriptions; n != 2 {
 		t.Fatalf("%d subscriptions, want 2", n)
 	}
@@ -252,7 +252,7 @@ func TestClientPublish(t *testing.T) {
 	t.Run("disabled by default", func(t *testing.T) {
 		cl := newCluster(t, 1)
 		w := cl.dial(0, nil)
-		w.fails(map[string]any{"type": "publish", "channel": "chat", "event": "m", "data": 1}, "forbidden")
+		w.Fails(map[string]any{"type": "publish", "channel": "chat", "event": "m", "data": 1}, "forbidden")
 	})
 	t.Run("stamped sender", func(t *testing.T) {
 		cl := newCluster(t, 2, sss.WithSessionParser(userParser),
@@ -263,24 +263,24 @@ func TestClientPublish(t *testing.T) {
 				return nil
 			}))
 		sub := cl.dial(1, as("bob", "sb"))
-		sub.subscribe("chat")
+		sub.Subscribe("chat")
 		pub := cl.dial(0, as("alice", "sa"))
 		// A forged "from" is ignored: the server stamps the sender.
-		pub.ok(map[string]any{"type": "publish", "channel": "chat", "event": "m",
+		pub.Ack(map[string]any{"type": "publish", "channel": "chat", "event": "m",
 			"data": map[string]any{"text": "hi\nthere"}, "from": map[string]string{"user": "admin"}})
-		f := sub.expect("pub")
-		if f.From == nil || f.From.User != "alice" || f.From.Conn != pub.welcome.Conn {
+		f := sub.Expect("pub")
+		if f.From == nil || f.From.User != "alice" || f.From.Conn != pub.Welcome.Conn {
 			t.Fatalf("from %+v", f.From)
 		}
 		if string(f.Data) != `{"text":"hi\nthere"}` {
 			t.Fatalf("data %s", f.Data)
 		}
-		pub.fails(map[string]any{"type": "publish", "channel": "readonly", "event": "m"}, "forbidden")
-		pub.fails(map[string]any{"type": "publish", "channel": "$u.bob", "event": "m"}, "forbidden")
-		pub.fails(map[string]any{"type": "publish", "channel": "bad channel", "event": "m"}, "bad_request")
+		pub.Fails(map[string]any{"type": "publish", "channel": "readonly", "event": "m"}, "forbidden")
+		pub.Fails(map[string]any{"type": "publish", "channel": "$u.bob", "event": "m"}, "forbidden")
+		pub.Fails(map[string]any{"type": "publish", "channel": "bad channel", "event": "m"}, "bad_request")
 		// Pretty-printed data is compacted, so batching stays line-safe.
-		pub.sendRaw("{\"type\":\"publish\",\"id\":99999,\"channel\":\"chat\",\"event\":\"m\",\"data\":{\n  \"a\": 1\n}}")
-		f = sub.expect("pub")
+		pub.SendRaw("{\"type\":\"publish\",\"id\":99999,\"channel\":\"chat\",\"event\":\"m\",\"data\":{\n  \"a\": 1\n}}")
+		f = sub.Expect("pub")
 		if string(f.Data) != `{"a":1}` {
 			t.Fatalf("data %q", f.Data)
 		}
@@ -290,13 +290,13 @@ func TestClientPublish(t *testing.T) {
 func TestForgedUnsubscribe(t *testing.T) {
 	cl := newCluster(t, 1)
 	victim := cl.dial(0, nil)
-	victim.subscribe("room")
+	victim.Subscribe("room")
 	attacker := cl.dial(0, nil)
-	attacker.fails(map[string]any{"type": "unsubscribe", "channel": "room"}, "not_found")
+	attacker.Fails(map[string]any{"type": "unsubscribe", "channel": "room"}, "not_found")
 	// The victim keeps its subscription, and the instance its interest.
 	cl.servers[0].Publish(context.Background(), "room", "e", 1)
-	victim.expect("pub")
-	attacker.nothing(50 * time.Millisecond)
+	victim.Expect("pub")
+	attacker.Nothing(50 * time.Millisecond)
 }
 
 func TestReservedChannels(t *testing.T) {
@@ -306,36 +306,36 @@ func TestReservedChannels(t *testing.T) {
 	alice2 := cl.dial(1, as("alice", "sa2"))
 	mallory := cl.dial(1, as("mallory", "sm"))
 	for _, ch := range []string{"$u.alice", "$s.sa", "$internal", "$u.alice.x"} {
-		mallory.fails(map[string]any{"type": "subscribe", "channel": ch}, "forbidden")
+		mallory.Fails(map[string]any{"type": "subscribe", "channel": ch}, "forbidden")
 	}
 	if err := cl.servers[1].PublishUser(ctx, "alice", "hello", "a"); err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range []*wsClient{alice, alice2} {
-		if f := w.expect("pub"); f.Channel != "$u.alice" || f.Sub != "$u.alice" || f.Event != "hello" {
+	for _, w := range []*wstest.Client{alice, alice2} {
+		if f := w.Expect("pub"); f.Channel != "$u.alice" || f.Sub != "$u.alice" || f.Event != "hello" {
 			t.Fatalf("user pub %+v", f)
 		}
 	}
 	if err := cl.servers[0].PublishSession(ctx, "sa2", "s", nil); err != nil {
 		t.Fatal(err)
 	}
-	if f := alice2.expect("pub"); f.Channel != "$s.sa2" {
+	if f := alice2.Expect("pub"); f.Channel != "$s.sa2" {
 		t.Fatalf("session pub %+v", f)
 	}
-	alice.nothing(50 * time.Millisecond)
-	mallory.nothing(50 * time.Millisecond)
+	alice.Nothing(50 * time.Millisecond)
+	mallory.Nothing(50 * time.Millisecond)
 }
 
 func TestSubscribeLimits(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithMaxSubscriptions(2))
 	w := cl.dial(0, nil)
-	w.subscribe("a")
-	w.fails(map[string]any{"type": "subscribe", "channel": "a"}, "conflict")
-	w.subscribe("b")
-	w.fails(map[string]any{"type": "subscribe", "channel": "c"}, "limit_exceeded")
-	w.ok(map[string]any{"type": "unsubscribe", "channel": "a"})
-	w.subscribe("c")
-	w.fails(map[string]any{"type": "unsubscribe", "channel": "never"}, "not_found")
+	w.Subscribe("a")
+	w.Fails(map[string]any{"type": "subscribe", "channel": "a"}, "conflict")
+	w.Subscribe("b")
+	w.Fails(map[string]any{"type": "subscribe", "channel": "c"}, "limit_exceeded")
+	w.Ack(map[string]any{"type": "unsubscribe", "channel": "a"})
+	w.Subscribe("c")
+	w.Fails(map[string]any{"type": "unsubscribe", "channel": "never"}, "not_found")
 }
 
 func TestHooksAndStats(t *testing.T) {
@@ -353,14 +353,14 @@ func TestHooksAndStats(t *testing.T) {
 		OnChannelClose: func(ch string) { rec("close:" + ch); panic("hook bug") },
 	}))
 	w := cl.dial(0, nil)
-	w.subscribe("x")
-	w.ok(map[string]any{"type": "unsubscribe", "channel": "x"})
-	w.subscribe("y")
+	w.Subscribe("x")
+	w.Ack(map[string]any{"type": "unsubscribe", "channel": "x"})
+	w.Subscribe("y")
 	st := cl.servers[0].Stats()
 	if st.Connections != 1 || st.Subscriptions != 1 || st.Channels != 2 { // y and the session channel
 		t.Fatalf("stats %+v", st)
 	}
-	w.c.Close(websocket.StatusNormalClosure, "")
+	w.Close()
 	eventually(t, "disconnect hook", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -379,15 +379,10 @@ func TestHooksAndStats(t *testing.T) {
 func TestSlowConsumer(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithSendQueue(8, 1<<20))
 	w := cl.dial(0, nil)
-	w.subscribe("firehose")
+	w.Subscribe("firehose")
 	// The client never reads; the server's queue overflows once the socket
 	// buffers are full.
 	big := strings.Repeat("x", 16<<10)
-	var closed atomic.Bool
-	go func() {
-		w.closeStatus()
-		closed.Store(true)
-	}()
 	ctx := context.Background()
 	for i := 0; i < 10000 && cl.servers[0].Stats().SlowConsumers == 0; i++ {
 		cl.servers[0].Publish(ctx, "firehose", "e", big)
@@ -396,19 +391,20 @@ func TestSlowConsumer(t *testing.T) {
 		t.Fatal("no slow consumer detected")
 	}
 	eventually(t, "connection closed", func() bool { return cl.servers[0].Stats().Connections == 0 })
+	w.CloseStatus() // and the client saw it
 }
 
 func TestSlowConsumerCloseCode(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithSendQueue(4, 1000))
 	w := cl.dial(0, nil)
-	w.subscribe("x")
+	w.Subscribe("x")
 	// Frames of 400 bytes published in a burst: the third cannot fit 1000
 	// bytes unless the writer drained the queue in between, which it cannot
 	// do fifty times in a row.
 	for i := 0; i < 50; i++ {
 		cl.servers[0].Publish(context.Background(), "x", "e", strings.Repeat("y", 400))
 	}
-	if code := w.closeStatus(); code != sss.CloseSlowConsumer {
+	if code := sss.CloseCode(w.CloseStatus()); code != sss.CloseSlowConsumer {
 		t.Fatalf("close code %d, want %d", code, sss.CloseSlowConsumer)
 	}
 }
@@ -416,7 +412,7 @@ func TestSlowConsumerCloseCode(t *testing.T) {
 func TestLossyChannels(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithSendQueue(4, 1000), sss.WithLossyChannels(func(ch string) bool { return strings.HasPrefix(ch, "ticks") }))
 	w := cl.dial(0, nil)
-	w.subscribe("ticks")
+	w.Subscribe("ticks")
 	for i := 0; i < 10000 && cl.servers[0].Stats().Dropped == 0; i++ {
 		cl.servers[0].Publish(context.Background(), "ticks", "e", strings.Repeat("y", 400))
 	}
@@ -424,37 +420,37 @@ func TestLossyChannels(t *testing.T) {
 		t.Fatal("nothing dropped")
 	}
 	// Still connected.
-	w.ok(map[string]any{"type": "subscribe", "channel": "other"})
+	w.Ack(map[string]any{"type": "subscribe", "channel": "other"})
 }
 
 func TestOversizedMessage(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithMaxMessageSize(1024))
 	w := cl.dial(0, nil)
-	w.sendRaw(`{"type":"tell","id":1,"name":"x","data":"` + strings.Repeat("a", 2000) + `"}`)
-	if code := w.closeStatus(); code != sss.CloseCode(websocket.StatusMessageTooBig) {
+	w.SendRaw(`{"type":"tell","id":1,"name":"x","data":"` + strings.Repeat("a", 2000) + `"}`)
+	if code := sss.CloseCode(w.CloseStatus()); code != sss.CloseCode(websocket.StatusMessageTooBig) {
 		t.Fatalf("close code %d, want 1009", code)
 	}
 }
 
 func TestPingTimeoutReapsSilentClient(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithPing(50*time.Millisecond, 50*time.Millisecond))
-	w := cl.dial(0, nil)
+	w := cl.dial(0, nil, wstest.NoPongs())
 	// A client that answers pings stays.
 	for pings := 0; pings < 6; {
-		f, ok := w.next(5 * time.Second)
+		f, ok := w.Next(5 * time.Second)
 		if !ok {
 			t.Fatal("no ping")
 		}
 		if f.Type == "ping" {
 			pings++
-			w.send(map[string]string{"type": "pong"})
+			w.Send(map[string]string{"type": "pong"})
 		}
 	}
 	if cl.servers[0].Stats().Connections != 1 {
 		t.Fatal("answering client was reaped")
 	}
 	// One that stops answering goes.
-	if code := w.closeStatus(); code != sss.ClosePingTimeout {
+	if code := sss.CloseCode(w.CloseStatus()); code != sss.ClosePingTimeout {
 		t.Fatalf("close code %d, want %d", code, sss.ClosePingTimeout)
 	}
 }
@@ -468,14 +464,13 @@ func TestShutdownTellsClientsToReconnect(t *testing.T) {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	})
-	nextID.Add(1)
-	w.send(map[string]any{"type": "ask", "id": nextID.Load(), "name": "slow"})
+	w.Send(map[string]any{"type": "ask", "id": 1, "name": "slow"})
 	<-started
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- cl.servers[0].Shutdown(ctx) }()
-	if code := w.closeStatus(); code != sss.CloseShutdown {
+	if code := sss.CloseCode(w.CloseStatus()); code != sss.CloseShutdown {
 		t.Fatalf("close code %d, want %d", code, sss.CloseShutdown)
 	}
 	if err := <-done; err != nil {
@@ -487,7 +482,7 @@ func TestShutdownTellsClientsToReconnect(t *testing.T) {
 		t.Fatalf("dial after shutdown: %v %v", resp, err)
 	}
 	other := cl.dial(1, nil)
-	other.subscribe("still")
+	other.Subscribe("still")
 	if err := cl.servers[0].Publish(context.Background(), "x", "e", nil); err == nil {
 		t.Fatal("publish on a closed server succeeded")
 	}
@@ -500,8 +495,8 @@ func TestDisconnectFromHandler(t *testing.T) {
 		return nil
 	})
 	w := cl.dial(0, nil)
-	w.ok(map[string]any{"type": "tell", "name": "logout"})
-	if code := w.closeStatus(); code != sss.CloseForbidden {
+	w.Ack(map[string]any{"type": "tell", "name": "logout"})
+	if code := sss.CloseCode(w.CloseStatus()); code != sss.CloseForbidden {
 		t.Fatalf("close code %d", code)
 	}
 }

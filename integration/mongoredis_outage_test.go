@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/internal/wstest"
 	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/mongoredis"
 )
@@ -195,13 +196,13 @@ func TestMongoRedisServerRedisOutage(t *testing.T) {
 	b := newBackend(t)
 	cl := newCluster(t, b, 1, mongoredis.WithCallTimeout(time.Second))
 	srv := cl.servers[0]
-	c := dialWS(t, cl.urls[0], "erin", who("erin", ""))
-	c.ack(map[string]any{"type": "subscribe", "channel": "feed"})
+	c := wstest.Dial(t, cl.urls[0], who("erin", ""), wstest.Name("erin"))
+	c.Ack(map[string]any{"type": "subscribe", "channel": "feed"})
 	ctx := ctxT(t)
 	if err := srv.Publish(ctx, "feed", "e", 1); err != nil {
 		t.Fatal(err)
 	}
-	c.waitPubs("feed", 1)
+	c.WaitPubs("feed", 1)
 
 	stopContainer(t, b.redisC)
 	err := bounded(t, 3*time.Second, "Server.Publish", func() error { return srv.Publish(ctx, "feed", "e", 2) })
@@ -225,8 +226,8 @@ func TestMongoRedisMongoOutage(t *testing.T) {
 	st := cl.store(t, b)
 	ctx := ctxT(t)
 
-	c := dialWS(t, cl.urls[0], "dave", who("dave", "dave-session"))
-	c.ack(map[string]any{"type": "subscribe", "channel": "m.before"})
+	c := wstest.Dial(t, cl.urls[0], who("dave", "dave-session"), wstest.Name("dave"))
+	c.Ack(map[string]any{"type": "subscribe", "channel": "m.before"})
 	poll(t, 10*time.Second, "the subscription to be stored", func() bool {
 		subs, err := st.Subscriptions(ctx, "dave-session")
 		return err == nil && len(subs) == 1
@@ -235,7 +236,7 @@ func TestMongoRedisMongoOutage(t *testing.T) {
 	stopContainer(t, b.mongoC)
 	errsBefore := srv.Stats().ScalerErrors
 	if err := bounded(t, 4*time.Second, "subscribe", func() error {
-		c.ack(map[string]any{"type": "subscribe", "channel": "m.during"})
+		c.Ack(map[string]any{"type": "subscribe", "channel": "m.during"})
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -243,7 +244,7 @@ func TestMongoRedisMongoOutage(t *testing.T) {
 	if err := srv.Publish(ctx, "m.during", "e", "still delivered"); err != nil {
 		t.Fatal(err)
 	}
-	c.waitPubs("m.during", 1)
+	c.WaitPubs("m.during", 1)
 	poll(t, 5*time.Second, "the failed store call to be counted", func() bool { return srv.Stats().ScalerErrors > errsBefore })
 	wantUnavailable(t, "AddSubscription", bounded(t, 3*time.Second, "AddSubscription", func() error {
 		return st.AddSubscription(ctx, "dave-session", scaler.StoredSubscription{Channel: "x"})
@@ -265,7 +266,7 @@ func TestMongoRedisMongoOutage(t *testing.T) {
 	poll(t, 20*time.Second, "new subscriptions to be stored again", func() bool {
 		ch := fmt.Sprint("m.after", i)
 		i++
-		c.ack(map[string]any{"type": "subscribe", "channel": ch})
+		c.Ack(map[string]any{"type": "subscribe", "channel": ch})
 		subs, err := st.Subscriptions(ctx, "dave-session")
 		for _, sub := range subs {
 			if err == nil && sub.Channel == ch {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/internal/wstest"
 	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/mongoredis"
 )
@@ -97,60 +99,57 @@ func TestMongoRedisServers(t *testing.T) {
 	ctx := ctxT(t)
 
 	t.Run("PublishReachesAll", func(t *testing.T) {
-		var cs []*wsClient
+		var cs []*wstest.Client
 		for i, url := range cl.urls {
-			c := dialWS(t, url, "c"+string(rune('0'+i)), who("u"+string(rune('0'+i)), ""))
-			c.ack(map[string]any{"type": "subscribe", "channel": "news"})
+			c := wstest.Dial(t, url, who(fmt.Sprint("u", i), ""), wstest.Name(fmt.Sprint("c", i)))
+			c.Ack(map[string]any{"type": "subscribe", "channel": "news"})
 			cs = append(cs, c)
 		}
 		if err := cl.servers[1].Publish(ctx, "news.uk", "article", map[string]int{"n": 1}); err != nil {
 			t.Fatal(err)
 		}
-		cs[2].ack(map[string]any{"type": "publish", "channel": "news", "event": "chat", "data": "hi"})
-		for _, c := range cs {
-			if got := c.waitPubs("news.uk", 1); got[0] != `{"n":1}` {
-				t.Errorf("%s got %v", c.name, got)
+		cs[2].Ack(map[string]any{"type": "publish", "channel": "news", "event": "chat", "data": "hi"})
+		for i, c := range cs {
+			if got := c.WaitPubs("news.uk", 1); got[0] != `{"n":1}` {
+				t.Errorf("c%d got %v", i, got)
 			}
-			c.waitPubs("news", 1)
-			f := c.wait("pub with a position", func(f frame) bool { return f.Type == "pub" && f.Channel == "news" })
+			c.WaitPubs("news", 1)
+			f := c.Wait("pub with a position", func(f wstest.Frame) bool { return f.Type == "pub" && f.Channel == "news" })
 			if f.Offset == 0 || f.Epoch == "" || f.Sub != "news" {
-				t.Errorf("%s: pub %+v lacks its position in stream news", c.name, f)
+				t.Errorf("c%d: pub %+v lacks its position in stream news", i, f)
 			}
 		}
 	})
 
 	t.Run("TellUserAcrossInstances", func(t *testing.T) {
-		a0 := dialWS(t, cl.urls[0], "alice@0", who("alice", ""))
-		a1 := dialWS(t, cl.urls[1], "alice@1", who("alice", ""))
-		other := dialWS(t, cl.urls[2], "bob@2", who("bob", ""))
+		a0 := wstest.Dial(t, cl.urls[0], who("alice", ""), wstest.Name("alice@0"))
+		a1 := wstest.Dial(t, cl.urls[1], who("alice", ""), wstest.Name("alice@1"))
+		other := wstest.Dial(t, cl.urls[2], who("bob", ""), wstest.Name("bob@2"))
 		// The user channel goes live on the first request (or after 1s).
-		for _, c := range []*wsClient{a0, a1, other} {
-			c.ack(map[string]any{"type": "subscribe", "channel": "warmup"})
+		for _, c := range []*wstest.Client{a0, a1, other} {
+			c.Ack(map[string]any{"type": "subscribe", "channel": "warmup"})
 		}
 		if err := cl.servers[2].Tell(ctx, sss.ToUser("alice"), "notify", map[string]string{"text": "hi"}); err != nil {
 			t.Fatal(err)
 		}
-		for _, c := range []*wsClient{a0, a1} {
-			f := c.wait("tell", func(f frame) bool { return f.Type == "tell" && f.Name == "notify" })
+		for i, c := range []*wstest.Client{a0, a1} {
+			f := c.Wait("tell", func(f wstest.Frame) bool { return f.Type == "tell" && f.Name == "notify" })
 			if string(f.Data) != `{"text":"hi"}` {
-				t.Errorf("%s: tell data %s", c.name, f.Data)
+				t.Errorf("alice@%d: tell data %s", i, f.Data)
 			}
 		}
 		time.Sleep(100 * time.Millisecond) // a misrouted tell would have arrived by now
-		if _, ok := other.find(func(f frame) bool { return f.Type == "tell" }); ok {
+		if _, ok := other.Find(func(f wstest.Frame) bool { return f.Type == "tell" }); ok {
 			t.Errorf("bob received alice's tell")
 		}
 	})
 
 	t.Run("AskAcrossInstances", func(t *testing.T) {
-		bob := dialWS(t, cl.urls[1], "bob@1", who("bob", ""))
-		bob.mu.Lock()
-		bob.replyAsk = func(name string, data json.RawMessage) any {
+		bob := wstest.Dial(t, cl.urls[1], who("bob", ""), wstest.Name("bob@1"))
+		bob.AnswerAsks(func(name string, data json.RawMessage) any {
 			return map[string]any{"name": name, "echo": data}
-		}
-		bob.mu.Unlock()
-		welcome := bob.wait("welcome", func(f frame) bool { return f.Type == "welcome" })
-		res, err := cl.servers[0].Ask(ctx, sss.ToConn(welcome.Conn), "confirm", "delete?")
+		})
+		res, err := cl.servers[0].Ask(ctx, sss.ToConn(bob.Welcome.Conn), "confirm", "delete?")
 		if err != nil {
 			t.Fatalf("Ask from server 0 to a connection on server 1: %v", err)
 		}
@@ -170,19 +169,19 @@ func TestMongoRedisServers(t *testing.T) {
 
 	t.Run("ResumeOnAnotherInstance", func(t *testing.T) {
 		st := cl.store(t, b)
-		c := dialWS(t, cl.urls[0], "carol@0", who("carol", "carol-session"))
-		c.ack(map[string]any{"type": "subscribe", "channel": "room.a"})
-		c.ack(map[string]any{"type": "subscribe", "channel": "room.b", "query": map[string]string{"pw": "x"}})
+		c := wstest.Dial(t, cl.urls[0], who("carol", "carol-session"), wstest.Name("carol@0"))
+		c.Ack(map[string]any{"type": "subscribe", "channel": "room.a"})
+		c.Ack(map[string]any{"type": "subscribe", "channel": "room.b", "query": map[string]string{"pw": "x"}})
 		poll(t, 10*time.Second, "carol's subscriptions to be stored", func() bool {
 			subs, err := st.Subscriptions(ctx, "carol-session")
 			return err == nil && len(subs) == 2
 		})
-		c.close()
+		c.Close()
 
 		// Carol's client reconnects to another instance and resumes
 		// without a list: the server restores what it stored.
-		c2 := dialWS(t, cl.urls[2], "carol@2", who("carol", "carol-session"))
-		res := c2.ack(map[string]any{"type": "resume"})
+		c2 := wstest.Dial(t, cl.urls[2], who("carol", "carol-session"), wstest.Name("carol@2"))
+		res := c2.Ack(map[string]any{"type": "resume"})
 		var r struct {
 			Subscriptions []struct {
 				Channel string          `json:"channel"`
@@ -199,7 +198,7 @@ func TestMongoRedisServers(t *testing.T) {
 		if err := cl.servers[1].Publish(ctx, "room.b", "msg", "after resume"); err != nil {
 			t.Fatal(err)
 		}
-		if got := c2.waitPubs("room.b", 1); got[0] != `"after resume"` {
+		if got := c2.WaitPubs("room.b", 1); got[0] != `"after resume"` {
 			t.Errorf("got %v", got)
 		}
 	})

@@ -1,9 +1,6 @@
 package metrics
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"net/http/httptest"
 	"reflect"
 	"slices"
@@ -11,12 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/superscaled/sss"
+	"github.com/superscaled/sss/internal/wstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -161,40 +158,15 @@ app_tells_total{node="a",zone="z1"} 0
 func TestLiveValues(t *testing.T) {
 	srv := newServer(t)
 	hs := httptest.NewServer(srv)
-	defer hs.Close()
+	t.Cleanup(hs.Close)
 	c := NewCollector(srv)
 
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(hs.URL, "http"), &websocket.DialOptions{Subprotocols: []string{sss.Subprotocol}})
-	if err != nil {
+	w := wstest.Dial(t, "ws"+strings.TrimPrefix(hs.URL, "http"), nil)
+	w.Subscribe("news")
+	if err := srv.Publish(t.Context(), "news.uk", "article", map[string]string{"title": "Hello"}); err != nil {
 		t.Fatal(err)
 	}
-	defer ws.CloseNow()
-	await := func(typ string) {
-		t.Helper()
-		for {
-			_, msg, err := ws.Read(ctx)
-			if err != nil {
-				t.Fatalf("waiting for %s: %v", typ, err)
-			}
-			for _, line := range bytes.Split(msg, []byte("\n")) {
-				var f struct{ Type string }
-				if json.Unmarshal(line, &f) == nil && f.Type == typ {
-					return
-				}
-			}
-		}
-	}
-	await("welcome")
-	if err := ws.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe","id":1,"channel":"news"}`)); err != nil {
-		t.Fatal(err)
-	}
-	await("ack")
-	if err := srv.Publish(ctx, "news.uk", "article", map[string]string{"title": "Hello"}); err != nil {
-		t.Fatal(err)
-	}
-	await("pub")
+	w.Expect("pub")
 
 	// Channels counts the connection's session channel too.
 	want := `
@@ -226,7 +198,7 @@ sss_delivered_total 1
 		t.Error(err)
 	}
 
-	ws.Close(websocket.StatusNormalClosure, "bye")
+	w.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for srv.Stats().Connections != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

@@ -135,11 +135,11 @@ func TestClosedServerAPI(t *testing.T) {
 			for name, err := range map[string]error{
 				"Publish":        srv.Publish(ctx, "c", "e", 1),
 				"PublishUser":    srv.PublishUser(ctx, "u", "e", 1),
-				"PublishSession": srv.PublishSession(ctx, "s", "e", 1),
+				"PublishSession": srv.PublishSession(ctx, "u", "s", "e", 1),
 				"Tell(user)":     srv.Tell(ctx, sss.ToUser("u"), "t", 1),
 				"Tell(conn)":     srv.Tell(ctx, sss.ToConn("n.c"), "t", 1),
 				"Ask":            askErr,
-				"Disconnect":     srv.Disconnect(ctx, sss.ToSession("s"), "bye", false),
+				"Disconnect":     srv.Disconnect(ctx, sss.ToSession("u", "s"), "bye", false),
 			} {
 				if !errors.Is(err, sss.ErrServerClosed) {
 					t.Errorf("%s after %s: %v, want ErrServerClosed", name, how, err)
@@ -158,12 +158,12 @@ func TestTargets(t *testing.T) {
 	}
 	defer srv.Close()
 	ctx := context.Background()
-	for _, tg := range []sss.Target{sss.ToUser("u"), sss.ToSession("s")} {
+	for _, tg := range []sss.Target{sss.ToUser("u"), sss.ToSession("u", "s")} {
 		if _, err := srv.Ask(ctx, tg, "q", nil); !errors.Is(err, sss.ErrBadRequest) {
 			t.Errorf("Ask(%v): %v, want bad_request", tg, err)
 		}
 	}
-	for _, tg := range []sss.Target{{}, sss.ToUser(""), sss.ToConn("")} {
+	for _, tg := range []sss.Target{{}, sss.ToUser(""), sss.ToConn(""), sss.ToSession("u", "")} {
 		if _, err := srv.Ask(ctx, tg, "q", nil); !errors.Is(err, sss.ErrBadRequest) {
 			t.Errorf("Ask(%v): %v, want bad_request", tg, err)
 		}
@@ -230,7 +230,7 @@ func TestNamedSessionsAreStored(t *testing.T) {
 			continue
 		}
 		eventually(t, "session "+id+" stored with [room]", func() bool { // written behind
-			subs, err := store.Subscriptions(ctx, id)
+			subs, err := store.Subscriptions(ctx, "0::"+id)
 			return err == nil && len(subs) == 1 && subs[0].Channel == "room"
 		})
 	}

@@ -178,8 +178,11 @@ const (
 // ToConn targets one connection by its id.
 func ToConn(id string) Target { return Target{targetConn, id} }
 
-// ToSession targets every connection of a session.
-func ToSession(id string) Target { return Target{targetSession, id} }
+// ToSession targets every connection of a user's session (anonymous
+// connections have an empty user id).
+func ToSession(userID, sessionID string) Target {
+	return Target{targetSession, sessionKey(userID, sessionID)}
+}
 
 // ToUser targets every connection of a user.
 func ToUser(id string) Target { return Target{targetUser, id} }
@@ -201,13 +204,13 @@ func (t Target) channel() string {
 	if t.kind == targetUser {
 		return UserChannel(t.id)
 	}
-	return SessionChannel(t.id)
+	return scaler.ReservedPrefix + "s." + t.id
 }
 
 var errNoTarget = Errorf(CodeBadRequest, "no target: use ToConn, ToSession or ToUser with an id")
 
 func (t Target) valid() error {
-	if t.kind == targetNone || t.id == "" {
+	if t.kind == targetNone || t.id == "" || t.kind == targetSession && strings.HasSuffix(t.id, ":") {
 		return errNoTarget
 	}
 	return nil

@@ -109,7 +109,7 @@ func TestServerTellAcrossInstances(t *testing.T) {
 			t.Fatalf("user tell %+v", f)
 		}
 	}
-	if err := cl.servers[0].Tell(ctx, sss.ToSession("laptop"), "s", nil); err != nil {
+	if err := cl.servers[0].Tell(ctx, sss.ToSession("alice", "laptop"), "s", nil); err != nil {
 		t.Fatal(err)
 	}
 	a2.Expect("tell")

@@ -418,7 +418,7 @@ func TestSessionStoreDown(t *testing.T) {
 	}
 	defer probe.Close()
 	eventually(t, "the stored list to converge", func() bool {
-		list, err := probe.(scaler.SessionStore).Subscriptions(context.Background(), "sd")
+		list, err := probe.(scaler.SessionStore).Subscriptions(context.Background(), "4:dave:sd")
 		return err == nil && len(list) == 2 && list[0].Channel == "b" && list[1].Channel == "c"
 	})
 	w.Subscribe("d")

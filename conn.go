@@ -492,7 +492,7 @@ func (c *Conn) subQuery(channel string) []byte {
 }
 
 // storeKey is the key of c's session in the session store.
-func (c *Conn) storeKey() string { return c.session.SessionID }
+func (c *Conn) storeKey() string { return sessionKey(c.session.UserID, c.session.SessionID) }
 
 // subCount reports whether c holds channel, and how many subscriptions it
 // holds.

@@ -326,7 +326,7 @@ func encodeWelcome(c *Conn) []byte {
 	cfg := &c.srv.cfg
 	w := welcomeFrame{
 		Type: "welcome", Version: 1, Conn: c.id, Session: c.session.SessionID, User: c.session.UserID,
-		Channels: welcomeChannels{Session: SessionChannel(c.session.SessionID)},
+		Channels: welcomeChannels{Session: SessionChannel(c.session.UserID, c.session.SessionID)},
 		Ping:     cfg.pingInterval.Milliseconds(), Pong: cfg.pongTimeout.Milliseconds(),
 		Limits: welcomeLimits{MaxMessage: cfg.maxMessage, MaxSubscriptions: cfg.maxSubs, Concurrency: cfg.concurrency},
 	}

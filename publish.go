@@ -33,13 +33,13 @@ func (s *Server) PublishUser(ctx context.Context, userID, event string, data any
 	return s.publish(ctx, UserChannel(userID), event, data)
 }
 
-// PublishSession publishes to every connection of a session, on every
-// instance.
-func (s *Server) PublishSession(ctx context.Context, sessionID, event string, data any) error {
+// PublishSession publishes to every connection of a user's session (an
+// empty user id for anonymous connections), on every instance.
+func (s *Server) PublishSession(ctx context.Context, userID, sessionID, event string, data any) error {
 	if sessionID == "" {
 		return Errorf(CodeBadRequest, "empty session id")
 	}
-	return s.publish(ctx, SessionChannel(sessionID), event, data)
+	return s.publish(ctx, SessionChannel(userID, sessionID), event, data)
 }
 
 func (s *Server) publish(ctx context.Context, channel, event string, data any) error {

@@ -171,7 +171,7 @@ func (s *Server) run(c *Conn) error {
 		c.close(CloseShutdown, "server shutting down", ErrServerClosed)
 		return ErrServerClosed
 	}
-	own := []string{SessionChannel(c.session.SessionID)}
+	own := []string{SessionChannel(c.session.UserID, c.session.SessionID)}
 	if u := c.session.UserID; u != "" {
 		own = []string{UserChannel(u), own[0]}
 	}

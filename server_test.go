@@ -42,7 +42,7 @@ func TestWelcome(t *testing.T) {
 	cl := newCluster(t, 1, sss.WithSessionParser(userParser))
 	w := cl.dial(0, as("alice", "s1"))
 	f := w.Welcome
-	if f.User != "alice" || f.Session != "s1" || f.Channels.User != "$u.alice" || f.Channels.Session != "$s.s1" {
+	if f.User != "alice" || f.Session != "s1" || f.Channels.User != "$u.alice" || f.Channels.Session != "$s.5:alice:s1" {
 		t.Fatalf("welcome %+v", f)
 	}
 	if !strings.HasPrefix(f.Conn, cl.servers[0].NodeID()+".") {
@@ -304,8 +304,9 @@ func TestReservedChannels(t *testing.T) {
 	ctx := context.Background()
 	alice := cl.dial(0, as("alice", "sa"))
 	alice2 := cl.dial(1, as("alice", "sa2"))
-	mallory := cl.dial(1, as("mallory", "sm"))
-	for _, ch := range []string{"$u.alice", "$s.sa", "$internal", "$u.alice.x"} {
+	// Mallory's session has the same id as alice's: it is hers, not alice's.
+	mallory := cl.dial(1, as("mallory", "sa2"))
+	for _, ch := range []string{"$u.alice", "$s.5:alice:sa", "$s.sa", "$internal", "$u.alice.x"} {
 		mallory.Fails(map[string]any{"type": "subscribe", "channel": ch}, "forbidden")
 	}
 	if err := cl.servers[1].PublishUser(ctx, "alice", "hello", "a"); err != nil {
@@ -316,10 +317,10 @@ func TestReservedChannels(t *testing.T) {
 			t.Fatalf("user pub %+v", f)
 		}
 	}
-	if err := cl.servers[0].PublishSession(ctx, "sa2", "s", nil); err != nil {
+	if err := cl.servers[0].PublishSession(ctx, "alice", "sa2", "s", nil); err != nil {
 		t.Fatal(err)
 	}
-	if f := alice2.Expect("pub"); f.Channel != "$s.sa2" {
+	if f := alice2.Expect("pub"); f.Channel != "$s.5:alice:sa2" || f.Channel != sss.SessionChannel("alice", "sa2") {
 		t.Fatalf("session pub %+v", f)
 	}
 	alice.Nothing(50 * time.Millisecond)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/superscaled/sss/scaler"
@@ -45,8 +46,19 @@ const maxIDLen = 255
 func UserChannel(userID string) string { return scaler.ReservedPrefix + "u." + userID }
 
 // SessionChannel is the reserved channel every connection of a session is
-// subscribed to.
-func SessionChannel(sessionID string) string { return scaler.ReservedPrefix + "s." + sessionID }
+// subscribed to. A session belongs to its user: two users' sessions never
+// share a channel, nor stored subscriptions, whatever ids the session parser
+// gives them.
+func SessionChannel(userID, sessionID string) string {
+	return scaler.ReservedPrefix + "s." + sessionKey(userID, sessionID)
+}
+
+// sessionKey names a user's session in channel names and in the session
+// store: the user id's length first makes it unambiguous whatever bytes
+// the ids hold ("5:alice:tab-1").
+func sessionKey(userID, sessionID string) string {
+	return strconv.Itoa(len(userID)) + ":" + userID + ":" + sessionID
+}
 
 // parseSession runs the session parser, within the ask timeout, and
 // validates what it returned. named says the parser named the session: only

@@ -26,7 +26,7 @@ func TestDialWelcome(t *testing.T) {
 	if info.User != "alice" || info.Session != "s1" {
 		t.Fatalf("user %q session %q", info.User, info.Session)
 	}
-	if info.UserChannel != sss.UserChannel("alice") || info.SessionChannel != sss.SessionChannel("s1") {
+	if info.UserChannel != sss.UserChannel("alice") || info.SessionChannel != sss.SessionChannel("alice", "s1") {
 		t.Fatalf("channels %q %q", info.UserChannel, info.SessionChannel)
 	}
 	if info.Limits.Concurrency != 7 || info.Limits.MaxMessage <= 0 || info.Ping <= 0 || info.Pong <= 0 {
@@ -335,7 +335,7 @@ func TestUserAndSessionChannels(t *testing.T) {
 	if err := ts.srv.PublishUser(ctx, "carol", "hello", "u"); err != nil {
 		t.Fatal(err)
 	}
-	if err := ts.srv.PublishSession(ctx, "tab1", "hello", "s"); err != nil {
+	if err := ts.srv.PublishSession(ctx, "carol", "tab1", "hello", "s"); err != nil {
 		t.Fatal(err)
 	}
 	if m := recv(t, user); string(m.Data) != `"u"` || m.Sub != c.Conn().UserChannel {
@@ -363,7 +363,7 @@ func TestNoHoldAfterDial(t *testing.T) {
 	if err := ts.srv.PublishUser(ctxT(t), "ivy", "hello", "u"); err != nil {
 		t.Fatal(err)
 	}
-	if err := ts.srv.PublishSession(ctxT(t), "tab9", "hello", "s"); err != nil {
+	if err := ts.srv.PublishSession(ctxT(t), "ivy", "tab9", "hello", "s"); err != nil {
 		t.Fatal(err)
 	}
 	if m := recv(t, user); string(m.Data) != `"u"` || m.Sub != c.Conn().UserChannel {

@@ -305,7 +305,7 @@ func TestEpochChange(t *testing.T) {
 		kinds[g.Kind] = g
 	}
 	if len(gaps) != 3 || len(recovered) != 3 || kinds[client.KindUser].Channel != "$u.uma" || kinds[client.KindUser].Since != oldUser ||
-		kinds[client.KindSession].Channel != "$s.tab" {
+		kinds[client.KindSession].Channel != sss.SessionChannel("uma", "tab") {
 		t.Fatalf("gaps %+v, outcomes %+v", gaps, recovered)
 	}
 	s2.srv.Publish(ctxT(t), "feed", "", "new")
@@ -480,8 +480,8 @@ func TestUserChannelCatchUp(t *testing.T) {
 		client.WithHeader(http.Header{"X-Session": {"tab1"}}),
 		hooks(out.hooks(), watch(ev), client.Hooks{OnUserMessage: users.handle, OnSessionMessage: sessions.handle}))
 	userPos := c.Position("$u.alice")
-	if userPos.IsZero() || c.Position("$s.tab1").IsZero() {
-		t.Fatalf("welcome positions %v %v", userPos, c.Position("$s.tab1"))
+	if userPos.IsZero() || c.Position(sss.SessionChannel("alice", "tab1")).IsZero() {
+		t.Fatalf("welcome positions %v %v", userPos, c.Position(sss.SessionChannel("alice", "tab1")))
 	}
 	// A subscription too, whose catch-up is reported with theirs.
 	if _, err := c.Subscribe(ctxT(t), "unrelated"); err != nil {
@@ -497,13 +497,13 @@ func TestUserChannelCatchUp(t *testing.T) {
 	for i := range 50 {
 		other.srv.PublishUser(ctxT(t), "alice", "", 3+i)
 		if i < 20 {
-			other.srv.PublishSession(ctxT(t), "tab1", "", i)
+			other.srv.PublishSession(ctxT(t), "alice", "tab1", "", i)
 		}
 	}
 	r.start()
 	ev.waitEvent(t, "reconnect")
 	other.srv.PublishUser(ctxT(t), "alice", "", "end")
-	other.srv.PublishSession(ctxT(t), "tab1", "", "end")
+	other.srv.PublishSession(ctxT(t), "alice", "tab1", "", "end")
 	waitFor(t, "the markers", func() bool { return len(users.markers()) == 1 && len(sessions.markers()) == 1 })
 	users.check(t, 53)
 	sessions.check(t, 20)
@@ -516,7 +516,7 @@ func TestUserChannelCatchUp(t *testing.T) {
 		kinds = append(kinds, o.Kind.String()+":"+o.Channel)
 	}
 	slices.Sort(kinds)
-	if want := []string{"session:$s.tab1", "subscription:unrelated", "user:$u.alice"}; !slices.Equal(kinds, want) {
+	if want := []string{"session:$s.5:alice:tab1", "subscription:unrelated", "user:$u.alice"}; !slices.Equal(kinds, want) {
 		t.Fatalf("outcomes %v, want %v", kinds, want)
 	}
 	if p := c.Position("$u.alice"); p.Offset != userPos.Offset+54 || p.Epoch != userPos.Epoch {

@@ -231,6 +231,9 @@ type StoredSubscription struct {
 
 // SessionStore persists the subscriptions of each session so that a client
 // reconnecting to any node can have them restored. A Node may implement it.
+// A session is named by an opaque key the server chooses (it joins the user
+// id and the session id, so that two users never share one); a backend
+// stores it as it is.
 type SessionStore interface {
 	// AddSubscription records sub for the session, replacing any entry for
 	// the same channel. It is idempotent.

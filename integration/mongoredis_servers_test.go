@@ -173,7 +173,7 @@ func TestMongoRedisServers(t *testing.T) {
 		c.Ack(map[string]any{"type": "subscribe", "channel": "room.a"})
 		c.Ack(map[string]any{"type": "subscribe", "channel": "room.b", "query": map[string]string{"pw": "x"}})
 		poll(t, 10*time.Second, "carol's subscriptions to be stored", func() bool {
-			subs, err := st.Subscriptions(ctx, "carol-session")
+			subs, err := st.Subscriptions(ctx, "5:carol:carol-session")
 			return err == nil && len(subs) == 2
 		})
 		c.Close()

@@ -328,7 +328,7 @@ func encodeWelcome(c *Conn) []byte {
 		Type: "welcome", Version: 1, Conn: c.id, Session: c.session.SessionID, User: c.session.UserID,
 		Channels: welcomeChannels{Session: SessionChannel(c.session.UserID, c.session.SessionID)},
 		Ping:     cfg.pingInterval.Milliseconds(), Pong: cfg.pongTimeout.Milliseconds(),
-		Limits: welcomeLimits{MaxMessage: cfg.maxMessage, MaxSubscriptions: cfg.maxSubs, Concurrency: cfg.concurrency},
+		Limits: welcomeLimits{MaxMessage: cfg.maxMessage, MaxPayload: cfg.maxPayload, MaxSubscriptions: cfg.maxSubs, Concurrency: cfg.concurrency},
 	}
 	if c.session.UserID != "" {
 		w.Channels.User = UserChannel(c.session.UserID)

@@ -63,6 +63,7 @@ type Frame struct {
 	Pong      int64               `json:"pong,omitempty"` // ms
 	Limits    struct {
 		MaxMessage       int64 `json:"maxMessage"`
+		MaxPayload       int   `json:"maxPayload"`
 		MaxSubscriptions int   `json:"maxSubscriptions"`
 		Concurrency      int   `json:"concurrency"`
 	} `json:"limits,omitzero"`
@@ -120,16 +121,20 @@ func Name(name string) Option { return func(c *Client) { c.name = name } }
 // the server time the connection out.
 func NoPongs() Option { return func(c *Client) { c.noPongs = true } }
 
+// ReadLimit sets the largest message the client reads (default 1 MiB).
+func ReadLimit(n int64) Option { return func(c *Client) { c.readLimit = n } }
+
 // Client is one raw sss.v1 connection.
 type Client struct {
 	// Welcome is the connection's welcome frame.
 	Welcome Frame
 
-	t       testing.TB
-	name    string
-	noPongs bool
-	ws      *websocket.Conn
-	done    chan struct{} // closed when the reader stops
+	t         testing.TB
+	name      string
+	noPongs   bool
+	readLimit int64
+	ws        *websocket.Conn
+	done      chan struct{} // closed when the reader stops
 
 	mu     sync.Mutex
 	record []Frame
@@ -145,7 +150,7 @@ type Client struct {
 // closed at once (CloseNow) when the test ends.
 func Dial(t testing.TB, url string, header http.Header, opts ...Option) *Client {
 	t.Helper()
-	c := &Client{t: t, name: url, done: make(chan struct{}), wake: make(chan struct{})}
+	c := &Client{t: t, name: url, done: make(chan struct{}), wake: make(chan struct{}), readLimit: readLimit}
 	for _, o := range opts {
 		o(c)
 	}
@@ -155,7 +160,7 @@ func Dial(t testing.TB, url string, header http.Header, opts ...Option) *Client 
 	if err != nil {
 		t.Fatalf("%s: dial: %v", c.name, err)
 	}
-	ws.SetReadLimit(readLimit)
+	ws.SetReadLimit(c.readLimit)
 	c.ws = ws
 	go c.read()
 	t.Cleanup(c.CloseNow)

@@ -152,6 +152,10 @@ type Limits struct {
 	// MaxMessage is the largest WebSocket message the server accepts, in
 	// bytes. The client refuses larger frames with ErrTooLarge itself.
 	MaxMessage int `json:"maxMessage"`
+	// MaxPayload is the largest data of a publication, tell or ask, and of
+	// an ask's result, in bytes of JSON; the server refuses larger with
+	// ErrTooLarge.
+	MaxPayload int `json:"maxPayload"`
 	// MaxSubscriptions is the number of subscriptions allowed on a
 	// connection (user and session channels not counted).
 	MaxSubscriptions int `json:"maxSubscriptions"`

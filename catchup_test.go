@@ -314,9 +314,12 @@ func TestGapRepair(t *testing.T) {
 	w.Nothing(50 * time.Millisecond)
 }
 
+// dropScaler loses deliveries to its nodes: from the drop-th on, count of
+// them (7 when count is 0).
 type dropScaler struct {
 	*memory.Scaler
-	drop atomic.Int64
+	drop  atomic.Int64
+	count atomic.Int64
 }
 
 func (d *dropScaler) Join(ctx context.Context, id string, h scaler.Handler) (scaler.Node, error) {
@@ -335,7 +338,11 @@ func (h *dropHandler) HandleDelivery(del scaler.Delivery) {
 	h.n++
 	n := h.n
 	h.mu.Unlock()
-	if from := int(h.d.drop.Load()); from > 0 && n >= from && n < from+7 {
+	count := int(h.d.count.Load())
+	if count == 0 {
+		count = 7
+	}
+	if from := int(h.d.drop.Load()); from > 0 && n >= from && n < from+count {
 		return
 	}
 	h.Handler.HandleDelivery(del)

@@ -32,31 +32,47 @@
 // names carry its name as a Redis Cluster hash tag, {stream}, with '%' and
 // '}' escaped as %25 and %7D, so a stream's keys live in one slot:
 //
-//	<prefix>{<stream>}:m   hash {e: epoch, o: last offset}; expires after the
+//	<prefix>{<stream>}:m   hash {e: epoch, o: last offset, a: when age was
+//	                       last trimmed (Redis time, ms)}; expires after the
 //	                       stream TTL (WithStreamTTL, default 24h) without a
 //	                       publication or a Since call
 //	<prefix>{<stream>}:h   Redis stream, the history: entry id "<offset>-0",
 //	                       fields t (Redis time, ms) and p (the publication);
 //	                       at most the history size (XADD MAXLEN), none older
 //	                       than the history age (WithHistory, default 1000
-//	                       entries and 5m); the key expires with its newest
-//	                       entry
+//	                       entries and 5m) by more than age/64; the key
+//	                       expires with its newest entry
 //	<prefix>{<stream>}     pub/sub channel of the stream's deliveries
 //	<prefix>node:<id>      pub/sub channel of node <id>'s messages (Send);
 //	                       with Redis Cluster <prefix>node:{<id>} (id escaped
 //	                       like a stream name), a shard channel hashed on the
 //	                       id, which no stream channel can equal
 //
-// A publication on "a.b.c" runs one Lua script per stream ("a",
-// "a.b", "a.b.c"), pipelined. The script gets or creates the stream's epoch
-// (a random id from the publishing node, set only if absent), increments
-// its offset, appends to the history, trims it by count and age, and
-// publishes the delivery — stream offset, epoch, publishing node and the
-// publication itself, never a reference to read back. Redis runs scripts
-// one at a time, so every node receives a stream's deliveries in offset
-// order; a publisher's own node receives them through Redis too, which keeps
-// its own publications in their place in that order. A transient publication is
-// published directly: no offset, no history.
+// A publication on "a.b.c" runs one Lua script for its three streams ("a",
+// "a.b", "a.b.c"); with Redis Cluster, whose streams live in different
+// slots, one per stream, pipelined. For each stream the script gets or
+// creates the stream's epoch (a random id from the publishing node, set
+// only if absent), increments its offset, appends to the history, trims it
+// by count, and publishes the delivery — stream offset, epoch, publishing
+// node and the publication itself, never a reference to read back. Redis
+// runs scripts one at a time, so every node receives a stream's deliveries
+// in offset order; a publisher's own node receives them through Redis too,
+// which keeps its own publications in their place in that order. A
+// transient publication is published directly: no offset, no history.
+//
+// # What a publication costs Redis
+//
+// Redis is the resource every instance shares, so the script does only
+// what correctness needs: per stream, a few O(1) hash and key operations, an
+// XADD that trims one entry by count, one PUBLISH, and the age trim only
+// every history age / 64 (reading the oldest entries then, 16 at a time,
+// until a fresh one). Measured by BenchmarkRedisPublishCost
+// (integration/), Redis 7.0 on a 2-core machine, history of 1000 entries
+// and 5 minutes, a 230-byte publication: about 20 µs of Redis CPU for a
+// flat channel and 40 µs for a channel three levels deep (three streams),
+// where one script per stream that trimmed by age on every publication
+// took 150 and 440 µs. Each subscribed node adds the cost of delivering the
+// PUBLISH to it.
 //
 // With a single Redis or Sentinel, deliveries and node messages use plain
 // PUBLISH/SUBSCRIBE. Each node holds one pub/sub connection (a go-redis
@@ -230,8 +246,10 @@
 //     interest is dropped locally at once). The receive loop retries with
 //     backoff (up to 2s) and, once Redis is back, subscribes every
 //     interest again: deliveries resume by themselves. Deliveries published
-//     while a node was cut off are lost for it; the server notices the jump
-//     in offsets and fills it from Since. If Redis came back empty, the
+//     while a node was cut off are lost for it: once its subscriptions are
+//     back, the node calls Handler.HandleMissed for each of its streams,
+//     and the server fills what it missed from Since (it also notices a
+//     jump in offsets by itself). If Redis came back empty, the
 //     streams start new epochs. Join fails while Redis is unreachable. With
 //     Cluster the same holds per master: only the streams (and node
 //     channels) whose slots a down master owns are affected.
@@ -239,16 +257,18 @@
 //     wrapping scaler.ErrUnavailable; publishing, subscribing and history
 //     are unaffected, except with the archive: its writes fail (Publish
 //     still succeeds, see above) and Since from a position only the archive
-//     could serve returns an error wrapping scaler.ErrUnavailable. Set a short server selection timeout on the MongoDB
-//     client (Dial uses 5s) so calls fail fast.
+//     could serve returns an error wrapping scaler.ErrUnavailable. Set a
+//     short server selection timeout on the MongoDB client (Dial uses 5s)
+//     so calls fail fast.
 //   - Publish retries: if Redis fails after running a publish script but
 //     before answering, a client configured to retry (go-redis' MaxRetries,
 //     default 3) runs it again, and the publication is delivered twice with
 //     two offsets. Set MaxRetries to -1 to trade that for an error.
 //
-// A Publish that fails midway may have reached some of its streams (each
-// stream is one script; the error says the publication as a whole was not
-// accepted).
+// With Redis Cluster, a Publish that fails midway may have reached some of
+// its streams (each stream is one script there; the error says the
+// publication as a whole was not accepted). With a single Redis, one
+// script numbers all its streams or none.
 //
 // After Node.Close the node's methods return scaler.ErrClosed and its
 // Handler is not called once Close has returned. The Handler runs on the

@@ -13,14 +13,23 @@ import (
 	"github.com/superscaled/sss/scaler"
 )
 
-// Redis is the sequencer: one script call per stream gets or creates the
-// stream's epoch, takes the next offset, appends to the bounded history and
-// publishes the delivery, atomically. Redis runs scripts one at a time, so
-// the deliveries of a stream leave Redis in offset order, for every node.
+// Redis is the sequencer: the publish script gets or creates each of a
+// publication's streams' epoch, takes its next offset, appends to its
+// bounded history and publishes the delivery, atomically. Redis runs
+// scripts one at a time, so the deliveries of a stream leave Redis in
+// offset order, for every node.
+//
+// What a publication costs Redis is what the whole cluster shares, so the
+// script does the least that correctness allows: one call for all of a
+// publication's streams (with a single Redis; Redis Cluster needs one per
+// stream, as streams live in different slots), history trimmed by count on
+// every append (XADD MAXLEN, one entry) and by age at most every history
+// age / 64, reading the oldest entries only then.
 
 // luaCommon is shared by both scripts. The history stream's entry ids are
 // "<offset>-0", so offsets map to ids directly; field t is the Redis server
-// time in ms (one clock for every node), p the publication body.
+// time in ms (one clock for every node), p the publication body. The meta
+// hash holds e (epoch), o (last offset) and a (when age was last trimmed).
 const luaCommon = `
 local function nowms()
   local t = redis.call('TIME')
@@ -31,10 +40,11 @@ local function idoff(id)
   return tonumber(string.match(id, '^(%d+)'))
 end
 
--- getEpoch returns the stream's epoch and last offset, creating the epoch
--- (and dropping any history left from an earlier one) when there is none.
+-- getEpoch returns the stream's epoch, last offset and last age trim,
+-- creating the epoch (and dropping any history left from an earlier one)
+-- when there is none.
 local function getEpoch(meta, hist, candidate, ttl)
-  local m = redis.call('HMGET', meta, 'e', 'o')
+  local m = redis.call('HMGET', meta, 'e', 'o', 'a')
   local epoch, last = m[1], tonumber(m[2])
   if not epoch then
     epoch, last = candidate, 0
@@ -42,16 +52,18 @@ local function getEpoch(meta, hist, candidate, ttl)
     redis.call('HSET', meta, 'e', epoch, 'o', 0)
   end
   redis.call('PEXPIRE', meta, ttl)
-  return epoch, last or 0
+  return epoch, last or 0, tonumber(m[3]) or 0
 end
 
--- trimAge drops entries older than age ms. Entries are in time order, so
--- it stops at the first fresh one; the work is bounded by the history size.
-local function trimAge(hist, now, age)
-  if age <= 0 then return end
+-- trimAge drops entries older than age ms, at most once per age / 64 (so
+-- an entry outlives the age by that much at most). Entries are in time
+-- order: it reads the oldest first, and stops at the first fresh one.
+local function trimAge(meta, hist, now, age, trimmed)
+  if age <= 0 or now - trimmed < math.max(age / 64, 50) then return end
+  redis.call('HSET', meta, 'a', now)
   local cutoff = now - age
   while true do
-    local batch = redis.call('XRANGE', hist, '-', '+', 'COUNT', 100)
+    local batch = redis.call('XRANGE', hist, '-', '+', 'COUNT', 16)
     if #batch == 0 then return end
     for i = 1, #batch do
       if tonumber(batch[i][2][2]) >= cutoff then
@@ -64,32 +76,41 @@ local function trimAge(hist, now, age)
 end
 `
 
-// publishScript: KEYS meta, history. ARGV channel, body, epoch candidate,
-// history size, history age ms, meta ttl ms, history ttl ms, publish
-// command (PUBLISH, or SPUBLISH with Cluster: the channel carries the keys'
-// hash tag, so it is in the script's slot). Returns {offset, epoch, Redis
-// time in ms}: where the publication went, for the archive.
+// publishScript publishes one publication to n streams. KEYS meta 1,
+// history 1, ..., meta n, history n. ARGV body, epoch candidate, history
+// size, history age ms, meta ttl ms, history ttl ms, publish command
+// (PUBLISH, or SPUBLISH with Cluster: a stream's channel carries its keys'
+// hash tag, so it is in the script's slot), channel 1, ..., channel n.
+// A stream created now takes the candidate and its index as its epoch.
+// Returns {Redis time in ms, offset 1, epoch 1, ..., offset n, epoch n}:
+// where the publication went, for the archive.
 var publishScript = redis.NewScript(luaCommon + `
-local epoch, last = getEpoch(KEYS[1], KEYS[2], ARGV[3], ARGV[6])
-local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local size = tonumber(ARGV[4])
+local body, size, age = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = nowms()
-if size > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', size, string.format('%d-0', off),
-    't', string.format('%d', now), 'p', ARGV[2])
-  trimAge(KEYS[2], now, tonumber(ARGV[5]))
-  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+local out = {now}
+for i = 1, #KEYS / 2 do
+  local meta, hist = KEYS[2 * i - 1], KEYS[2 * i]
+  local epoch, last, trimmed = getEpoch(meta, hist, ARGV[2] .. string.format('%x', i), ARGV[5])
+  local off = redis.call('HINCRBY', meta, 'o', 1)
+  if size > 0 then
+    redis.call('XADD', hist, 'MAXLEN', size, string.format('%d-0', off),
+      't', string.format('%d', now), 'p', body)
+    trimAge(meta, hist, now, age, trimmed)
+    redis.call('PEXPIRE', hist, ARGV[6])
+  end
+  redis.call(ARGV[7], ARGV[7 + i], '\1' .. string.format('%d', off) .. '\n' .. epoch .. '\n' .. body)
+  out[#out + 1] = off
+  out[#out + 1] = epoch
 end
-redis.call(ARGV[8], ARGV[1], '\1' .. string.format('%d', off) .. '\n' .. epoch .. '\n' .. ARGV[2])
-return {off, epoch, now}
+return out
 `)
 
 // sinceScript: KEYS meta, history. ARGV after offset, count, epoch
 // candidate, history age ms, meta ttl ms. Returns {epoch, last offset,
 // first retained offset, id, body, id, body, ...}.
 var sinceScript = redis.NewScript(luaCommon + `
-local epoch, last = getEpoch(KEYS[1], KEYS[2], ARGV[3], ARGV[5])
-trimAge(KEYS[2], nowms(), tonumber(ARGV[4]))
+local epoch, last, trimmed = getEpoch(KEYS[1], KEYS[2], ARGV[3], ARGV[5])
+trimAge(KEYS[1], KEYS[2], nowms(), tonumber(ARGV[4]), trimmed)
 local first = last + 1
 local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 if #head > 0 then first = idoff(head[1][1]) end
@@ -157,27 +178,36 @@ type placed struct {
 	at     int64 // Redis time, ms
 }
 
-// parsePlaced reads the publish script's reply.
-func parsePlaced(stream string, c *redis.Cmd) (placed, error) {
+// parsePlaced reads the publish script's reply for streams.
+func parsePlaced(streams []string, c *redis.Cmd) ([]placed, error) {
 	v, err := c.Slice()
 	if err != nil {
-		return placed{}, err
+		return nil, err
 	}
-	if len(v) != 3 {
-		return placed{}, fmt.Errorf("mongoredis: publish: unexpected reply of %d elements", len(v))
+	if len(v) != 1+2*len(streams) {
+		return nil, fmt.Errorf("mongoredis: publish: unexpected reply of %d elements", len(v))
 	}
-	off, ok1 := v[0].(int64)
-	epoch, ok2 := v[1].(string)
-	at, ok3 := v[2].(int64)
-	if !ok1 || !ok2 || !ok3 || off <= 0 || epoch == "" {
-		return placed{}, fmt.Errorf("mongoredis: publish: malformed reply %v", v)
+	at, ok := v[0].(int64)
+	if !ok {
+		return nil, fmt.Errorf("mongoredis: publish: malformed reply %v", v)
 	}
-	return placed{stream: stream, offset: uint64(off), epoch: epoch, at: at}, nil
+	out := make([]placed, len(streams))
+	for i, st := range streams {
+		off, ok1 := v[1+2*i].(int64)
+		epoch, ok2 := v[2+2*i].(string)
+		if !ok1 || !ok2 || off <= 0 || epoch == "" {
+			return nil, fmt.Errorf("mongoredis: publish: malformed reply %v", v)
+		}
+		out[i] = placed{stream: st, offset: uint64(off), epoch: epoch, at: at}
+	}
+	return out, nil
 }
 
-// publish runs the publish script for each stream, pipelined, or for a
-// tell plain PUBLISHes. It returns the publication's body and, for a
-// publication that is not transient, where it went in each stream.
+// publish runs the publish script for the publication's streams (one call
+// for all of them with a single Redis, one per stream pipelined with
+// Cluster), or for a transient publication plain PUBLISHes. It returns the
+// publication's body and, when it is not transient, where it went in each
+// stream.
 func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publication) ([]byte, []placed, error) {
 	streams := scaler.Streams(pub.Channel)
 	body := appendBody(make([]byte, 0, 64+len(pub.Channel)+len(pub.Event)+len(pub.Data)), node, pub)
@@ -194,26 +224,28 @@ func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publicati
 		})
 		return body, nil, err
 	}
-	args := func(st string) []any {
-		return []any{
-			s.streamChannel(st), body, newEpoch(),
-			s.cfg.historySize, s.cfg.historyAge.Milliseconds(),
-			s.cfg.streamTTL.Milliseconds(), s.cfg.historyTTL().Milliseconds(),
-			s.publishCmd(),
+	call := func(sts []string) ([]string, []any) {
+		keys := make([]string, 0, 2*len(sts))
+		args := []any{
+			body, newEpoch(), s.cfg.historySize, s.cfg.historyAge.Milliseconds(),
+			s.cfg.streamTTL.Milliseconds(), s.cfg.historyTTL().Milliseconds(), s.publishCmd(),
 		}
+		for _, st := range sts {
+			keys = append(keys, s.metaKey(st), s.histKey(st))
+			args = append(args, s.streamChannel(st))
+		}
+		return keys, args
 	}
-	keys := func(st string) []string { return []string{s.metaKey(st), s.histKey(st)} }
-	if len(streams) == 1 {
+	if !s.cluster || len(streams) == 1 {
 		// Run tries EVALSHA and falls back to EVAL when Redis lost the script.
-		pl, err := parsePlaced(streams[0], publishScript.Run(ctx, s.rdb, keys(streams[0]), args(streams[0])...))
-		if err != nil {
-			return body, nil, err
-		}
-		return body, []placed{pl}, nil
+		keys, args := call(streams)
+		pls, err := parsePlaced(streams, publishScript.Run(ctx, s.rdb, keys, args...))
+		return body, pls, err
 	}
 	cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, st := range streams {
-			publishScript.EvalSha(ctx, p, keys(st), args(st)...)
+			keys, args := call([]string{st})
+			publishScript.EvalSha(ctx, p, keys, args...)
 		}
 		return nil
 	})
@@ -232,7 +264,8 @@ func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publicati
 		}
 		again, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, i := range retry {
-				publishScript.Eval(ctx, p, keys(streams[i]), args(streams[i])...)
+				keys, args := call(streams[i : i+1])
+				publishScript.Eval(ctx, p, keys, args...)
 			}
 			return nil
 		})
@@ -243,15 +276,17 @@ func (s *Scaler) publish(ctx context.Context, node string, pub *scaler.Publicati
 			cmds[i] = again[k]
 		}
 	}
-	out := make([]placed, len(streams))
+	out := make([]placed, 0, len(streams))
 	for i, c := range cmds {
 		rc, ok := c.(*redis.Cmd)
 		if !ok {
 			return body, nil, fmt.Errorf("mongoredis: publish: unexpected pipeline reply %T", c)
 		}
-		if out[i], err = parsePlaced(streams[i], rc); err != nil {
+		pl, err := parsePlaced(streams[i:i+1], rc)
+		if err != nil {
 			return body, nil, err
 		}
+		out = append(out, pl...)
 	}
 	return body, out, nil
 }

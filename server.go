@@ -358,7 +358,8 @@ func (s *Server) done() {
 // Shutdown stops accepting connections, closes every connection with 4000
 // (clients reconnect at once, elsewhere), waits for handlers in progress and
 // leaves the cluster. If ctx ends first, the remaining connections are
-// dropped and ctx's error returned.
+// dropped, their handlers waited for 5 seconds at most, and ctx's error
+// returned.
 func (s *Server) Shutdown(ctx context.Context) error {
 	conns := s.startClosing()
 	for _, c := range conns {
@@ -372,20 +373,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		for _, c := range conns {
 			c.abort()
 		}
-		<-s.idle
+		s.awaitHandlers()
 	}
 	return errors.Join(err, s.leave(ctx))
 }
 
+// abandonAfter bounds how long Close, or Shutdown past its context, waits
+// for handlers that ignore their cancelled context: the server leaves the
+// cluster without them, and their late calls get ErrServerClosed.
+var abandonAfter = 5 * time.Second
+
+// awaitHandlers waits for the connections' goroutines to end, at most
+// abandonAfter.
+func (s *Server) awaitHandlers() {
+	t := time.NewTimer(abandonAfter)
+	defer t.Stop()
+	select {
+	case <-s.idle:
+	case <-t.C:
+		s.log.Error("sss: handlers still running after their connections closed; leaving without them", "waited", abandonAfter)
+	}
+}
+
 // Close drops every connection at once and leaves the cluster. Handlers in
-// progress see their context cancelled.
+// progress see their context cancelled; Close waits for them 5 seconds at
+// most.
 func (s *Server) Close() error {
 	conns := s.startClosing()
 	for _, c := range conns {
 		c.close(CloseShutdown, "server closed", ErrServerClosed)
 		c.abort()
 	}
-	<-s.idle
+	s.awaitHandlers()
 	return s.leave(context.Background())
 }
 

@@ -135,7 +135,7 @@ func newFaultCluster(t *testing.T, b *backend, n int, opts ...mongoredis.Option)
 		rdb := redis.NewClient(&redis.Options{
 			Addr: "redis.test:6379", Dialer: l.DialContext,
 			DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-			MaxRetries: -1,
+			MaxRetries: -1, DialerRetries: 1,
 		})
 		t.Cleanup(func() { rdb.Close() })
 		sc, err := mongoredis.New(rdb, db, append([]mongoredis.Option{
@@ -539,4 +539,3 @@ func killContainer(t testing.TB, c testcontainers.Container) {
 	}
 	t.Fatal("container still running after SIGKILL")
 }
-

@@ -76,12 +76,13 @@ func newBackend(t *testing.T) *backend {
 // off: a publish is never run twice, and outages show at once.
 func newRedisVia(t testing.TB, tg *target) *redis.Client {
 	rdb := redis.NewClient(&redis.Options{
-		Addr:         "redis.test:6379", // not dialed: tg decides
-		Dialer:       tg.DialContext,
-		DialTimeout:  time.Second,
-		ReadTimeout:  2 * time.Second,
-		WriteTimeout: 2 * time.Second,
-		MaxRetries:   -1,
+		Addr:          "redis.test:6379", // not dialed: tg decides
+		Dialer:        tg.DialContext,
+		DialTimeout:   time.Second,
+		ReadTimeout:   2 * time.Second,
+		WriteTimeout:  2 * time.Second,
+		MaxRetries:    -1,
+		DialerRetries: 1,
 	})
 	t.Cleanup(func() { rdb.Close() })
 	return rdb

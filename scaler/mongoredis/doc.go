@@ -260,6 +260,10 @@
 //     could serve returns an error wrapping scaler.ErrUnavailable. Set a
 //     short server selection timeout on the MongoDB client (Dial uses 5s)
 //     so calls fail fast.
+//   - Dial retries: go-redis tries a failing dial 5 times, 100 ms apart, by
+//     default (Options.DialerRetries), so every call takes half a second to
+//     fail while Redis is down. Dial sets 1 (the URL may say otherwise);
+//     with New, set it on your client.
 //   - Publish retries: if Redis fails after running a publish script but
 //     before answering, a client configured to retry (go-redis' MaxRetries,
 //     default 3) runs it again, and the publication is delivered twice with

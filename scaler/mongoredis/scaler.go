@@ -94,6 +94,12 @@ func Dial(ctx context.Context, redisURL, mongoURI, dbName string, opts ...Option
 		// publication. Unless the URL asks otherwise, fail instead.
 		ropt.MaxRetries = -1
 	}
+	if ropt.DialerRetries == 0 {
+		// go-redis dials 5 times, 100ms apart, before a call fails: every
+		// publish would take half a second to fail while Redis is down.
+		// The node's own loops retry with backoff already.
+		ropt.DialerRetries = 1
+	}
 	rdb := redis.NewClient(ropt)
 	mc, err := mongo.Connect(options.Client().ApplyURI(mongoURI).SetServerSelectionTimeout(DefaultCallTimeout))
 	if err != nil {

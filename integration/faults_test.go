@@ -20,6 +20,7 @@ import (
 	"github.com/superscaled/sss"
 	"github.com/superscaled/sss/client"
 	"github.com/superscaled/sss/internal/wstest"
+	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/mongoredis"
 )
 
@@ -465,6 +466,20 @@ func TestFaultInstanceKill(t *testing.T) {
 			victims = append(victims, victim{back: back})
 		}
 	}
+	// With no fault, every session's stored list is complete.
+	probe, _, _ := joinNode(t, fc.scalers[1], "probe")
+	st := probe.(scaler.SessionStore)
+	poll(t, 30*time.Second, "every session's subscriptions to be stored", func() bool {
+		for i := range 3 * perInstance {
+			user := fmt.Sprint("k", i)
+			subs, err := st.Subscriptions(ctxT(t), fmt.Sprintf("%d:%s:%s-s", len(user), user, user))
+			if err != nil || len(subs) != 3 {
+				return false
+			}
+		}
+		return true
+	})
+
 	var mu sync.Mutex
 	survivors := fc.servers
 	p := startPublisher(func() []*sss.Server { mu.Lock(); defer mu.Unlock(); return survivors }, "feed", 5*time.Millisecond)

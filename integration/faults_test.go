@@ -356,7 +356,14 @@ func dialReceiver(t *testing.T, urls []string, first int, user, channel string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() {
+		// The server promises each publication once: the client had none
+		// to drop.
+		if st := c.Stats(); st.Duplicates != 0 {
+			t.Errorf("%s: the server sent %d duplicates", user, st.Duplicates)
+		}
+		c.Close()
+	})
 	_, err = c.Subscribe(ctxT(t), channel, client.WithMessageHandler(func(m client.Message) {
 		var n int
 		json.Unmarshal(m.Data, &n)
@@ -447,7 +454,12 @@ func TestFaultInstanceKill(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() {
+			if st := c.Stats(); st.Duplicates != 0 {
+				t.Errorf("%s: the server sent %d duplicates", user, st.Duplicates)
+			}
+			c.Close()
+		})
 		for j, ch := range []string{"feed", "room.a", "room.b"} {
 			handler := func(client.Message) {}
 			if j == 0 {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test the way CI does: vet, the race-enabled tests of every
 # package (integration tests against Redis and a MongoDB-wire server in
-# containers included), and a short fuzz of the frame decoder.
+# containers included), and short fuzzing of the frame decoder and of what
+# the server writes.
 #
 # Without a container registry, the integration images are built offline
 # first (integration/images/build.sh). With one, set SSS_OFFLINE_IMAGES=0 to
@@ -30,4 +31,5 @@ else
 	cat "$log"
 	exit 1
 fi
-go test -run '^$' -fuzz '^FuzzDecodeFrame$' -fuzztime "${SSS_FUZZTIME:-15s}" .
+go test -run '^$' -fuzz '^FuzzDecodeFrame$' -fuzztime "${SSS_FUZZTIME:-10s}" .
+go test -run '^$' -fuzz '^FuzzOutputFrames$' -fuzztime "${SSS_FUZZTIME:-10s}" .

@@ -633,6 +633,11 @@ func (c *Conn) work(run func(inFrame)) {
 		c.ordered = c.ordered[1:]
 		c.omu.Unlock()
 		signal(c.taken)
+		// Like the reader, wait for room for the replies: a burst of
+		// requests is answered at the pace the client reads.
+		if c.waitRoom() != nil {
+			continue // the connection ended: the next turn stops
+		}
 		run(f)
 	}
 }

@@ -274,3 +274,165 @@ func ExampleServer_Disconnect() {
 	// Output:
 	// StatusCode(4501)
 }
+
+// A tell reaches every connection of a user (or a session, or one
+// connection) on every instance; the client acknowledges nothing.
+func ExampleServer_Tell() {
+	srv, _ := sss.New(sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
+		return &sss.Session{UserID: r.Header.Get("X-User"), SessionID: "laptop"}, nil
+	}))
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	h := http.Header{}
+	h.Set("X-User", "alice")
+	c, next := rawDial(wsURL(ts), h)
+	defer c.CloseNow()
+	next() // welcome
+	srv.Tell(context.Background(), sss.ToUser("alice"), "notify", "you have mail")
+	fmt.Println(next())
+	srv.Tell(context.Background(), sss.ToSession("alice", "laptop"), "notify", "this device only")
+	fmt.Println(next())
+	// Output:
+	// {"type":"tell","name":"notify","data":"you have mail"}
+	// {"type":"tell","name":"notify","data":"this device only"}
+}
+
+// A client's tell is acknowledged on receipt; its handler runs after, on a
+// goroutine of the connection.
+func ExampleServer_HandleTell() {
+	srv, _ := sss.New()
+	defer srv.Close()
+	liked := make(chan string, 1)
+	srv.HandleTell("liked", func(ctx context.Context, c *sss.Conn, data json.RawMessage) error {
+		liked <- string(data)
+		return nil
+	})
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	next() // welcome
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"tell","id":1,"name":"liked","data":{"post":42}}`))
+	fmt.Println(next())
+	fmt.Println(<-liked)
+	// Output:
+	// {"type":"ack","id":1}
+	// {"post":42}
+}
+
+// PublishUser reaches every connection of a user, on its user channel.
+func ExampleServer_PublishUser() {
+	srv, _ := sss.New(sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
+		return &sss.Session{UserID: "bob"}, nil
+	}))
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	next() // welcome
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"ready"}`)) // nothing to resume
+	srv.PublishUser(context.Background(), "bob", "invoice", map[string]int{"amount": 12})
+	var pub struct{ Channel, Event string }
+	json.Unmarshal([]byte(next()), &pub)
+	fmt.Println(pub.Channel, pub.Event)
+	// Output:
+	// $u.bob invoice
+}
+
+// A subscription parser decides, with the query the client sent, who may
+// subscribe. Allowing a channel allows its whole subtree.
+func ExampleWithSubscriptionParser() {
+	srv, _ := sss.New(sss.WithSubscriptionParser(func(ctx context.Context, c *sss.Conn, channel string, query json.RawMessage) error {
+		if strings.HasPrefix(channel, "vip") && string(query) != `"s3cret"` {
+			return sss.Errorf(sss.CodeForbidden, "wrong password")
+		}
+		return nil
+	}))
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	next() // welcome
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe","id":1,"channel":"vip.lounge","query":"guess"}`))
+	fmt.Println(next())
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe","id":2,"channel":"vip.lounge","query":"s3cret"}`))
+	var ack struct {
+		Type string
+		ID   int
+	}
+	json.Unmarshal([]byte(next()), &ack)
+	fmt.Println(ack.Type, ack.ID)
+	// Output:
+	// {"type":"error","id":1,"error":{"code":"forbidden","message":"wrong password"}}
+	// ack 2
+}
+
+// Clients may publish only through a publish parser; the server stamps the
+// sender.
+func ExampleWithPublishParser() {
+	srv, _ := sss.New(sss.WithPublishParser(func(ctx context.Context, c *sss.Conn, channel, event string, data json.RawMessage) error {
+		if !strings.HasPrefix(channel, "chat.") {
+			return sss.Errorf(sss.CodeForbidden, "chat rooms only")
+		}
+		return nil
+	}))
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	next() // welcome
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe","id":1,"channel":"chat.lobby"}`+"\n"+
+		`{"type":"publish","id":2,"channel":"chat.lobby","event":"message","data":{"text":"hi"}}`))
+	next() // the subscribe's ack
+	var pub struct {
+		Channel string
+		From    struct{ Conn string }
+	}
+	json.Unmarshal([]byte(next()), &pub) // delivered to the publisher too
+	fmt.Println(pub.Channel, pub.From.Conn != "")
+	fmt.Println(next())
+	// Output:
+	// chat.lobby true
+	// {"type":"ack","id":2}
+}
+
+// Hooks see the life of connections and channels; OnDisconnect's reason
+// says why a connection ended.
+func ExampleWithHooks() {
+	ended := make(chan error, 1)
+	srv, _ := sss.New(sss.WithHooks(sss.Hooks{
+		OnConnect:    func(c *sss.Conn) { fmt.Println("connected") },
+		OnDisconnect: func(c *sss.Conn, reason error) { ended <- reason },
+	}))
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	next() // welcome
+	c.Close(websocket.StatusNormalClosure, "bye")
+	fmt.Println(errors.Is(<-ended, sss.ErrClientClosed))
+	// Output:
+	// connected
+	// true
+}
+
+func ExampleValidChannel() {
+	for _, name := range []string{"news.uk", "news..uk", "chat:room-1", "café"} {
+		fmt.Println(name, sss.ValidChannel(name) == nil)
+	}
+	// Output:
+	// news.uk true
+	// news..uk false
+	// chat:room-1 true
+	// café false
+}

@@ -15,7 +15,8 @@
 // publish), catchup.go (resume and catch-up from history), asktell.go (ask
 // and tell both ways), publish.go (server publications), hub.go (this
 // instance's connections and subscribers, fan-out), conn.go (one
-// connection: send queue, writer, liveness), frame.go (the wire format).
+// connection: send queue, writer, liveness), store.go (the session store's
+// write-behind), frame.go (the wire format).
 // docs/architecture.md draws the arrows between them.
 //
 // WebSockets are served by github.com/coder/websocket, the maintained

@@ -334,7 +334,7 @@ func ExampleServer_PublishUser() {
 
 	c, next := rawDial(wsURL(ts), nil)
 	defer c.CloseNow()
-	next() // welcome
+	next()                                                                           // welcome
 	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"ready"}`)) // nothing to resume
 	srv.PublishUser(context.Background(), "bob", "invoice", map[string]int{"amount": 12})
 	var pub struct{ Channel, Event string }

@@ -40,6 +40,10 @@ type sub struct {
 	// base is where the client stood when the subscription last went live:
 	// it has every publication up to it. A repair never sends it those.
 	base scaler.Position
+	// upTo is base's offset, read without mu by deliver: the live feed may
+	// lag what history gave (the backend wrote history before this node
+	// read the deliveries), so a delivery at or below it is dropped.
+	upTo atomic.Uint64
 }
 
 // drop marks the subscription gone. Catch-up sends under mu, so nothing of
@@ -121,6 +125,7 @@ func (sb *sub) release(pos scaler.Position) (bool, error) {
 	sb.buf = nil
 	if pos.Epoch != "" {
 		sb.base = scaler.Position{Offset: next - 1, Epoch: pos.Epoch}
+		sb.upTo.Store(next - 1)
 	}
 	sb.held.Store(false)
 	return true, nil

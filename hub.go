@@ -302,6 +302,11 @@ func (s *Server) deliver(d scaler.Delivery) {
 		if sb.held.Load() && sb.hold(d) {
 			continue
 		}
+		// Already sent from history when it went live: the live feed lags.
+		// (An epoch change never gets here: track repairs it first.)
+		if d.Offset != 0 && d.Offset <= sb.upTo.Load() {
+			continue
+		}
 		// A connection subscribed at several levels gets one copy, through
 		// its most specific subscription.
 		if nested && c.holdsDeeper(d.Stream, pub.Channel) {

@@ -3,12 +3,15 @@ package sss_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/superscaled/sss"
 	"github.com/superscaled/sss/internal/wstest"
+	"github.com/superscaled/sss/scaler"
+	"github.com/superscaled/sss/scaler/memory"
 )
 
 // Deliveries an instance misses while its link to the backend is broken
@@ -139,4 +142,84 @@ func TestRepairSendsNoDuplicates(t *testing.T) {
 	if a.Stats().Gaps == 0 {
 		t.Fatal("the gap was not counted")
 	}
+}
+
+// lagScaler delivers to its nodes late, as a busy node's receive loop
+// does: history (Since) already has what the live feed has not brought.
+type lagScaler struct {
+	*memory.Scaler
+	lag time.Duration
+}
+
+func (l *lagScaler) Join(ctx context.Context, id string, h scaler.Handler) (scaler.Node, error) {
+	lh := &lagHandler{Handler: h, in: make(chan scaler.Delivery, 1024), done: make(chan struct{}), lag: l.lag}
+	go lh.run()
+	n, err := l.Scaler.Join(ctx, id, lh)
+	if err != nil {
+		close(lh.in)
+		<-lh.done
+		return nil, err
+	}
+	return lagNode{Node: n, History: n.(scaler.History), h: lh}, nil
+}
+
+type lagNode struct {
+	scaler.Node
+	scaler.History
+	h *lagHandler
+}
+
+func (n lagNode) Close() error {
+	err := n.Node.Close()
+	close(n.h.in)
+	<-n.h.done
+	return err
+}
+
+type lagHandler struct {
+	scaler.Handler
+	in   chan scaler.Delivery
+	done chan struct{}
+	lag  time.Duration
+}
+
+func (h *lagHandler) HandleDelivery(d scaler.Delivery) { h.in <- d }
+
+func (h *lagHandler) run() {
+	defer close(h.done)
+	for d := range h.in {
+		time.Sleep(h.lag)
+		h.Handler.HandleDelivery(d)
+	}
+}
+
+// A subscription that catches up from history goes live at the offset
+// history gave; the live feed of its instance may still bring publications
+// at or below it (it lags history): they are not sent again.
+func TestLaggingFeedSendsNoDuplicates(t *testing.T) {
+	m := newMemory(t)
+	lag := &lagScaler{Scaler: m, lag: 20 * time.Millisecond}
+	a, _ := sss.New(sss.WithScaler(lag))
+	b, _ := sss.New(sss.WithScaler(m))
+	ts := httptest.NewServer(a)
+	t.Cleanup(func() { a.Close(); b.Close(); ts.Close(); m.Close() })
+	ctx := context.Background()
+	keep := wstest.Dial(t, wsURL(ts), nil) // keeps a subscribed to the stream
+	var r struct {
+		Offset uint64
+		Epoch  string
+	}
+	json.Unmarshal(keep.Subscribe("feed").Result, &r)
+	for i := 1; i <= 10; i++ {
+		b.Publish(ctx, "feed", "e", fmt.Sprint(i))
+	}
+	// History has 1..10 at once; a's live feed brings them over 200 ms.
+	w := wstest.Dial(t, wsURL(ts), nil)
+	w.Ack(map[string]any{"type": "subscribe", "channel": "feed", "since": map[string]any{"offset": r.Offset, "epoch": r.Epoch}})
+	for i := 1; i <= 10; i++ {
+		if got := pubData(t, w); got != fmt.Sprint(i) {
+			t.Fatalf("got %q, want %d", got, i)
+		}
+	}
+	w.Nothing(300 * time.Millisecond)
 }

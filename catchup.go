@@ -106,7 +106,7 @@ func (sb *sub) release(pos scaler.Position) (bool, error) {
 	frames := make([][]byte, 0, len(out))
 	size := 0
 	for _, d := range out {
-		if sb.coveredDeeper(d.Pub) {
+		if sb.coveredDeeper(d.Pub) || d.Pub.Except == sb.c.id {
 			continue
 		}
 		f := encodeDelivery(d)
@@ -153,7 +153,7 @@ func (sb *sub) coveredDeeper(pub *scaler.Publication) bool {
 // sendHistory queues a publication read from history, unless a more
 // specific subscription of the connection carries it.
 func (sb *sub) sendHistory(e scaler.Entry, epoch string) {
-	if !sb.coveredDeeper(e.Pub) {
+	if !sb.coveredDeeper(e.Pub) && e.Pub.Except != sb.c.id {
 		sb.c.send(encodeDelivery(scaler.Delivery{Stream: sb.channel, Pub: e.Pub, Offset: e.Offset, Epoch: epoch}), false)
 	}
 }

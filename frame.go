@@ -53,6 +53,7 @@ type inFrame struct {
 	Subscriptions []subRequest
 	HasSubs       bool             // resume: "subscriptions" present (even empty)
 	Since         *scaler.Position // subscribe: catch up from here
+	ExceptSelf    bool             // publish: not to the publishing connection
 }
 
 // rawFrame mirrors the JSON shape; pointer and raw fields tell "absent" from
@@ -69,6 +70,7 @@ type rawFrame struct {
 	Error         *Error           `json:"error"`
 	Subscriptions *[]subRequest    `json:"subscriptions"`
 	Since         *scaler.Position `json:"since"`
+	ExceptSelf    bool             `json:"exceptSelf"`
 }
 
 // decodeFrame parses one client frame. On failure it returns the request id
@@ -78,7 +80,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return inFrame{}, salvageID(b), &Error{Code: CodeBadRequest, Message: "invalid frame: " + jsonProblem(err)}
 	}
-	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error, Since: raw.Since}
+	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error, Since: raw.Since, ExceptSelf: raw.ExceptSelf}
 	if raw.ID != nil {
 		id, ok := parseID(raw.ID)
 		if !ok {
@@ -374,7 +376,7 @@ func encodeDelivery(d scaler.Delivery) []byte {
 	if name, ok := strings.CutPrefix(d.Pub.Event, tellPrefix); ok && d.Pub.Transient {
 		return encodeTell(name, d.Pub.Data)
 	}
-	return encodePub(d.Pub.Channel, d.Stream, d.Pub.Event, d.Pub.Data, d.Pub.Sender, d.Offset, d.Epoch)
+	return encodePub(d.Pub, d.Stream, d.Offset, d.Epoch)
 }
 
 func appendString(b []byte, s string) []byte {
@@ -397,22 +399,28 @@ func appendData(b []byte, data []byte) []byte {
 	return append(b, data...)
 }
 
-func encodePub(ch, sub, event string, data []byte, from Sender, offset uint64, epoch string) []byte {
-	b := make([]byte, 0, 96+len(ch)+len(sub)+len(event)+len(data)+len(epoch))
+// encodePub encodes a publication delivered through stream sub, at offset
+// in epoch (zero without history).
+func encodePub(pub *scaler.Publication, sub string, offset uint64, epoch string) []byte {
+	b := make([]byte, 0, 112+len(pub.Channel)+len(sub)+len(pub.Event)+len(pub.Data)+len(epoch))
 	b = append(b, `{"type":"pub","channel":`...)
-	b = appendString(b, ch)
+	b = appendString(b, pub.Channel)
 	b = append(b, `,"sub":`...)
 	b = appendString(b, sub)
 	b = append(b, `,"event":`...)
-	b = appendString(b, event)
+	b = appendString(b, pub.Event)
 	b = append(b, `,"data":`...)
-	b = appendData(b, data)
-	if from.User != "" || from.Conn != "" {
+	b = appendData(b, pub.Data)
+	if from := pub.Sender; from.User != "" || from.Conn != "" {
 		b = append(b, `,"from":{"user":`...)
 		b = appendString(b, from.User)
 		b = append(b, `,"conn":`...)
 		b = appendString(b, from.Conn)
 		b = append(b, '}')
+	}
+	if pub.Time > 0 {
+		b = append(b, `,"time":`...)
+		b = strconv.AppendInt(b, pub.Time, 10)
 	}
 	if offset > 0 {
 		b = append(b, `,"offset":`...)

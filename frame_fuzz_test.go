@@ -3,6 +3,8 @@ package sss
 import (
 	"encoding/json"
 	"testing"
+
+	"github.com/superscaled/sss/scaler"
 )
 
 // FuzzDecodeFrame feeds arbitrary client messages to the decoder: it must
@@ -40,7 +42,7 @@ func FuzzDecodeFrame(f *testing.F) {
 			return
 		}
 		switch fr.Type {
-		case typePong:
+		case typePong, typeReady:
 		case typeSubscribe, typeUnsubscribe, typePublish, typeAsk, typeTell, typeResume, typeReply:
 			if fr.ID == 0 || fr.ID > maxID {
 				t.Fatalf("accepted %s with id %d", fr.Type, fr.ID)
@@ -49,7 +51,7 @@ func FuzzDecodeFrame(f *testing.F) {
 			t.Fatalf("accepted unknown type %q", fr.Type)
 		}
 		ack := encodeAck(fr.ID, nil)
-		pub := encodePub(fr.Channel, fr.Channel, fr.Event, nil, Sender{User: fr.Name}, fr.ID, fr.Name)
+		pub := encodePub(&scaler.Publication{Channel: fr.Channel, Event: fr.Event, Sender: Sender{User: fr.Name}, Time: int64(fr.ID)}, fr.Channel, fr.ID, fr.Name)
 		if !json.Valid(ack) || !json.Valid(pub) {
 			t.Fatalf("invalid encoding for %q", b)
 		}
@@ -61,7 +63,7 @@ func FuzzEncodeStrings(f *testing.F) {
 	f.Add("news", "e\n\"x\"", "u\x00")
 	f.Fuzz(func(t *testing.T, ch, event, user string) {
 		for _, b := range [][]byte{
-			encodePub(ch, ch, event, []byte(`{"a":1}`), Sender{User: user, Conn: event}, 7, user),
+			encodePub(&scaler.Publication{Channel: ch, Event: event, Data: []byte(`{"a":1}`), Sender: Sender{User: user, Conn: event}, Time: 1}, ch, 7, user),
 			encodeTell(event, nil),
 			encodeServerAsk(1, event, []byte(`1`)),
 			encodeError(1, &Error{Code: Code(ch), Message: event}),

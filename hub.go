@@ -302,6 +302,9 @@ func (s *Server) deliver(d scaler.Delivery) {
 		if sb.held.Load() && sb.hold(d) {
 			continue
 		}
+		if c.id == pub.Except {
+			continue
+		}
 		// Already sent from history when it went live: the live feed lags.
 		// (An epoch change never gets here: track repairs it first.)
 		if d.Offset != 0 && d.Offset <= sb.upTo.Load() {

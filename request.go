@@ -176,10 +176,14 @@ func (s *Server) clientPublish(c *Conn, f inFrame) error {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 	defer cancel()
-	return s.publishRaw(ctx, &scaler.Publication{
+	pub := &scaler.Publication{
 		Channel: f.Channel, Event: f.Event, Data: data,
 		Sender: scaler.Sender{User: c.session.UserID, Conn: c.id},
-	})
+	}
+	if f.ExceptSelf {
+		pub.Except = c.id
+	}
+	return s.publishRaw(ctx, pub)
 }
 
 // maxParsers bounds the parser calls of one connection still running,

@@ -250,9 +250,19 @@ func TestSubscribePublish(t *testing.T) {
 	for i := range 50 {
 		m := recv(t, chat)
 		var n int
-		if m.Decode(&n); n != i || m.From.User != "alice" || m.From.Conn != c.ID() {
+		if m.Decode(&n); n != i || m.From.User != "alice" || m.From.Conn != c.ID() || time.Since(m.Time) > time.Minute {
 			t.Fatalf("message %d: %+v", i, m)
 		}
+	}
+	// Everyone but me: the publisher's own connection does not get it.
+	if err := c.Publish(ctx, "chat.room1", "message", "quiet", client.ExceptSelf()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(ctx, "chat.room1", "message", "loud"); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, chat); string(m.Data) != `"loud"` {
+		t.Fatalf("got %s, want only the publication without ExceptSelf", m.Data)
 	}
 	if err := c.Publish(ctx, "news", "x", nil); !errors.Is(err, client.ErrForbidden) {
 		t.Fatalf("publish to news: %v", err)

@@ -47,6 +47,8 @@ type inFrame struct {
 	// position in the stream of Sub.
 	Offset *uint64 `json:"offset"`
 	Epoch  string  `json:"epoch"`
+	// Time the server accepted the publication, ms since the Unix epoch.
+	Time int64 `json:"time"`
 
 	// tell, ask (from the server)
 	Name string `json:"name"`
@@ -68,11 +70,12 @@ type unsubscribeFrame struct {
 }
 
 type publishFrame struct {
-	Type    string          `json:"type"` // "publish"
-	ID      uint64          `json:"id"`
-	Channel string          `json:"channel"`
-	Event   string          `json:"event"`
-	Data    json.RawMessage `json:"data"`
+	Type       string          `json:"type"` // "publish"
+	ID         uint64          `json:"id"`
+	Channel    string          `json:"channel"`
+	Event      string          `json:"event"`
+	Data       json.RawMessage `json:"data"`
+	ExceptSelf bool            `json:"exceptSelf,omitempty"`
 }
 
 // callFrame is an ask or a tell from the client.

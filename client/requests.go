@@ -66,17 +66,27 @@ func (c *Client) Tell(ctx context.Context, name string, data any) error {
 // parser), else the error matches ErrForbidden. A publication in flight
 // when the link drops fails with ErrDisconnected: it may or may not have
 // been accepted.
-func (c *Client) Publish(ctx context.Context, channel, event string, data any) error {
+func (c *Client) Publish(ctx context.Context, channel, event string, data any, opts ...PublishOption) error {
 	b, err := json.Marshal(data)
 	if err != nil {
 		return wrap(err, "publish to %q: encode", channel)
 	}
 	f := &publishFrame{Type: "publish", Channel: channel, Event: event, Data: b}
+	for _, o := range opts {
+		o(f)
+	}
 	if _, err := c.do(ctx, f, false, nil); err != nil {
 		return wrap(err, "publish to %q", channel)
 	}
 	return nil
 }
+
+// PublishOption changes how a publication is delivered.
+type PublishOption func(*publishFrame)
+
+// ExceptSelf leaves this connection out of the publication's live
+// delivery: everyone but the sender.
+func ExceptSelf() PublishOption { return func(f *publishFrame) { f.ExceptSelf = true } }
 
 // do sends a request on the current link, waiting for one per the options,
 // and returns the server's result. counted requests (asks and tells) take a

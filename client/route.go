@@ -2,6 +2,7 @@ package client
 
 import (
 	"errors"
+	"time"
 )
 
 // Routing of what the server pushes: publications to their subscription or
@@ -43,6 +44,9 @@ func pubMessage(f *inFrame) (Message, Position) {
 		sub = f.Channel
 	}
 	m := Message{Channel: f.Channel, Sub: sub, Event: f.Event, Data: f.Data, From: f.From}
+	if f.Time > 0 {
+		m.Time = time.UnixMilli(f.Time)
+	}
 	var p Position
 	if f.Offset != nil && f.Epoch != "" {
 		p = Position{Offset: *f.Offset, Epoch: f.Epoch}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // SubStatus is the state of a Subscription.
@@ -55,6 +56,9 @@ type Message struct {
 	// From is the client that published, stamped by the server; zero when
 	// the server published.
 	From Sender
+	// Time is when the server accepted the publication (zero from a server
+	// that does not say).
+	Time time.Time
 	// Offset and Epoch are the publication's position in the stream of Sub
 	// (not of Channel), when the server keeps history; zero otherwise.
 	// Within an epoch, the offsets a subscription receives increase.

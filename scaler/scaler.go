@@ -94,14 +94,21 @@ type Sender struct {
 // Backends must treat a Publication as immutable once passed to Publish or a
 // Handler: the server shares it between goroutines.
 //
-// A backend carries Event, Data and Sender without interpreting them; the
-// server gives its own meaning to events that start with [ReservedPrefix]
-// (tells to a user or session, disconnect orders).
+// A backend carries every field as it is, without interpreting Event,
+// Data, Sender, Time or Except; the server gives its own meaning to events
+// that start with [ReservedPrefix] (tells to a user or session, disconnect
+// orders).
 type Publication struct {
 	Channel string
 	Event   string
 	Data    []byte
 	Sender  Sender
+	// Time is when the server accepted the publication, in milliseconds
+	// since the Unix epoch.
+	Time int64
+	// Except is a connection id the publication is not delivered to (a
+	// sender who does not want its own message back); empty for none.
+	Except string
 	// Transient publications reach the nodes subscribed at the time of
 	// Publish and nothing else: a backend with History gives them no offset
 	// and does not keep them, so a node that missed one cannot know. The

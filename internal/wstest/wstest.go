@@ -79,8 +79,10 @@ type Frame struct {
 	Name    string          `json:"name,omitempty"`
 	Data    json.RawMessage `json:"data,omitempty"`
 	From    *Sender         `json:"from,omitempty"`
-	Offset  uint64          `json:"offset,omitempty"`
-	Epoch   string          `json:"epoch,omitempty"`
+	// Time is when the server accepted a pub, ms since the Unix epoch.
+	Time   int64  `json:"time,omitempty"`
+	Offset uint64 `json:"offset,omitempty"`
+	Epoch  string `json:"epoch,omitempty"`
 }
 
 // String is the frame as JSON, without its empty fields.

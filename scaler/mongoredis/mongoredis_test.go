@@ -25,7 +25,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestBodyRoundTrip(t *testing.T) {
 	pubs := []*scaler.Publication{
-		{Channel: "news.uk", Event: "article",
+		{Channel: "news.uk", Event: "article", Time: 1700000000123, Except: "n.c",
 			Data:   []byte("{\"t\":\"h\u00e9llo\\nline\",\"n\":[1,null]}"),
 			Sender: scaler.Sender{User: "alice", Conn: "node1.c1"}},
 		{Channel: "$u.bob.smith", Event: "notify", Data: []byte(`"x"`), Transient: true},
@@ -39,7 +39,7 @@ func TestBodyRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("parseBody(%+v): %v", p, err)
 		}
-		if node != "node-7" || got.Transient != p.Transient || got.Channel != p.Channel || got.Event != p.Event ||
+		if node != "node-7" || got.Transient != p.Transient || got.Time != p.Time || got.Except != p.Except || got.Channel != p.Channel || got.Event != p.Event ||
 			!bytes.Equal(got.Data, p.Data) || got.Sender != p.Sender {
 			t.Errorf("round trip of %+v gave node %q, %+v", p, node, got)
 		}

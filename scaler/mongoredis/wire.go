@@ -15,13 +15,15 @@ import (
 //
 // A publication body (also what a history entry stores):
 //
-//	0x01 (body version)
+//	0x02 (body version)
 //	uvarint len, node id      the publishing node
 //	flags (1 byte)             1: transient
 //	uvarint len, channel
 //	uvarint len, event
 //	uvarint len, sender user
 //	uvarint len, sender conn
+//	uvarint time              ms since the Unix epoch
+//	uvarint len, except       a connection not to deliver to
 //	data                      the rest of the body
 //
 // A delivery frame, published on a stream's channel: the publish script
@@ -37,7 +39,7 @@ import (
 //	0x01 (version) uvarint len, sender node id, message (the rest)
 
 const (
-	bodyVersion  = 1
+	bodyVersion  = 2
 	frameVersion = 1
 	msgVersion   = 1
 
@@ -59,6 +61,8 @@ func appendBody(b []byte, node string, pub *scaler.Publication) []byte {
 	b = appendString(b, pub.Event)
 	b = appendString(b, pub.Sender.User)
 	b = appendString(b, pub.Sender.Conn)
+	b = binary.AppendUvarint(b, uint64(max(pub.Time, 0)))
+	b = appendString(b, pub.Except)
 	return append(b, pub.Data...)
 }
 
@@ -81,6 +85,8 @@ func parseBody(b []byte) (node string, pub *scaler.Publication, err error) {
 	pub.Event = r.str()
 	pub.Sender.User = r.str()
 	pub.Sender.Conn = r.str()
+	pub.Time = int64(r.uvarint())
+	pub.Except = r.str()
 	if r.bad {
 		return "", nil, fmt.Errorf("%w: truncated body", errMalformed)
 	}
@@ -156,6 +162,17 @@ func (r *reader) byte() byte {
 	c := r.b[0]
 	r.b = r.b[1:]
 	return c
+}
+
+func (r *reader) uvarint() uint64 {
+	n, k := binary.Uvarint(r.b)
+	if k <= 0 {
+		r.bad = true
+		r.b = nil
+		return 0
+	}
+	r.b = r.b[k:]
+	return n
 }
 
 func (r *reader) str() string {

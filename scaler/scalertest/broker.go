@@ -118,7 +118,7 @@ func testRoundTrip(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 	pubs := []*scaler.Publication{
 		{Channel: s, Event: "message",
 			Data:   []byte(`{"text":"h\u00e9llo \u2713 \"quoted\" line\nbreak","n":[1,2.5,null,true]}`),
-			Sender: scaler.Sender{User: "alice", Conn: "node1.conn1"}},
+			Sender: scaler.Sender{User: "alice", Conn: "node1.conn1"}, Time: 1700000000123, Except: "node1.conn2"},
 		{Channel: r, Event: "notify", Data: []byte(`"you have mail"`), Transient: true},
 		{Channel: s}, // no event, no data, no sender
 		{Channel: s, Data: []byte(`{}`), Sender: scaler.Sender{Conn: "n.c"}},

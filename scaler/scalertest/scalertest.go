@@ -483,7 +483,7 @@ func expectDeliveries(t *testing.T, m *member, want ...string) {
 func via(stream, channel string) string { return stream + "<-" + channel }
 
 func samePub(a, b *scaler.Publication) bool {
-	return a.Transient == b.Transient && a.Channel == b.Channel && a.Event == b.Event &&
+	return a.Transient == b.Transient && a.Time == b.Time && a.Except == b.Except && a.Channel == b.Channel && a.Event == b.Event &&
 		bytes.Equal(a.Data, b.Data) && a.Sender == b.Sender
 }
 
@@ -491,5 +491,5 @@ func fmtPub(p *scaler.Publication) string {
 	if p == nil {
 		return "<nil>"
 	}
-	return fmt.Sprintf("{Channel:%q Event:%q Data:%q Sender:%+v Transient:%v}", p.Channel, p.Event, p.Data, p.Sender, p.Transient)
+	return fmt.Sprintf("{Channel:%q Event:%q Data:%q Sender:%+v Time:%d Except:%q Transient:%v}", p.Channel, p.Event, p.Data, p.Sender, p.Time, p.Except, p.Transient)
 }

@@ -43,7 +43,7 @@ type Conn struct {
 	corked    int            // >0: frames are queued but not written yet (cork)
 	idle      chan struct{}  // signalled when the writer stops
 	wake      chan struct{}  // signalled when a frame is queued
-	room      chan struct{}  // signalled when the queue drained to half
+	room      chan struct{}  // closed when the queue drained to half; nil when nobody waits
 	wwg       sync.WaitGroup // the writer and finish goroutines
 	pingTimer *time.Timer    // alternates: next ping, then pong deadline
 	pingSent  atomic.Int64   // unix nanos of the last ping; 0 after its deadline passed
@@ -107,7 +107,6 @@ func newConn(s *Server, sess *Session, persist bool, ws *websocket.Conn, raw net
 		sem:     make(chan struct{}, s.cfg.concurrency),
 		idle:    make(chan struct{}, 1),
 		wake:    make(chan struct{}, 1),
-		room:    make(chan struct{}, 1),
 		taken:   make(chan struct{}, 1),
 		parsers: make(chan struct{}, maxParsers),
 	}
@@ -280,8 +279,9 @@ func (c *Conn) take(buf []byte, stop bool) []byte {
 		// Drop the backing array: an idle connection should hold nothing.
 		c.queue = nil
 	}
-	if n > 0 && c.halfEmptyLocked() {
-		signal(c.room)
+	if n > 0 && c.room != nil && c.halfEmptyLocked() {
+		close(c.room) // wakes every waiter: the reader, the worker, catch-ups
+		c.room = nil
 	}
 	if n == 0 && stop {
 		c.writing = false
@@ -343,19 +343,24 @@ func (c *Conn) fits(n, size int) bool {
 }
 
 // waitRoom waits until the send queue is at most half full, so that a
-// catch-up does not overflow it. The writer signals room as it drains.
+// catch-up, or replies, do not overflow it. The writer wakes every waiter
+// as it drains.
 func (c *Conn) waitRoom() error {
 	for {
 		c.qmu.Lock()
-		ok := c.halfEmptyLocked()
-		c.qmu.Unlock()
-		if ok {
+		if c.halfEmptyLocked() {
+			c.qmu.Unlock()
 			return nil
 		}
+		if c.room == nil {
+			c.room = make(chan struct{})
+		}
+		room := c.room
+		c.qmu.Unlock()
 		select {
 		case <-c.ctx.Done():
 			return c.ctx.Err()
-		case <-c.room:
+		case <-room:
 		}
 	}
 }

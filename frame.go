@@ -23,6 +23,7 @@ const (
 	typeReply       = "reply"
 	typePong        = "pong"
 	typeReady       = "ready"
+	typeHistory     = "history"
 )
 
 // maxID is the largest request id: the largest integer a JSON number in
@@ -54,6 +55,7 @@ type inFrame struct {
 	HasSubs       bool             // resume: "subscriptions" present (even empty)
 	Since         *scaler.Position // subscribe: catch up from here
 	ExceptSelf    bool             // publish: not to the publishing connection
+	Limit         *int             // history: how many
 }
 
 // rawFrame mirrors the JSON shape; pointer and raw fields tell "absent" from
@@ -71,6 +73,7 @@ type rawFrame struct {
 	Subscriptions *[]subRequest    `json:"subscriptions"`
 	Since         *scaler.Position `json:"since"`
 	ExceptSelf    bool             `json:"exceptSelf"`
+	Limit         *int             `json:"limit"`
 }
 
 // decodeFrame parses one client frame. On failure it returns the request id
@@ -80,7 +83,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return inFrame{}, salvageID(b), &Error{Code: CodeBadRequest, Message: "invalid frame: " + jsonProblem(err)}
 	}
-	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error, Since: raw.Since, ExceptSelf: raw.ExceptSelf}
+	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error, Since: raw.Since, ExceptSelf: raw.ExceptSelf, Limit: raw.Limit}
 	if raw.ID != nil {
 		id, ok := parseID(raw.ID)
 		if !ok {
@@ -109,7 +112,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 			return inFrame{}, 0, &Error{Code: CodeBadRequest, Message: "reply needs an id"}
 		}
 		return f, f.ID, nil
-	case typeSubscribe, typeUnsubscribe, typePublish, typeAsk, typeTell, typeResume:
+	case typeSubscribe, typeUnsubscribe, typePublish, typeAsk, typeTell, typeResume, typeHistory:
 	case "":
 		return bad("missing frame type")
 	default:
@@ -119,7 +122,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 		return bad(f.Type + " needs an id")
 	}
 	switch f.Type {
-	case typeSubscribe, typeUnsubscribe, typePublish:
+	case typeSubscribe, typeUnsubscribe, typePublish, typeHistory:
 		if raw.Channel == nil {
 			return bad(f.Type + " needs a channel")
 		}
@@ -370,6 +373,40 @@ func encodeResumeAck(id uint64, results []subResult) []byte {
 	return encodeAck(id, b)
 }
 
+// encodeHistoryAck answers a history request: the publications (pub
+// frames' fields but type and sub), and the position to go on from. At most
+// budget bytes of publications (at least one): beyond, "more" says to read
+// again from the position given.
+func encodeHistoryAck(id uint64, entries []scaler.Entry, now scaler.Position, budget int) []byte {
+	b := make([]byte, 0, 256)
+	b = append(b, `{"type":"ack","id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	b = append(b, `,"result":{"publications":[`...)
+	more := false
+	for i, e := range entries {
+		if i > 0 && len(b) > budget {
+			more = true
+			now.Offset = entries[i-1].Offset
+			break
+		}
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '{')
+		b = appendPubFields(b, e.Pub, "", e.Offset, now.Epoch)
+		b = append(b, '}')
+	}
+	b = append(b, `],"position":{"offset":`...)
+	b = strconv.AppendUint(b, now.Offset, 10)
+	b = append(b, `,"epoch":`...)
+	b = appendString(b, now.Epoch)
+	b = append(b, '}')
+	if more {
+		b = append(b, `,"more":true`...)
+	}
+	return append(b, `}}`...)
+}
+
 // encodeDelivery encodes a publication delivered through stream d.Stream:
 // a pub frame, or a tell frame for the server's tells to a user or session.
 func encodeDelivery(d scaler.Delivery) []byte {
@@ -403,10 +440,20 @@ func appendData(b []byte, data []byte) []byte {
 // in epoch (zero without history).
 func encodePub(pub *scaler.Publication, sub string, offset uint64, epoch string) []byte {
 	b := make([]byte, 0, 112+len(pub.Channel)+len(sub)+len(pub.Event)+len(pub.Data)+len(epoch))
-	b = append(b, `{"type":"pub","channel":`...)
+	b = append(b, `{"type":"pub",`...)
+	b = appendPubFields(b, pub, sub, offset, epoch)
+	return append(b, '}')
+}
+
+// appendPubFields appends a publication's fields, without braces; sub is
+// left out when empty.
+func appendPubFields(b []byte, pub *scaler.Publication, sub string, offset uint64, epoch string) []byte {
+	b = append(b, `"channel":`...)
 	b = appendString(b, pub.Channel)
-	b = append(b, `,"sub":`...)
-	b = appendString(b, sub)
+	if sub != "" {
+		b = append(b, `,"sub":`...)
+		b = appendString(b, sub)
+	}
 	b = append(b, `,"event":`...)
 	b = appendString(b, pub.Event)
 	b = append(b, `,"data":`...)
@@ -428,7 +475,7 @@ func encodePub(pub *scaler.Publication, sub string, offset uint64, epoch string)
 		b = append(b, `,"epoch":`...)
 		b = appendString(b, epoch)
 	}
-	return append(b, '}')
+	return b
 }
 
 func encodeTell(name string, data []byte) []byte {

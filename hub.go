@@ -270,6 +270,16 @@ func (s *Server) syncInterest(ctx context.Context, node scaler.Node, name string
 // encoding it once. The scaler calls it (through nodeHandler) for one
 // stream at a time, in the stream's order.
 func (s *Server) deliver(d scaler.Delivery) {
+	if d.Stream == broadcastChannel && d.Pub != nil {
+		s.stats.delivered.Add(1)
+		frame := encodeDelivery(d)
+		for _, c := range s.hub.all() {
+			if c.id != d.Pub.Except {
+				c.send(frame, false)
+			}
+		}
+		return
+	}
 	ch := s.hub.get(d.Stream)
 	if ch == nil || d.Pub == nil {
 		return

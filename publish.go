@@ -68,6 +68,29 @@ func (s *Server) publish(ctx context.Context, channel, event string, data any, o
 	return s.publishRaw(ctx, pub)
 }
 
+// broadcastChannel carries broadcasts: every node subscribes to it, and
+// delivers what comes on it to all its connections (hub.go).
+const broadcastChannel = scaler.ReservedPrefix + "all"
+
+// Broadcast sends an event to every connection of the cluster, as a
+// publication on the reserved channel "$all" that every connection
+// receives. Broadcasts are transient: they reach the connections there at
+// the time, without offsets, and are not caught up after a reconnect.
+func (s *Server) Broadcast(ctx context.Context, event string, data any, opts ...PublishOption) error {
+	raw, err := encodeData(data)
+	if err != nil {
+		return err
+	}
+	if err := s.checkPayload("data", raw); err != nil {
+		return err
+	}
+	pub := &scaler.Publication{Channel: broadcastChannel, Event: event, Data: raw, Transient: true}
+	for _, o := range opts {
+		o(pub)
+	}
+	return s.publishRaw(ctx, pub)
+}
+
 // publishRaw hands a publication to the scaler.
 func (s *Server) publishRaw(ctx context.Context, pub *scaler.Publication) error {
 	if err := s.usable(); err != nil {

@@ -45,7 +45,7 @@ func (s *Server) handle(c *Conn, b []byte) {
 		s.handleAsk(c, f)
 	case typeTell:
 		s.handleTell(c, f)
-	case typeSubscribe, typeUnsubscribe, typePublish, typeResume:
+	case typeSubscribe, typeUnsubscribe, typePublish, typeResume, typeHistory:
 		c.enqueue(f, func(f inFrame) { s.runOrdered(c, f) })
 	}
 }
@@ -69,6 +69,8 @@ func (s *Server) runOrdered(c *Conn, f inFrame) {
 		c.send(encodeAck(f.ID, nil), false)
 	case typeResume:
 		s.resume(c, f)
+	case typeHistory:
+		s.handleHistory(c, f)
 	}
 }
 

@@ -266,6 +266,11 @@ func (s *Server) join(ctx context.Context) (scaler.Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Every node hears broadcasts, for all its connections (publish.go).
+	if err := n.Subscribe(ctx, broadcastChannel); err != nil && !errors.Is(err, scaler.ErrUnavailable) {
+		n.Close()
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopNode = cancel
 	if st, ok := n.(scaler.SessionStore); ok {

@@ -659,3 +659,37 @@ func TestTellsToSlowHandler(t *testing.T) {
 	waitFor(t, "the handlers", func() bool { return handled.Load() == 5 })
 	t.Logf("%d tells retried after rate_limited", logs.count("sss: rate_limited, retrying"))
 }
+
+// A page's recipe: the last messages from History, then a subscription
+// from the position it returned; and the server's broadcasts.
+func TestHistoryAndBroadcast(t *testing.T) {
+	ts := newServer(t, nil)
+	ctx := ctxT(t)
+	for i := 1; i <= 10; i++ {
+		ts.srv.Publish(ctx, "feed", "m", i)
+	}
+	onBroadcast, broadcasts := messages()
+	c := dial(t, ts.url, client.WithHooks(client.Hooks{OnBroadcast: onBroadcast}))
+	msgs, pos, err := c.History(ctx, "feed", client.HistoryLimit(3))
+	if err != nil || len(msgs) != 3 || string(msgs[0].Data) != "8" || msgs[2].Offset != 10 || pos.Offset != 10 || msgs[0].Time.IsZero() {
+		t.Fatalf("History: %+v %v %v", msgs, pos, err)
+	}
+	ts.srv.Publish(ctx, "feed", "m", 11) // between the read and the subscription
+	onFeed, feed := messages()
+	if _, err := c.Subscribe(ctx, "feed", client.WithSince(pos), client.WithMessageHandler(onFeed)); err != nil {
+		t.Fatal(err)
+	}
+	ts.srv.Publish(ctx, "feed", "m", 12)
+	for _, want := range []string{"11", "12"} {
+		if m := recv(t, feed); string(m.Data) != want {
+			t.Fatalf("got %s, want %s", m.Data, want)
+		}
+	}
+	if _, _, err := c.History(ctx, "feed", client.HistorySince(client.Position{Offset: 1, Epoch: "gone"})); !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("History since a lost position: %v", err)
+	}
+	ts.srv.Broadcast(ctx, "notice", "hello all")
+	if m := recv(t, broadcasts); m.Channel != "$all" || m.Event != "notice" || string(m.Data) != `"hello all"` {
+		t.Fatalf("broadcast %+v", m)
+	}
+}

@@ -54,13 +54,14 @@ type inFrame struct {
 	Name string `json:"name"`
 }
 
-// subscribeFrame never carries "since": a new subscription starts from the
-// channel's current position (the ack's).
+// subscribeFrame carries "since" only with WithSince: otherwise a new
+// subscription starts from the channel's current position (the ack's).
 type subscribeFrame struct {
 	Type    string          `json:"type"` // "subscribe"
 	ID      uint64          `json:"id"`
 	Channel string          `json:"channel"`
 	Query   json.RawMessage `json:"query,omitempty"`
+	Since   *Position       `json:"since,omitempty"`
 }
 
 type unsubscribeFrame struct {

@@ -416,6 +416,7 @@ func hooks(sets ...client.Hooks) client.Option {
 		h.OnRefused = chain2(h.OnRefused, s.OnRefused)
 		h.OnUserMessage = chain1(h.OnUserMessage, s.OnUserMessage)
 		h.OnSessionMessage = chain1(h.OnSessionMessage, s.OnSessionMessage)
+		h.OnBroadcast = chain1(h.OnBroadcast, s.OnBroadcast)
 		h.OnRecover = chain1(h.OnRecover, s.OnRecover)
 		h.OnGap = chain1(h.OnGap, s.OnGap)
 	}

@@ -49,6 +49,11 @@ type Hooks struct {
 	// (sss Server.PublishSession).
 	OnSessionMessage func(Message)
 
+	// OnBroadcast receives the server's broadcasts (sss Server.Broadcast),
+	// on the reserved channel "$all". They are transient: one made while
+	// the client is disconnected is not caught up.
+	OnBroadcast func(Message)
+
 	// OnRecover runs with the outcome of each channel's catch-up after a
 	// reconnect: every restored subscription, and the user and session
 	// channels when they are the same as on the previous connection. It

@@ -17,14 +17,24 @@ type dest struct {
 	sub  *Subscription
 }
 
+// broadcastChannel is the reserved channel of the server's broadcasts.
+const broadcastChannel = "$all"
+
 // routePub hands a publication to its subscription's handlers, or to the
-// user or session hook. A publication not past its channel's position is
+// user, session or broadcast hook. A publication not past its channel's position is
 // dropped, and one from an unexpected epoch is reported as a gap first.
 func (c *Client) routePub(l *link, f *inFrame) {
 	if l.dropping {
 		return // the link is going: what is not delivered, the resume sends again
 	}
 	m, p := pubMessage(f)
+	if m.Sub == broadcastChannel {
+		// A broadcast: transient, unnumbered, for every connection.
+		if h := c.hooks.OnBroadcast; h != nil {
+			c.queue(l, func() { h(m) })
+		}
+		return
+	}
 	d, ok := c.destination(l, m)
 	if !ok {
 		return

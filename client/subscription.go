@@ -129,6 +129,7 @@ type SubscribeOption func(*subOptions) error
 
 type subOptions struct {
 	query    json.RawMessage
+	since    *Position
 	hooks    SubHooks
 	hooksSet bool
 	on       map[string]func(Message)
@@ -145,6 +146,21 @@ func WithQuery(q any) SubscribeOption {
 			return &pkgError{errs: []error{ErrInvalidConfig, wrap(err, "WithQuery")}}
 		}
 		o.query = b
+		return nil
+	}
+}
+
+// WithSince starts the subscription after p instead of at the channel's
+// current position: every publication after p is delivered first, once and
+// in order (p typically comes from History). When that is impossible (the
+// publications after p are gone), the subscription starts at the channel's
+// position and its SubHooks.OnGap and the client's Hooks.OnGap say so.
+func WithSince(p Position) SubscribeOption {
+	return func(o *subOptions) error {
+		if p.IsZero() {
+			return invalid("WithSince: a position needs an epoch")
+		}
+		o.since = &p
 		return nil
 	}
 }
@@ -209,7 +225,7 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts ...Subscrib
 		}
 	}
 	s := &Subscription{c: c, channel: channel, query: o.query, hooks: o.hooks, on: o.on, onAny: o.onAny, recovered: true}
-	f := &subscribeFrame{Type: "subscribe", Channel: channel, Query: s.query}
+	f := &subscribeFrame{Type: "subscribe", Channel: channel, Query: s.query, Since: o.since}
 	onAck := func(l *link, result json.RawMessage, abandoned bool) {
 		var r subResult
 		if len(result) > 0 {
@@ -239,9 +255,21 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts ...Subscrib
 			ev = old.setStatus(SubUnsubscribed, nil, nil)
 		}
 		c.subs[channel] = s
+		var events []func()
+		if o.since != nil {
+			// Whether the publications after since could all be delivered.
+			info := outcome(channel, KindSubscription, s, *o.since, &r)
+			s.mu.Lock()
+			s.recovered = info.Recovered
+			s.mu.Unlock()
+			events = c.recoveryEvents(info, events)
+		}
 		c.mu.Unlock()
 		if ev != nil {
 			c.d.push(ev)
+		}
+		for _, e := range events {
+			c.d.push(e)
 		}
 	}
 	for {

@@ -234,6 +234,9 @@ type StoredSubscription struct {
 	// Query is the JSON query the client subscribed with (nil when none), so
 	// the subscription can be authorised again when restored.
 	Query []byte
+	// Position is where the session last stood on the channel (zero when
+	// unknown), so that a restored subscription catches up from there.
+	Position Position
 }
 
 // SessionStore persists the subscriptions of each session so that a client

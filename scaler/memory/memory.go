@@ -123,7 +123,7 @@ type entry struct {
 }
 
 type session struct {
-	subs     map[string][]byte
+	subs     map[string]scaler.StoredSubscription
 	lastSeen time.Time
 }
 
@@ -574,7 +574,8 @@ func (n *node) AddSubscription(ctx context.Context, id string, sub scaler.Stored
 		if _, ok := ss.subs[sub.Channel]; !ok && len(ss.subs) >= n.s.maxSubs {
 			return fmt.Errorf("memory: session %q has %d subscriptions, the maximum", id, n.s.maxSubs)
 		}
-		ss.subs[sub.Channel] = slices.Clone(sub.Query)
+		sub.Query = slices.Clone(sub.Query)
+		ss.subs[sub.Channel] = sub
 		return nil
 	})
 }
@@ -589,8 +590,9 @@ func (n *node) RemoveSubscription(ctx context.Context, id, channel string) error
 func (n *node) Subscriptions(ctx context.Context, id string) ([]scaler.StoredSubscription, error) {
 	var out []scaler.StoredSubscription
 	err := n.withSession(ctx, id, false, func(ss *session) error {
-		for ch, q := range ss.subs {
-			out = append(out, scaler.StoredSubscription{Channel: ch, Query: slices.Clone(q)})
+		for _, sub := range ss.subs {
+			sub.Query = slices.Clone(sub.Query)
+			out = append(out, sub)
 		}
 		return nil
 	})
@@ -632,7 +634,7 @@ func (n *node) withSession(ctx context.Context, id string, create bool, f func(*
 		if !create {
 			return nil
 		}
-		ss = &session{subs: make(map[string][]byte)}
+		ss = &session{subs: make(map[string]scaler.StoredSubscription)}
 		s.sessions[id] = ss
 	}
 	ss.lastSeen = now

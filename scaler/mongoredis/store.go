@@ -53,6 +53,8 @@ type sessionDoc struct {
 type subDoc struct {
 	Channel string `bson:"channel"`
 	Query   []byte `bson:"query"`
+	Offset  int64  `bson:"offset"`
+	Epoch   string `bson:"epoch"`
 }
 
 // subID is the _id of a session's entry for a channel: the session's
@@ -176,6 +178,7 @@ func (sn storeNode) AddSubscription(ctx context.Context, session string, sub sca
 				bson.D{{Key: "$set", Value: bson.D{
 					{Key: "session", Value: session}, {Key: "channel", Value: sub.Channel},
 					{Key: "query", Value: query}, {Key: "updated", Value: now},
+					{Key: "offset", Value: int64(sub.Position.Offset)}, {Key: "epoch", Value: sub.Position.Epoch},
 				}}},
 				options.UpdateOne().SetUpsert(true))
 			return err
@@ -275,7 +278,7 @@ func (sn storeNode) Subscriptions(ctx context.Context, session string) ([]scaler
 			return nil // expired, not swept yet
 		}
 		cur, err := st.subs.Find(ctx, bson.D{{Key: "session", Value: session}},
-			options.Find().SetProjection(bson.D{{Key: "channel", Value: 1}, {Key: "query", Value: 1}}))
+			options.Find().SetProjection(bson.D{{Key: "channel", Value: 1}, {Key: "query", Value: 1}, {Key: "offset", Value: 1}, {Key: "epoch", Value: 1}}))
 		if err != nil {
 			return err
 		}
@@ -285,7 +288,8 @@ func (sn storeNode) Subscriptions(ctx context.Context, session string) ([]scaler
 		}
 		out = make([]scaler.StoredSubscription, 0, len(docs))
 		for _, d := range docs {
-			out = append(out, scaler.StoredSubscription{Channel: d.Channel, Query: d.Query})
+			out = append(out, scaler.StoredSubscription{Channel: d.Channel, Query: d.Query,
+				Position: scaler.Position{Offset: uint64(max(d.Offset, 0)), Epoch: d.Epoch}})
 		}
 		// Byte order, whatever collation the server sorts with.
 		slices.SortFunc(out, func(a, b scaler.StoredSubscription) int { return strings.Compare(a.Channel, b.Channel) })

@@ -15,6 +15,7 @@ import (
 var storeTests = []test{
 	{"AddAndList", testStoreAddList},
 	{"ReplaceSameChannel", testStoreReplace},
+	{"Position", testStorePosition},
 	{"Remove", testStoreRemove},
 	{"UnknownSession", testStoreUnknown},
 	{"Touch", testStoreTouch},
@@ -90,7 +91,7 @@ func expectList(t *testing.T, st scaler.SessionStore, session string, want ...su
 	got := list(t, st, session)
 	ok := len(got) == len(want)
 	for i := 0; ok && i < len(want); i++ {
-		ok = got[i].Channel == want[i].channel && bytes.Equal(got[i].Query, []byte(want[i].query))
+		ok = got[i].Channel == want[i].channel && bytes.Equal(got[i].Query, []byte(want[i].query)) && got[i].Position == (scaler.Position{})
 	}
 	if !ok {
 		t.Errorf("Subscriptions(%q) = %s\nwant %s", session, fmtSubs(got), fmtWant(want))
@@ -186,6 +187,23 @@ func testStoreTouch(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 	}
 	expectList(t, st[0], s, sub{"a", `1`})
 	expectList(t, st[0], e.session("unknown"))
+}
+
+// A subscription's position is kept with it, and replaced with it.
+func testStorePosition(t *testing.T, ns func(*testing.T) scaler.Scaler) {
+	e, _, st := stores(t, ns, 1)
+	s := e.session("s")
+	ctx, cancel := callCtx(t)
+	defer cancel()
+	for _, pos := range []scaler.Position{{Offset: 7, Epoch: "e1"}, {Offset: 1 << 40, Epoch: "e2"}} {
+		if err := st[0].AddSubscription(ctx, s, scaler.StoredSubscription{Channel: "news", Position: pos}); err != nil {
+			t.Fatal(err)
+		}
+		got := list(t, st[0], s)
+		if len(got) != 1 || got[0].Position != pos {
+			t.Fatalf("Subscriptions = %+v, want news at %+v", got, pos)
+		}
+	}
 }
 
 // Sessions belong to the scaler, not to a node: what one node stores the

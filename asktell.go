@@ -352,6 +352,10 @@ const (
 	msgAsk        = "ask"
 	msgReply      = "reply"
 	msgDisconnect = "disconnect"
+	// A server subscription's start or end for one connection (Name: the
+	// channel), remembered for its session.
+	msgSubscribe   = "subscribe"
+	msgUnsubscribe = "unsubscribe"
 )
 
 // nodeOf is the node part of a connection id ("node.random").
@@ -430,6 +434,10 @@ func (s *Server) handleNode(m nodeMsg) {
 	case msgDisconnect:
 		if c != nil {
 			obey(c, m.Data)
+		}
+	case msgSubscribe, msgUnsubscribe:
+		if c != nil {
+			s.control(c, m.Name, m.K == msgSubscribe, true)
 		}
 	case msgAsk:
 		if c == nil {

@@ -3,6 +3,7 @@ package sss
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,7 @@ type sub struct {
 	c       *Conn
 	channel string
 	query   []byte // client subscriptions: what to re-authorise on restore
+	server  bool   // made by the server (membership.go); under c.smu
 
 	held atomic.Bool // deliveries go to buf, not to the connection
 
@@ -196,7 +198,7 @@ type startPlan struct {
 // result is what the ack says of the plan; asked says the client gave a
 // position to catch up from.
 func (p startPlan) result(asked bool) subResult {
-	r := subResult{Channel: p.sb.channel, Epoch: p.r.Position.Epoch, Reason: p.r.Reason}
+	r := subResult{Channel: p.sb.channel, Epoch: p.r.Position.Epoch, Reason: p.r.Reason, Server: p.sb.server}
 	if r.Epoch != "" {
 		r.Offset = &p.r.Position.Offset
 	}
@@ -384,6 +386,14 @@ type ownSub struct {
 	pos scaler.Position // the stream's position at the welcome
 }
 
+// startHeld lets what is held from the upgrade go live at the client's
+// first frame (or after ownHold): the user and session channels at once,
+// the server subscriptions on the worker, after their restoring.
+func (s *Server) startHeld(c *Conn) {
+	s.startOwn(c, nil)
+	c.enqueueControl(func() { s.startServerSubs(c) })
+}
+
 // ownHold is how long the user and session channels wait for a client's
 // first frame before going live.
 const ownHold = time.Second
@@ -425,6 +435,7 @@ func (s *Server) resume(c *Conn, f inFrame) {
 	list, err := s.resumeList(c, f)
 	if err != nil {
 		s.startOwn(c, nil)
+		s.startServerSubs(c)
 		c.send(encodeError(f.ID, err), false)
 		return
 	}
@@ -449,7 +460,11 @@ func (s *Server) resume(c *Conn, f inFrame) {
 			results = append(results, res)
 			continue
 		}
-		res, p, ok := s.restore(c, r)
+		res, p, handled := s.restoreServer(c, r)
+		ok := handled && res.Error == nil
+		if !handled {
+			res, p, ok = s.restore(c, r)
+		}
 		want[r.Channel] = ok
 		results = append(results, res)
 		if p.sb != nil {
@@ -459,12 +474,43 @@ func (s *Server) resume(c *Conn, f inFrame) {
 	if f.HasSubs {
 		s.dropUnlisted(c, want)
 	}
+	// The server subscriptions the client did not list: told after the ack.
+	announce := c.pendingServer
+	c.pendingServer, c.serverStarted = nil, true
 	c.cork(func() {
 		c.send(encodeResumeAck(f.ID, results), false)
 		for _, p := range append(ownPlans, plans...) {
 			s.goLive(p)
 		}
+		for _, p := range announce {
+			c.send(encodeSubscribed(p.result(false)), false)
+			s.goLive(p)
+		}
 	})
+}
+
+// restoreServer restores one entry of a resume that is a server
+// subscription: one held since the connection began (it catches up from
+// the client's position), or one the client believes the server made but
+// that the server ended meanwhile (refused: not_found). handled false means
+// it is not the server's.
+func (s *Server) restoreServer(c *Conn, r subRequest) (res subResult, p startPlan, handled bool) {
+	for i, held := range c.pendingServer {
+		if held.sb.channel == r.Channel {
+			c.pendingServer = slices.Delete(c.pendingServer, i, i+1)
+			ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
+			defer cancel()
+			p = s.prepare(ctx, held.sb, r.Since)
+			return p.result(r.Since != nil), p, true
+		}
+	}
+	if !r.Server {
+		return subResult{}, startPlan{}, false
+	}
+	if sb := c.sub(r.Channel); sb != nil && sb.isServer() {
+		return subResult{Channel: r.Channel, Server: true}, startPlan{}, true
+	}
+	return subResult{Channel: r.Channel, Server: true, Error: Errorf(CodeNotFound, "the server ended this subscription")}, startPlan{}, true
 }
 
 // lateOwn is the result for the user or session channel in a resume that
@@ -491,7 +537,13 @@ func (s *Server) resumeList(c *Conn, f inFrame) ([]subRequest, *Error) {
 	}
 	list := make([]subRequest, 0, len(stored))
 	for _, st := range stored {
-		list = append(list, subRequest{Channel: st.Channel, Query: st.Query})
+		r := subRequest{Channel: st.Channel, Query: st.Query}
+		if st.Position.Epoch != "" {
+			// Catch up from where the session last stood.
+			pos := st.Position
+			r.Since = &pos
+		}
+		list = append(list, r)
 	}
 	return list, nil
 }
@@ -528,17 +580,17 @@ func (s *Server) restore(c *Conn, r subRequest) (res subResult, p startPlan, ok 
 // connection's other subscriptions are dropped, and so are those stored for
 // the session.
 func (s *Server) dropUnlisted(c *Conn, want map[string]bool) {
-	for _, ch := range c.Subscriptions() {
-		if !want[ch] {
-			s.unsubscribe(c, ch)
+	for _, sb := range c.clientSubs() {
+		if !want[sb.channel] {
+			s.unsubscribe(c, sb.channel)
 		}
 	}
 	if !c.persist {
 		return
 	}
 	var list []scaler.StoredSubscription
-	for _, ch := range c.Subscriptions() {
-		list = append(list, scaler.StoredSubscription{Channel: ch, Query: c.subQuery(ch)})
+	for _, sb := range c.clientSubs() {
+		list = append(list, scaler.StoredSubscription{Channel: sb.channel, Query: sb.query, Position: s.hub.lastPosition(sb.channel)})
 	}
 	s.store.replace(c.storeKey(), list)
 }

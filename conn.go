@@ -60,11 +60,16 @@ type Conn struct {
 	ownTimer *time.Timer
 	spoke    bool // the reader saw the client's first frame (reader only)
 
+	// Server subscriptions held since the connection began, until the
+	// client's first frame (membership.go; worker only).
+	pendingServer []startPlan
+	serverStarted bool
+
 	// Ordered requests (subscribe, unsubscribe, publish, resume) wait here
 	// for the connection's worker, which runs them one at a time, in order,
 	// while the reader goes on with asks and tells (request.go).
 	omu     sync.Mutex
-	ordered []inFrame
+	ordered []func()
 	working bool          // a worker goroutine is running
 	taken   chan struct{} // signalled when the worker took a request
 
@@ -486,14 +491,47 @@ func (c *Conn) addSub(sb *sub) bool {
 	return true
 }
 
-// subQuery returns the query of c's subscription to channel.
-func (c *Conn) subQuery(channel string) []byte {
+// sub returns c's subscription to channel, or nil.
+func (c *Conn) sub(channel string) *sub {
 	c.smu.Lock()
 	defer c.smu.Unlock()
-	if sb := c.subs[channel]; sb != nil {
-		return sb.query
+	return c.subs[channel]
+}
+
+// clientSubs returns the subscriptions the client made (not the server).
+func (c *Conn) clientSubs() []*sub {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	out := make([]*sub, 0, len(c.subs))
+	for _, sb := range c.subs {
+		if !sb.server {
+			out = append(out, sb)
+		}
 	}
-	return nil
+	return out
+}
+
+func (sb *sub) isServer() bool {
+	sb.c.smu.Lock()
+	defer sb.c.smu.Unlock()
+	return sb.server
+}
+
+func (sb *sub) setServer() {
+	sb.c.smu.Lock()
+	sb.server = true
+	sb.c.smu.Unlock()
+}
+
+// isPending reports whether channel is a server subscription not announced
+// yet (worker only).
+func (c *Conn) isPending(channel string) bool {
+	for _, p := range c.pendingServer {
+		if p.sb.channel == channel {
+			return true
+		}
+	}
+	return false
 }
 
 // storeKey is the key of c's session in the session store.
@@ -592,25 +630,11 @@ func (c *Conn) ownsChannel(name string) bool {
 // the reader pauses.
 const maxOrdered = 32
 
-// enqueue hands an ordered request to the connection's worker, which calls
-// run for each in order, starting the worker if none runs. When maxOrdered
-// wait already, the reader pauses until the worker takes one.
-func (c *Conn) enqueue(f inFrame, run func(inFrame)) {
-	for {
-		c.omu.Lock()
-		if len(c.ordered) < maxOrdered {
-			c.ordered = append(c.ordered, f)
-			start := !c.working
-			c.working = true
-			c.omu.Unlock()
-			if start && !c.spawn(func() { c.work(run) }) {
-				c.omu.Lock()
-				c.working, c.ordered = false, nil
-				c.omu.Unlock()
-			}
-			return
-		}
-		c.omu.Unlock()
+// enqueue hands an ordered request to the connection's worker, which runs
+// them one at a time, in order, starting the worker if none runs. When
+// maxOrdered wait already, the reader pauses until the worker takes one.
+func (c *Conn) enqueue(run func()) {
+	for !c.tryEnqueue(run, maxOrdered) {
 		c.parsing(func() {
 			select {
 			case <-c.taken:
@@ -623,9 +647,35 @@ func (c *Conn) enqueue(f inFrame, run func(inFrame)) {
 	}
 }
 
+// enqueueControl queues work of the server's own (a server subscription,
+// the start of the held subscriptions) on the worker, in order with the
+// client's requests, without ever waiting: it may exceed maxOrdered by as
+// much again. It reports false when even that is full.
+func (c *Conn) enqueueControl(run func()) bool {
+	return c.tryEnqueue(run, 2*maxOrdered)
+}
+
+func (c *Conn) tryEnqueue(run func(), bound int) bool {
+	c.omu.Lock()
+	if len(c.ordered) >= bound {
+		c.omu.Unlock()
+		return false
+	}
+	c.ordered = append(c.ordered, run)
+	start := !c.working
+	c.working = true
+	c.omu.Unlock()
+	if start && !c.spawn(c.work) {
+		c.omu.Lock()
+		c.working, c.ordered = false, nil
+		c.omu.Unlock()
+	}
+	return true
+}
+
 // work runs the queued ordered requests until none is left or the
 // connection ends.
-func (c *Conn) work(run func(inFrame)) {
+func (c *Conn) work() {
 	for {
 		c.omu.Lock()
 		if len(c.ordered) == 0 || c.ctx.Err() != nil {
@@ -633,8 +683,8 @@ func (c *Conn) work(run func(inFrame)) {
 			c.omu.Unlock()
 			return
 		}
-		f := c.ordered[0]
-		c.ordered[0] = inFrame{}
+		run := c.ordered[0]
+		c.ordered[0] = nil
 		c.ordered = c.ordered[1:]
 		c.omu.Unlock()
 		signal(c.taken)
@@ -643,7 +693,7 @@ func (c *Conn) work(run func(inFrame)) {
 		if c.waitRoom() != nil {
 			continue // the connection ended: the next turn stops
 		}
-		run(f)
+		run()
 	}
 }
 

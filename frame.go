@@ -38,6 +38,7 @@ type subRequest struct {
 	Channel string           `json:"channel"`
 	Query   json.RawMessage  `json:"query,omitempty"`
 	Since   *scaler.Position `json:"since,omitempty"`
+	Server  bool             `json:"server,omitempty"` // the server made it
 }
 
 // inFrame is a decoded client frame. Fields unused by its type are ignored.
@@ -354,6 +355,7 @@ func encodeWelcome(c *Conn) []byte {
 // subscribe, or one entry of a resume's (docs/protocol.md).
 type subResult struct {
 	Channel   string  `json:"channel"`
+	Server    bool    `json:"server,omitempty"` // made by the server
 	Offset    *uint64 `json:"offset,omitempty"` // with Epoch, when the server keeps history
 	Epoch     string  `json:"epoch,omitempty"`
 	Recovered *bool   `json:"recovered,omitempty"`
@@ -364,6 +366,24 @@ type subResult struct {
 func encodeSubscribeAck(id uint64, r subResult) []byte {
 	b, _ := json.Marshal(r)
 	return encodeAck(id, b)
+}
+
+// encodeSubscribed tells the client of a server subscription.
+func encodeSubscribed(r subResult) []byte {
+	r.Server = true
+	b, _ := json.Marshal(struct {
+		Type string `json:"type"`
+		subResult
+	}{"subscribed", r})
+	return b
+}
+
+func encodeUnsubscribed(channel string) []byte {
+	b, _ := json.Marshal(struct {
+		Type    string `json:"type"`
+		Channel string `json:"channel"`
+	}{"unsubscribed", channel})
+	return b
 }
 
 func encodeResumeAck(id uint64, results []subResult) []byte {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"time"
 
@@ -295,10 +296,8 @@ func (s *Server) deliver(d scaler.Delivery) {
 		}
 	}
 	pub := d.Pub
-	if pub.Transient && pub.Event == disconnectEvent {
-		for _, c := range ch.conns() {
-			obey(c, pub.Data)
-		}
+	if pub.Transient && reserved(pub.Event) && !strings.HasPrefix(pub.Event, tellPrefix) {
+		s.controlOrder(ch, pub)
 		return
 	}
 	frame := encodeDelivery(d)
@@ -354,6 +353,18 @@ func (h *hub) noteStart(stream string, pos scaler.Position) {
 		ch.last = pos
 	}
 	ch.pmu.Unlock()
+}
+
+// lastPosition returns the position of the last delivery this instance
+// received on a stream (zero if none).
+func (h *hub) lastPosition(stream string) scaler.Position {
+	ch := h.get(stream)
+	if ch == nil {
+		return scaler.Position{}
+	}
+	ch.pmu.Lock()
+	defer ch.pmu.Unlock()
+	return ch.last
 }
 
 // track records a delivery's position. It reports a duplicate to drop, or a
@@ -530,6 +541,23 @@ func (s *Server) Disconnect(ctx context.Context, t Target, reason string, final 
 		return s.routeToConn(ctx, t.id, nodeMsg{K: msgDisconnect, Conn: t.id, Data: raw})
 	}
 	return nil
+}
+
+// controlOrder carries out a control publication on a user's or session's
+// connections here: disconnect them, or subscribe or unsubscribe them.
+func (s *Server) controlOrder(ch *channel, pub *scaler.Publication) {
+	var channel string
+	if pub.Event != disconnectEvent && json.Unmarshal(pub.Data, &channel) != nil {
+		return
+	}
+	for _, c := range ch.conns() {
+		switch pub.Event {
+		case disconnectEvent:
+			obey(c, pub.Data)
+		case subscribeEvent, unsubscribeEvent:
+			s.control(c, channel, pub.Event == subscribeEvent, false)
+		}
+	}
 }
 
 // obey carries out a disconnect order on one local connection.

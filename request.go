@@ -30,7 +30,7 @@ func (s *Server) handle(c *Conn, b []byte) {
 		// makes them go live from the welcome's position.
 		c.spoke = true
 		if f.Type != typeResume {
-			s.startOwn(c, nil)
+			s.startHeld(c)
 		}
 	}
 	if c.limiter != nil && f.Type != typePong && f.Type != typeReady && f.Type != typeReply && !c.limiter.Allow() {
@@ -46,7 +46,7 @@ func (s *Server) handle(c *Conn, b []byte) {
 	case typeTell:
 		s.handleTell(c, f)
 	case typeSubscribe, typeUnsubscribe, typePublish, typeResume, typeHistory:
-		c.enqueue(f, func(f inFrame) { s.runOrdered(c, f) })
+		c.enqueue(func() { s.runOrdered(c, f) })
 	}
 }
 
@@ -119,7 +119,7 @@ func (s *Server) subscribe(c *Conn, channel string, query json.RawMessage, since
 	defer cancel()
 	p := s.prepare(ctx, sb, since)
 	if c.persist {
-		s.store.add(c.storeKey(), channel, query)
+		s.store.add(c.storeKey(), channel, query, p.r.Position)
 	}
 	if h := s.cfg.hooks.OnSubscribe; h != nil {
 		s.hook("OnSubscribe", func() { h(c, channel) })
@@ -142,6 +142,9 @@ func (s *Server) canSubscribe(c *Conn, channel string) error {
 func (s *Server) unsubscribe(c *Conn, channel string) error {
 	if len(channel) > MaxChannelLen {
 		return Errorf(CodeTooLarge, "channel name longer than %d bytes", MaxChannelLen)
+	}
+	if sb := c.sub(channel); sb != nil && sb.isServer() {
+		return Errorf(CodeForbidden, "the server subscribed this connection to %q: only the server ends it", channel)
 	}
 	if !c.forget(channel) {
 		return Errorf(CodeNotFound, "not subscribed to %q", channel)

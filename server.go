@@ -186,9 +186,12 @@ func (s *Server) run(c *Conn) error {
 	if c.persist {
 		s.store.touch(c.storeKey())
 	}
+	// First on the worker: the server's subscriptions, held like the user
+	// and session channels (membership.go).
+	c.enqueueControl(func() { s.restoreServerSubs(c) })
 	c.send(encodeWelcome(c), false)
-	// A client that says nothing gets its user and session channels soon.
-	c.ownTimer = time.AfterFunc(ownHold, func() { s.startOwn(c, nil) })
+	// A client that says nothing gets its held channels soon.
+	c.ownTimer = time.AfterFunc(ownHold, func() { s.startHeld(c) })
 	if h := s.cfg.hooks.OnConnect; h != nil {
 		s.hook("OnConnect", func() { h(c) })
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 
@@ -20,6 +21,11 @@ type Session struct {
 	// are persisted per session, so a client reconnecting with the same
 	// session can have them restored on any instance. Empty gets a random id.
 	SessionID string
+	// Channels are channels the server subscribes the connection to from
+	// the start ("groups at login"), as server subscriptions: no
+	// subscription parser runs for them, and the client cannot unsubscribe
+	// them (see Server.Subscribe).
+	Channels []string
 	// Data is the application's own, available as Conn.Session().Data.
 	Data any
 }
@@ -84,6 +90,15 @@ func (s *Server) parseSession(r *http.Request) (sess *Session, named bool, err e
 	if !utf8.ValidString(sess.UserID) || !utf8.ValidString(sess.SessionID) {
 		return nil, false, &StatusError{Status: http.StatusInternalServerError, Message: "session parser returned an id that is not valid UTF-8"}
 	}
+	for _, ch := range sess.Channels {
+		if err := clientChannel(ch); err != nil {
+			return nil, false, &StatusError{Status: http.StatusInternalServerError, Message: "session parser named an invalid channel"}
+		}
+	}
+	if len(sess.Channels) > s.cfg.maxSubs {
+		return nil, false, &StatusError{Status: http.StatusInternalServerError, Message: "session parser named more channels than a connection may hold"}
+	}
+	sess.Channels = slices.Clone(sess.Channels)
 	named = sess.SessionID != ""
 	if !named {
 		sess.SessionID = randomID(12)

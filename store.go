@@ -58,8 +58,9 @@ type storeWriter struct {
 	backlog int                        // channel changes pending in all
 	wake    chan struct{}
 
-	dropped atomic.Uint64
-	failing atomic.Bool // the last write failed: log only changes of state
+	dropped       atomic.Uint64
+	failing       atomic.Bool  // the last write failed: log only changes of state
+	readDownUntil atomic.Int64 // unix nanos: a read failed, quickList waits till then
 }
 
 // A write of a session that is being written waits for it (busy), so that
@@ -76,6 +77,7 @@ type sessionChanges struct {
 type subDelta struct {
 	add   bool
 	query []byte
+	pos   scaler.Position
 }
 
 func newStoreWriter(s *Server, st scaler.SessionStore) *storeWriter {
@@ -110,9 +112,9 @@ func (w *storeWriter) change(key string, f func(*sessionChanges)) {
 	signal(w.wake)
 }
 
-func (w *storeWriter) add(key, channel string, query []byte) {
+func (w *storeWriter) add(key, channel string, query []byte, pos scaler.Position) {
 	w.change(key, func(sc *sessionChanges) {
-		sc.subs[channel] = subDelta{add: true, query: query}
+		sc.subs[channel] = subDelta{add: true, query: query, pos: pos}
 	})
 }
 
@@ -132,7 +134,7 @@ func (w *storeWriter) replace(key string, list []scaler.StoredSubscription) {
 	w.change(key, func(sc *sessionChanges) {
 		clear(sc.subs)
 		for _, sub := range list {
-			sc.subs[sub.Channel] = subDelta{add: true, query: sub.Query}
+			sc.subs[sub.Channel] = subDelta{add: true, query: sub.Query, pos: sub.Position}
 		}
 		sc.replace = true
 	})
@@ -288,7 +290,7 @@ func (w *storeWriter) apply(ctx context.Context, key string, sc *sessionChanges)
 		d := sc.subs[ch]
 		var err error
 		if d.add {
-			err = st.AddSubscription(ctx, key, scaler.StoredSubscription{Channel: ch, Query: d.query})
+			err = st.AddSubscription(ctx, key, scaler.StoredSubscription{Channel: ch, Query: d.query, Position: d.pos})
 		} else {
 			err = st.RemoveSubscription(ctx, key, ch)
 		}
@@ -312,9 +314,8 @@ func (w *storeWriter) reconcile() {
 		if !c.persist {
 			continue
 		}
-		key := c.storeKey()
-		for _, ch := range c.Subscriptions() {
-			w.add(key, ch, c.subQuery(ch))
+		for _, sb := range c.clientSubs() {
+			w.add(c.storeKey(), sb.channel, sb.query, w.s.hub.lastPosition(sb.channel))
 		}
 	}
 }
@@ -402,6 +403,22 @@ func (w *storeWriter) size() int {
 	return w.backlog
 }
 
+// storeQuickRead bounds the reads made when a connection starts, which
+// hold up its first requests.
+const storeQuickRead = 500 * time.Millisecond
+
+// quickList is storedList for a connection that is starting: at once an
+// error while the store is known to be failing (a write failed last, or a
+// read did in the last storeRetryMax), else within storeQuickRead.
+func (w *storeWriter) quickList(ctx context.Context, key string) ([]scaler.StoredSubscription, error) {
+	if w.failing.Load() || time.Now().UnixNano() < w.readDownUntil.Load() {
+		return nil, ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(ctx, storeQuickRead)
+	defer cancel()
+	return w.storedList(ctx, key)
+}
+
 // storedList reads a session's stored subscriptions, after writing what is
 // pending for it.
 func (w *storeWriter) storedList(ctx context.Context, key string) ([]scaler.StoredSubscription, error) {
@@ -412,6 +429,7 @@ func (w *storeWriter) storedList(ctx context.Context, key string) ([]scaler.Stor
 	}
 	list, err := w.store.Subscriptions(ctx, key)
 	if err != nil {
+		w.readDownUntil.Store(time.Now().Add(storeRetryMax).UnixNano())
 		w.s.stats.scalerErrors.Add(1)
 		w.s.log.Warn("sss: cannot read a session's subscriptions", "err", err)
 		if errors.Is(err, context.Canceled) {

@@ -464,6 +464,9 @@ func (s *Server) resume(c *Conn, f inFrame) {
 		ok := handled && res.Error == nil
 		if !handled {
 			res, p, ok = s.restore(c, r)
+			if !f.HasSubs {
+				res.Query = r.Query // from the store: the client did not know it
+			}
 		}
 		want[r.Channel] = ok
 		results = append(results, res)

@@ -354,13 +354,16 @@ func encodeWelcome(c *Conn) []byte {
 // subResult is what an ack says of a subscription: the result of a
 // subscribe, or one entry of a resume's (docs/protocol.md).
 type subResult struct {
-	Channel   string  `json:"channel"`
-	Server    bool    `json:"server,omitempty"` // made by the server
-	Offset    *uint64 `json:"offset,omitempty"` // with Epoch, when the server keeps history
-	Epoch     string  `json:"epoch,omitempty"`
-	Recovered *bool   `json:"recovered,omitempty"`
-	Reason    string  `json:"reason,omitempty"`
-	Error     *Error  `json:"error,omitempty"`
+	Channel string `json:"channel"`
+	Server  bool   `json:"server,omitempty"` // made by the server
+	// Query, for a resume without a list: what the stored subscription
+	// was made with, for the client to send again later.
+	Query     json.RawMessage `json:"query,omitempty"`
+	Offset    *uint64         `json:"offset,omitempty"` // with Epoch, when the server keeps history
+	Epoch     string          `json:"epoch,omitempty"`
+	Recovered *bool           `json:"recovered,omitempty"`
+	Reason    string          `json:"reason,omitempty"`
+	Error     *Error          `json:"error,omitempty"`
 }
 
 func encodeSubscribeAck(id uint64, r subResult) []byte {

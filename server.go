@@ -235,6 +235,13 @@ func readError(err error) error {
 func (s *Server) cleanup(c *Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.askTimeout)
 	defer cancel()
+	if c.persist {
+		// Where the session stands on each channel, for a client that
+		// restores its subscriptions later (resume without a list).
+		for _, sb := range c.clientSubs() {
+			s.store.add(c.storeKey(), sb.channel, sb.query, s.hub.lastPosition(sb.channel))
+		}
+	}
 	for _, ch := range c.forgetAll() {
 		s.detach(ctx, c, ch)
 	}

@@ -84,6 +84,7 @@ type Client struct {
 	tells     map[string]TellHandler
 	asks      map[string]AskHandler
 	stats     stats
+	restored  bool // the first connection restored the stored subscriptions (WithRestore); under mu
 }
 
 // Dial connects to the sss server at url (ws:// or wss://; http(s) works

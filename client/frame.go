@@ -52,6 +52,9 @@ type inFrame struct {
 
 	// tell, ask (from the server)
 	Name string `json:"name"`
+
+	// subscribed (Channel, Offset, Epoch too)
+	Server bool `json:"server"`
 }
 
 // subscribeFrame carries "since" only with WithSince: otherwise a new
@@ -99,7 +102,17 @@ type resumeEntry struct {
 	Channel string          `json:"channel"`
 	Query   json.RawMessage `json:"query,omitempty"`
 	Since   *Position       `json:"since,omitempty"` // catch up after this position
+	Server  bool            `json:"server,omitempty"`
 }
+
+// restoreFrame is a resume without a list: the server restores what it
+// stored for the session.
+type restoreFrame struct {
+	Type string `json:"type"` // "resume"
+	ID   uint64 `json:"id"`
+}
+
+func (f *restoreFrame) setID(id uint64) { f.ID = id }
 
 // subResult is what an ack says of a subscription: the result of a
 // subscribe, or one entry of a resume's.
@@ -114,6 +127,10 @@ type subResult struct {
 	Recovered *bool  `json:"recovered"`
 	Reason    string `json:"reason"`
 	Error     *Error `json:"error"` // resume: this subscription was refused
+	// Server: the server made it. Query: a resume restored it from the
+	// session store, with this query.
+	Server bool            `json:"server"`
+	Query  json.RawMessage `json:"query"`
 }
 
 // position returns the result's position, zero when it has none.

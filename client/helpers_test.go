@@ -417,6 +417,8 @@ func hooks(sets ...client.Hooks) client.Option {
 		h.OnUserMessage = chain1(h.OnUserMessage, s.OnUserMessage)
 		h.OnSessionMessage = chain1(h.OnSessionMessage, s.OnSessionMessage)
 		h.OnBroadcast = chain1(h.OnBroadcast, s.OnBroadcast)
+		h.OnSubscribed = chain1(h.OnSubscribed, s.OnSubscribed)
+		h.OnUnsubscribed = chain1(h.OnUnsubscribed, s.OnUnsubscribed)
 		h.OnRecover = chain1(h.OnRecover, s.OnRecover)
 		h.OnGap = chain1(h.OnGap, s.OnGap)
 	}

@@ -49,6 +49,17 @@ type Hooks struct {
 	// (sss Server.PublishSession).
 	OnSessionMessage func(Message)
 
+	// OnSubscribed runs for a subscription the client did not make in this
+	// process: one the server made (sss Server.Subscribe, or a channel named
+	// at login), or one restored from the session store (WithRestore). It
+	// runs before any of its publications: set its handlers here
+	// (Subscription.HandleMessage, HandleEvent).
+	OnSubscribed func(sub *Subscription)
+
+	// OnUnsubscribed runs when the server ended a subscription (sss
+	// Server.Unsubscribe); it is then in status SubUnsubscribed.
+	OnUnsubscribed func(sub *Subscription)
+
 	// OnBroadcast receives the server's broadcasts (sss Server.Broadcast),
 	// on the reserved channel "$all". They are transient: one made while
 	// the client is disconnected is not caught up.

@@ -318,6 +318,10 @@ func (l *link) handle(line []byte) error {
 		case l.pong <- struct{}{}:
 		default: // a pong is already due
 		}
+	case "subscribed":
+		c.routeSubscribed(l, &f)
+	case "unsubscribed":
+		c.routeUnsubscribed(l, &f)
 	case "welcome":
 		c.log.Warn("sss: second welcome ignored", "url", l.url)
 	default:

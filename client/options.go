@@ -36,6 +36,7 @@ type options struct {
 	hooksSet     bool
 	asks         map[string]AskHandler
 	tells        map[string]TellHandler
+	restore      bool
 }
 
 func defaultOptions() options {
@@ -244,6 +245,19 @@ func WithRateLimitRetries(n int) Option {
 			return invalid("WithRateLimitRetries(%d): must not be negative", n)
 		}
 		o.rateRetries = n
+		return nil
+	}
+}
+
+// WithRestore makes the first connection restore the subscriptions the
+// server stored for the client's session (a process or page that starts
+// with no state of its own), instead of starting with none: the server
+// needs a session store and a session parser that names the session. Each
+// restored subscription catches up from where the session last stood, and
+// Hooks.OnSubscribed tells of it (set its handlers there).
+func WithRestore() Option {
+	return func(o *options) error {
+		o.restore = true
 		return nil
 	}
 }

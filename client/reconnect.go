@@ -24,7 +24,7 @@ import (
 func (c *Client) connectFirst(ctx context.Context) (*link, error) {
 	var errs []error
 	for _, u := range dialOrder(c.urls) {
-		l, err := c.connect(ctx, u, false)
+		l, err := c.connect(ctx, u, c.opts.restore)
 		if err == nil {
 			return l, nil
 		}
@@ -92,7 +92,11 @@ func (c *Client) connect(ctx context.Context, url string, resume bool) (*link, e
 		return abort(wrap(ctx.Err(), "waiting for welcome from %s", url))
 	}
 	if resume {
-		if err := c.resume(ctx, l); err != nil {
+		resumeOrRestore := c.resume
+		if c.opts.restore && !c.restored {
+			resumeOrRestore = c.restoreStored
+		}
+		if err := resumeOrRestore(ctx, l); err != nil {
 			return abort(err)
 		}
 	}
@@ -232,7 +236,7 @@ func newResumeReq(l *link, subs []*Subscription) *resumeReq {
 		since: make([]Position, len(subs)),
 	}
 	for i, s := range subs {
-		req.frame.Subscriptions[i] = resumeEntry{Channel: s.channel, Query: s.query}
+		req.frame.Subscriptions[i] = resumeEntry{Channel: s.channel, Query: s.query, Server: s.Server()}
 		// Nothing of the subscription arrives on l before the resume's ack,
 		// so the position cannot move meanwhile.
 		if req.since[i] = s.Position(); !req.since[i].IsZero() {

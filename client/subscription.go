@@ -107,6 +107,20 @@ type Subscription struct {
 	// skips: since pos was last set by an ack, a deeper subscription ended,
 	// so this one's offsets may jump over what was delivered through it.
 	skips atomic.Bool
+	// server: the server made it (it tells with a "subscribed" frame); only
+	// the server ends it.
+	server atomic.Bool
+}
+
+// Server reports whether the server made the subscription (sss
+// Server.Subscribe, or channels named at login): the client did not ask
+// for it and cannot unsubscribe it. Hooks.OnSubscribed tells of each.
+func (s *Subscription) Server() bool { return s.server.Load() }
+
+// newSubscription returns a subscription the client did not make in this
+// process: made by the server, or restored from the session store.
+func newSubscription(c *Client, channel string, query json.RawMessage) *Subscription {
+	return &Subscription{c: c, channel: channel, query: query, on: make(map[string]func(Message)), recovered: true}
 }
 
 // SubHooks are a subscription's callbacks, given to Subscribe with
@@ -353,6 +367,9 @@ func (s *Subscription) HandleMessage(fn func(Message)) {
 // the next connection's resume will not ask for it. Unsubscribing a
 // subscription that already ended does nothing.
 func (s *Subscription) Unsubscribe(ctx context.Context) error {
+	if s.Server() {
+		return wrap(Errorf(CodeForbidden, "the server made this subscription: only the server ends it"), "unsubscribe from %q", s.channel)
+	}
 	c := s.c
 	c.mu.Lock()
 	if c.subs[s.channel] != s {

@@ -436,3 +436,70 @@ func ExampleValidChannel() {
 	// chat:room-1 true
 	// café false
 }
+
+// The server puts a user into a room on every instance; the user's later
+// connections get it too. No subscription parser runs, and the client
+// cannot leave it.
+func ExampleServer_Subscribe() {
+	srv, _ := sss.New(sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
+		return &sss.Session{UserID: "alice", SessionID: "s1"}, nil
+	}))
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	next() // welcome
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"ready"}`))
+	srv.Subscribe(context.Background(), sss.ToUser("alice"), "team.ops")
+	var f struct {
+		Type, Channel string
+		Server        bool
+	}
+	json.Unmarshal([]byte(next()), &f)
+	fmt.Println(f.Type, f.Channel, f.Server)
+	// Output:
+	// subscribed team.ops true
+}
+
+// A page shows the last messages of a room, then goes on live from where
+// they end: no gap, no duplicate.
+func ExampleServer_History() {
+	srv, _ := sss.New()
+	defer srv.Close()
+	ctx := context.Background()
+	for _, text := range []string{"hi", "hello", "how are you?"} {
+		srv.Publish(ctx, "chat.lobby", "message", text)
+	}
+	last, pos, err := srv.History(ctx, "chat.lobby", sss.Last(2))
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, e := range last {
+		fmt.Println(e.Position.Offset, string(e.Data))
+	}
+	fmt.Println("subscribe since offset", pos.Offset)
+	// Output:
+	// 2 "hello"
+	// 3 "how are you?"
+	// subscribe since offset 3
+}
+
+// A broadcast reaches every connection of the cluster.
+func ExampleServer_Broadcast() {
+	srv, _ := sss.New()
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), nil)
+	defer c.CloseNow()
+	next() // welcome
+	srv.Broadcast(context.Background(), "maintenance", "at 22:00")
+	var pub struct{ Channel, Event string }
+	json.Unmarshal([]byte(next()), &pub)
+	fmt.Println(pub.Channel, pub.Event)
+	// Output:
+	// $all maintenance
+}

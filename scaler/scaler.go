@@ -17,6 +17,9 @@
 //     publications of every stream and keeps a bounded history of them, so
 //     a client that reconnects catches up on what it missed, exactly once
 //     and in order.
+//   - [Presence] is optional: a [Node] that also implements it keeps, per
+//     channel, who is subscribed on every node, and removes the entries of
+//     a node that died without a goodbye within a bounded time.
 //
 // The package scalertest checks an implementation against all of this; run
 // it from your backend's tests.
@@ -237,6 +240,71 @@ type StoredSubscription struct {
 	// Position is where the session last stood on the channel (zero when
 	// unknown), so that a restored subscription catches up from there.
 	Position Position
+}
+
+// ClientInfo is one connection present on a channel.
+type ClientInfo struct {
+	Conn    string `json:"conn"`
+	User    string `json:"user,omitempty"`
+	Session string `json:"session,omitempty"`
+	// Info is public data the application attached to the connection (a
+	// display name, a status), compact JSON; nil for none.
+	Info []byte `json:"info,omitempty"`
+}
+
+// PresenceCounts summarises a channel's presence.
+type PresenceCounts struct {
+	// Clients is the number of connections present.
+	Clients int `json:"clients"`
+	// Users is the number of distinct non-empty user ids among them
+	// (anonymous connections are not counted).
+	Users int `json:"users"`
+}
+
+// Presence keeps, per channel, the connections present on it on every
+// node. A Node may implement it; the server then answers presence reads
+// and, with PresenceHandler, announces the clients of dead nodes as gone.
+//
+// Entries belong to the node that joined them. A backend with Presence
+// must also guarantee:
+//
+//   - Join and Leave cost O(1) in the number of entries of the channel
+//     (a channel with 10,000 present clients must not make each join
+//     scan them); Counts is O(1) too; Present is O(n) in the channel's
+//     entries.
+//   - A node that is unreachable still records its Joins and Leaves
+//     locally (returning an error wrapping ErrUnavailable) and writes them
+//     once its link returns, as it does with Subscribe.
+//   - The entries of a node that stopped without Close (its process died,
+//     it was cut off) disappear within a bounded time the backend
+//     documents (its presence TTL, kept alive by a heartbeat), and each is
+//     then reported once, through PresenceHandler.HandleGone, to one node
+//     still alive. A node that comes back after its entries were removed
+//     writes them again.
+//   - Close removes the node's entries without reporting them: the server
+//     left its channels before closing.
+type Presence interface {
+	// Join records c as present on channel, replacing an entry with the
+	// same connection id. It is idempotent.
+	Join(ctx context.Context, channel string, c ClientInfo) error
+	// Leave removes the entry of connection conn from channel; an absent
+	// entry is not an error.
+	Leave(ctx context.Context, channel, conn string) error
+	// Present lists the channel's entries, in no particular order.
+	Present(ctx context.Context, channel string) ([]ClientInfo, error)
+	// Counts summarises the channel's entries.
+	Counts(ctx context.Context, channel string) (PresenceCounts, error)
+}
+
+// PresenceHandler is implemented by a Handler that wants to hear of
+// presence entries removed because their node died. The server's does: it
+// publishes a leave event for each.
+type PresenceHandler interface {
+	// HandleGone reports entries of channel removed because their node
+	// stopped heartbeating. Unlike the Handler's methods it may block,
+	// up to ctx: a backend calls it from its own reaping goroutine, not
+	// from a delivery path.
+	HandleGone(ctx context.Context, channel string, gone []ClientInfo)
 }
 
 // SessionStore persists the subscriptions of each session so that a client

@@ -24,6 +24,8 @@ type config struct {
 	histSize   int
 	histAge    time.Duration
 	streamTTL  time.Duration
+	// presenceTTL: how long a crashed node's presence entries remain.
+	presenceTTL time.Duration
 }
 
 // Defaults.
@@ -102,6 +104,8 @@ type Scaler struct {
 	lastSweep time.Time
 	// streamSweep is when streams were last checked for retention.
 	streamSweep time.Time
+
+	presence presence // presence.go
 }
 
 type stream struct {
@@ -135,19 +139,23 @@ func New(opts ...Option) (*Scaler, error) {
 		histSize:   DefaultHistorySize,
 		histAge:    DefaultHistoryAge,
 		streamTTL:  DefaultStreamTTL,
+
+		presenceTTL: DefaultPresenceTTL,
 	}
 	for _, o := range opts {
 		if err := o(&cfg); err != nil {
 			return nil, err
 		}
 	}
-	return &Scaler{
+	s := &Scaler{
 		config:   cfg,
 		now:      time.Now,
 		nodes:    make(map[string]*node),
 		streams:  make(map[string]*stream),
 		sessions: make(map[string]*session),
-	}, nil
+	}
+	s.presence.init()
+	return s, nil
 }
 
 // Close detaches every node. Later calls on the scaler or its nodes return
@@ -167,6 +175,12 @@ func (s *Scaler) Close() error {
 	for _, n := range nodes {
 		n.Close()
 	}
+	s.presence.mu.Lock()
+	for n, t := range s.presence.reapers {
+		t.Stop()
+		delete(s.presence.reapers, n)
+	}
+	s.presence.mu.Unlock()
 	return nil
 }
 
@@ -318,7 +332,8 @@ type node struct {
 	closed   bool
 	inflight int // handler calls running; Close waits for zero
 
-	cut atomic.Bool // Cut: the node's link to the backend is broken
+	cut     atomic.Bool // Cut: the node's link to the backend is broken
+	crashed atomic.Bool // Crash: cut for good (presence.go)
 }
 
 // Cut breaks a node's link to the scaler, as a network failure would, for
@@ -343,7 +358,7 @@ func (s *Scaler) Heal(nodeID string) bool {
 	s.mu.RLock()
 	n := s.nodes[nodeID]
 	s.mu.RUnlock()
-	if n == nil || !n.cut.Swap(false) {
+	if n == nil || n.crashed.Load() || !n.cut.Swap(false) {
 		return false
 	}
 	n.smu.Lock()
@@ -559,6 +574,7 @@ func (n *node) Close() error {
 	for name := range subs {
 		n.s.removeFromStream(name, n)
 	}
+	n.s.presence.dropNode(n) // the server left its channels: no report
 	n.s.mu.Lock()
 	if n.s.nodes[n.id] == n {
 		delete(n.s.nodes, n.id)

@@ -19,7 +19,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestConformance(t *testing.T) {
 	scalertest.Run(t, func(t *testing.T) scaler.Scaler {
-		return mustNew(t)
+		return mustNew(t, WithPresenceTTL(200*time.Millisecond))
 	})
 }
 
@@ -27,7 +27,7 @@ func TestConformance(t *testing.T) {
 // suite skips its History group.
 func TestConformanceWithoutHistory(t *testing.T) {
 	scalertest.Run(t, func(t *testing.T) scaler.Scaler {
-		return mustNew(t, WithHistory(0, 0))
+		return mustNew(t, WithHistory(0, 0), WithPresenceTTL(200*time.Millisecond))
 	})
 }
 

@@ -54,6 +54,12 @@ func testClosedMethods(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 		_, calls["Subscriptions"] = st.Subscriptions(ctx, e.session("s"))
 		calls["TouchSession"] = st.TouchSession(ctx, e.session("s"))
 	}
+	if p, ok := n[0].node.(scaler.Presence); ok {
+		calls["Join"] = p.Join(ctx, s, scaler.ClientInfo{Conn: "c"})
+		calls["Leave"] = p.Leave(ctx, s, "c")
+		_, calls["Present"] = p.Present(ctx, s)
+		_, calls["Counts"] = p.Counts(ctx, s)
+	}
 	for name, err := range calls {
 		if !errors.Is(err, scaler.ErrClosed) {
 			t.Errorf("%s on a closed node: %v; want an error wrapping scaler.ErrClosed", name, err)
@@ -242,6 +248,12 @@ func checkCtxErr(t *testing.T, ctx context.Context, e *env, n []*member, want er
 		calls["RemoveSubscription"] = st.RemoveSubscription(ctx, e.session("s"), s)
 		_, calls["Subscriptions"] = st.Subscriptions(ctx, e.session("s"))
 		calls["TouchSession"] = st.TouchSession(ctx, e.session("s"))
+	}
+	if p, ok := n[0].node.(scaler.Presence); ok {
+		calls["Join"] = p.Join(ctx, s, scaler.ClientInfo{Conn: "c"})
+		calls["Leave"] = p.Leave(ctx, s, "c")
+		_, calls["Present"] = p.Present(ctx, s)
+		_, calls["Counts"] = p.Counts(ctx, s)
 	}
 	for name, err := range calls {
 		if !errors.Is(err, want) {

@@ -40,6 +40,10 @@
 //   - History: offsets and epochs per stream, Since, lost positions; skipped
 //     when the Node does not implement it. (Trimming by count and age
 //     depends on backend options: test it in the backend's own tests.)
+//   - Presence: lists and counts across nodes, replace, leave, exact
+//     channels, Close, concurrency, and node death (a Scaler that
+//     implements [Crasher], with a presence TTL of a few seconds at most);
+//     skipped when the Node does not implement scaler.Presence.
 //
 // Throughout, the recording handlers also check that they are never called
 // concurrently for one stream on one node, never after Close returned, and
@@ -91,6 +95,7 @@ func Run(t *testing.T, newScaler func(t *testing.T) scaler.Scaler) {
 		{"Concurrency", concurrencyTests},
 		{"SessionStore", storeTests},
 		{"History", historyTests},
+		{"Presence", presenceTests},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
@@ -277,6 +282,7 @@ type recorder struct {
 	deliveries []scaler.Delivery
 	messages   []message
 	missed     []string        // HandleMissed calls, by stream
+	gone       []gone          // HandleGone calls (presence.go)
 	active     map[string]int  // handler calls in progress per stream
 	stopped    map[string]bool // streams whose Unsubscribe returned
 	problems   []string

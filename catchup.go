@@ -32,6 +32,8 @@ type sub struct {
 	server  bool   // made by the server (membership.go); under c.smu
 
 	held atomic.Bool // deliveries go to buf, not to the connection
+	// present: the connection is in the channel's presence (presence.go).
+	present atomic.Bool
 
 	// mu is taken after the channel's lock and before the connection's
 	// subscription and queue locks (catch-up sends under it).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,7 @@ type Conn struct {
 	smu    sync.Mutex
 	subs   map[string]*sub
 	nested atomic.Int32 // pairs of held subscriptions where one contains the other
+	final  []string     // the channels held when the connection ended
 
 	// The user and session channels, held from the upgrade until the
 	// client's first request, which may ask to catch up on them (resume).
@@ -137,10 +139,15 @@ func (c *Conn) RemoteAddr() string { return c.remote }
 // Context is cancelled when the connection ends.
 func (c *Conn) Context() context.Context { return c.ctx }
 
-// Subscriptions lists the channels the client subscribed to.
+// Subscriptions lists the channels the connection is subscribed to (by
+// the client or the server; not its user and session channels). Once the
+// connection ended (in OnDisconnect) it lists those it held at the end.
 func (c *Conn) Subscriptions() []string {
 	c.smu.Lock()
 	defer c.smu.Unlock()
+	if c.final != nil {
+		return slices.Clone(c.final)
+	}
 	out := make([]string, 0, len(c.subs))
 	for ch := range c.subs {
 		out = append(out, ch)
@@ -546,9 +553,9 @@ func (c *Conn) subCount(channel string) (held bool, n int) {
 	return held, len(c.subs)
 }
 
-// forget drops channel from c's subscriptions; it reports whether c held it.
-// Nothing of the subscription is queued once it returns.
-func (c *Conn) forget(channel string) bool {
+// forget drops channel from c's subscriptions and returns it (nil when c
+// did not hold it). Nothing of the subscription is queued once it returns.
+func (c *Conn) forget(channel string) *sub {
 	c.smu.Lock()
 	sb, ok := c.subs[channel]
 	if ok {
@@ -557,24 +564,29 @@ func (c *Conn) forget(channel string) bool {
 	}
 	c.smu.Unlock()
 	if !ok {
-		return false
+		return nil
 	}
 	c.srv.stats.subscriptions.Add(-1)
 	sb.drop() // after smu: catch-up holds sb.mu while it takes smu
-	return true
+	return sb
 }
 
-// forgetAll drops every client subscription and returns their channels.
-func (c *Conn) forgetAll() []string {
+// forgetAll drops every subscription, when the connection ends, and
+// returns them. Subscriptions still lists them, for OnDisconnect.
+func (c *Conn) forgetAll() []*sub {
 	c.smu.Lock()
 	subs := c.subs
 	c.subs = nil
 	c.nested.Store(0)
-	c.smu.Unlock()
-	out := make([]string, 0, len(subs))
+	out := make([]*sub, 0, len(subs))
+	c.final = make([]string, 0, len(subs))
 	for ch, sb := range subs {
+		out = append(out, sb)
+		c.final = append(c.final, ch)
+	}
+	c.smu.Unlock()
+	for _, sb := range out {
 		sb.drop()
-		out = append(out, ch)
 	}
 	c.srv.stats.subscriptions.Add(-int64(len(subs)))
 	return out

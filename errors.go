@@ -23,6 +23,7 @@ const (
 	CodeRateLimited   Code = "rate_limited"
 	CodeLimitExceeded Code = "limit_exceeded"
 	CodeUnavailable   Code = "unavailable"
+	CodeNotSupported  Code = "not_supported"
 	CodeInternal      Code = "internal"
 )
 
@@ -67,6 +68,7 @@ var (
 	ErrRateLimited   = &Error{Code: CodeRateLimited}
 	ErrLimitExceeded = &Error{Code: CodeLimitExceeded}
 	ErrUnavailable   = &Error{Code: CodeUnavailable}
+	ErrNotSupported  = &Error{Code: CodeNotSupported}
 	ErrInternal      = &Error{Code: CodeInternal}
 )
 

@@ -24,6 +24,7 @@ const (
 	typePong        = "pong"
 	typeReady       = "ready"
 	typeHistory     = "history"
+	typePresence    = "presence"
 )
 
 // maxID is the largest request id: the largest integer a JSON number in
@@ -57,6 +58,7 @@ type inFrame struct {
 	Since         *scaler.Position // subscribe: catch up from here
 	ExceptSelf    bool             // publish: not to the publishing connection
 	Limit         *int             // history: how many
+	Counts        bool             // presence: the counts only
 }
 
 // rawFrame mirrors the JSON shape; pointer and raw fields tell "absent" from
@@ -75,6 +77,7 @@ type rawFrame struct {
 	Since         *scaler.Position `json:"since"`
 	ExceptSelf    bool             `json:"exceptSelf"`
 	Limit         *int             `json:"limit"`
+	Counts        bool             `json:"counts"`
 }
 
 // decodeFrame parses one client frame. On failure it returns the request id
@@ -84,7 +87,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return inFrame{}, salvageID(b), &Error{Code: CodeBadRequest, Message: "invalid frame: " + jsonProblem(err)}
 	}
-	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error, Since: raw.Since, ExceptSelf: raw.ExceptSelf, Limit: raw.Limit}
+	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error, Since: raw.Since, ExceptSelf: raw.ExceptSelf, Limit: raw.Limit, Counts: raw.Counts}
 	if raw.ID != nil {
 		id, ok := parseID(raw.ID)
 		if !ok {
@@ -113,7 +116,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 			return inFrame{}, 0, &Error{Code: CodeBadRequest, Message: "reply needs an id"}
 		}
 		return f, f.ID, nil
-	case typeSubscribe, typeUnsubscribe, typePublish, typeAsk, typeTell, typeResume, typeHistory:
+	case typeSubscribe, typeUnsubscribe, typePublish, typeAsk, typeTell, typeResume, typeHistory, typePresence:
 	case "":
 		return bad("missing frame type")
 	default:
@@ -123,7 +126,7 @@ func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 		return bad(f.Type + " needs an id")
 	}
 	switch f.Type {
-	case typeSubscribe, typeUnsubscribe, typePublish, typeHistory:
+	case typeSubscribe, typeUnsubscribe, typePublish, typeHistory, typePresence:
 		if raw.Channel == nil {
 			return bad(f.Type + " needs a channel")
 		}
@@ -433,8 +436,16 @@ func encodeHistoryAck(id uint64, entries []scaler.Entry, now scaler.Position, bu
 // encodeDelivery encodes a publication delivered through stream d.Stream:
 // a pub frame, or a tell frame for the server's tells to a user or session.
 func encodeDelivery(d scaler.Delivery) []byte {
-	if name, ok := strings.CutPrefix(d.Pub.Event, tellPrefix); ok && d.Pub.Transient {
-		return encodeTell(name, d.Pub.Data)
+	if d.Pub.Transient && reserved(d.Pub.Event) {
+		if name, ok := strings.CutPrefix(d.Pub.Event, tellPrefix); ok {
+			return encodeTell(name, d.Pub.Data)
+		}
+		switch d.Pub.Event {
+		case joinEvent:
+			return encodePresenceEvent("join", d.Pub.Channel, d.Pub.Data)
+		case leaveEvent:
+			return encodePresenceEvent("leave", d.Pub.Channel, d.Pub.Data)
+		}
 	}
 	return encodePub(d.Pub, d.Stream, d.Offset, d.Epoch)
 }
@@ -499,6 +510,52 @@ func appendPubFields(b []byte, pub *scaler.Publication, sub string, offset uint6
 		b = appendString(b, epoch)
 	}
 	return b
+}
+
+// encodePresenceEvent encodes a join or leave frame; client is what
+// encodeClient made.
+func encodePresenceEvent(typ, channel string, client []byte) []byte {
+	b := make([]byte, 0, 40+len(channel)+len(client))
+	b = append(b, `{"type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","channel":`...)
+	b = appendString(b, channel)
+	b = append(b, `,"client":`...)
+	b = appendData(b, client)
+	return append(b, '}')
+}
+
+// encodePresenceAck answers a presence request: the counts and, with
+// list, the clients, at most budget bytes of them (then "more" says the
+// list was cut; the counts are still whole).
+func encodePresenceAck(id uint64, list []ClientInfo, n PresenceCounts, withList bool, budget int) []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, `{"type":"ack","id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	b = append(b, `,"result":{"counts":{"clients":`...)
+	b = strconv.AppendInt(b, int64(n.Clients), 10)
+	b = append(b, `,"users":`...)
+	b = strconv.AppendInt(b, int64(n.Users), 10)
+	b = append(b, '}')
+	if withList {
+		b = append(b, `,"clients":[`...)
+		more := false
+		for i, ci := range list {
+			if i > 0 && len(b) > budget {
+				more = true
+				break
+			}
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, encodeClient(ci)...)
+		}
+		b = append(b, ']')
+		if more {
+			b = append(b, `,"more":true`...)
+		}
+	}
+	return append(b, `}}`...)
 }
 
 func encodeTell(name string, data []byte) []byte {

@@ -296,9 +296,17 @@ func (s *Server) deliver(d scaler.Delivery) {
 		}
 	}
 	pub := d.Pub
-	if pub.Transient && reserved(pub.Event) && !strings.HasPrefix(pub.Event, tellPrefix) {
-		s.controlOrder(ch, pub)
-		return
+	if pub.Transient && reserved(pub.Event) {
+		switch {
+		case pub.Event == joinEvent || pub.Event == leaveEvent:
+			// Presence is per exact channel: not for its ancestors.
+			if pub.Channel != d.Stream {
+				return
+			}
+		case !strings.HasPrefix(pub.Event, tellPrefix):
+			s.controlOrder(ch, pub)
+			return
+		}
 	}
 	frame := encodeDelivery(d)
 	lossy := !pub.Transient && s.cfg.lossy != nil && s.cfg.lossy(pub.Channel)

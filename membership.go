@@ -151,6 +151,7 @@ func (s *Server) serverSub(c *Conn, channel string) (startPlan, error) {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 	defer cancel()
+	s.presenceJoin(ctx, c, sb)
 	if h := s.cfg.hooks.OnSubscribe; h != nil {
 		s.hook("OnSubscribe", func() { h(c, channel) })
 	}
@@ -166,19 +167,17 @@ func (s *Server) applyUnsubscribe(c *Conn, channel string, remember bool) {
 	if pending {
 		c.pendingServer = slices.DeleteFunc(c.pendingServer, func(p startPlan) bool { return p.sb.channel == channel })
 	}
-	if !c.forget(channel) {
+	sb := c.forget(channel)
+	if sb == nil {
 		return
 	}
-	s.detach(c.ctx, c, channel)
 	if c.persist {
 		s.store.remove(c.storeKey(), channel)
 	}
 	if !pending { // announced: the client holds it
 		c.send(encodeUnsubscribed(channel), false)
 	}
-	if h := s.cfg.hooks.OnUnsubscribe; h != nil {
-		s.hook("OnUnsubscribe", func() { h(c, channel) })
-	}
+	s.endSub(c.ctx, sb)
 }
 
 // restoreServerSubs subscribes, held, what the server subscribes c to

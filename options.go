@@ -19,6 +19,8 @@ type config struct {
 	sessionP     SessionParser
 	subscriptP   SubscriptionParser
 	publishP     PublishParser
+	presence     func(channel string) ChannelPresence
+	presenceP    PresenceParser
 	logger       *slog.Logger
 	origins      []string
 	hooks        Hooks
@@ -116,6 +118,34 @@ func WithPublishParser(p PublishParser) Option {
 			return errors.New("sss: WithPublishParser(nil)")
 		}
 		c.publishP = p
+		return nil
+	}
+}
+
+// WithPresence turns presence on for the channels f says (see
+// ChannelPresence): their subscribers are listed in Server.Presence and
+// clients' presence requests, and, with JoinLeave, announced to each other
+// as they come and go. f is called on every subscribe and unsubscribe:
+// keep it fast (a prefix test). Reserved channels never keep presence.
+// The scaler must implement scaler.Presence (memory and mongoredis do).
+func WithPresence(f func(channel string) ChannelPresence) Option {
+	return func(c *config) error {
+		if f == nil {
+			return errors.New("sss: WithPresence(nil)")
+		}
+		c.presence = f
+		return nil
+	}
+}
+
+// WithPresenceParser decides which clients may read a channel's presence.
+// Without one only the channel's subscribers may.
+func WithPresenceParser(p PresenceParser) Option {
+	return func(c *config) error {
+		if p == nil {
+			return errors.New("sss: WithPresenceParser(nil)")
+		}
+		c.presenceP = p
 		return nil
 	}
 }

@@ -45,7 +45,7 @@ func (s *Server) handle(c *Conn, b []byte) {
 		s.handleAsk(c, f)
 	case typeTell:
 		s.handleTell(c, f)
-	case typeSubscribe, typeUnsubscribe, typePublish, typeResume, typeHistory:
+	case typeSubscribe, typeUnsubscribe, typePublish, typeResume, typeHistory, typePresence:
 		c.enqueue(func() { s.runOrdered(c, f) })
 	}
 }
@@ -71,6 +71,8 @@ func (s *Server) runOrdered(c *Conn, f inFrame) {
 		s.resume(c, f)
 	case typeHistory:
 		s.handleHistory(c, f)
+	case typePresence:
+		s.handlePresence(c, f)
 	}
 }
 
@@ -117,6 +119,7 @@ func (s *Server) subscribe(c *Conn, channel string, query json.RawMessage, since
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 	defer cancel()
+	s.presenceJoin(ctx, c, sb)
 	p := s.prepare(ctx, sb, since)
 	if c.persist {
 		s.store.add(c.storeKey(), channel, query, p.r.Position)
@@ -146,17 +149,28 @@ func (s *Server) unsubscribe(c *Conn, channel string) error {
 	if sb := c.sub(channel); sb != nil && sb.isServer() {
 		return Errorf(CodeForbidden, "the server subscribed this connection to %q: only the server ends it", channel)
 	}
-	if !c.forget(channel) {
+	sb := c.forget(channel)
+	if sb == nil {
 		return Errorf(CodeNotFound, "not subscribed to %q", channel)
 	}
-	s.detach(c.ctx, c, channel)
 	if c.persist {
 		s.store.remove(c.storeKey(), channel)
 	}
-	if h := s.cfg.hooks.OnUnsubscribe; h != nil {
-		s.hook("OnUnsubscribe", func() { h(c, channel) })
-	}
+	s.endSub(c.ctx, sb)
 	return nil
+}
+
+// endSub finishes a subscription c.forget dropped: out of the stream, out
+// of the channel's presence, and the OnUnsubscribe hook. Every end goes
+// through it: the client's unsubscribe, the server's, the connection's end.
+func (s *Server) endSub(ctx context.Context, sb *sub) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.askTimeout)
+	defer cancel()
+	s.detach(ctx, sb.c, sb.channel)
+	s.presenceLeave(ctx, sb.c, sb)
+	if h := s.cfg.hooks.OnUnsubscribe; h != nil {
+		s.hook("OnUnsubscribe", func() { h(sb.c, sb.channel) })
+	}
 }
 
 // clientPublish publishes for a client, with the sender stamped by the

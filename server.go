@@ -239,11 +239,11 @@ func (s *Server) cleanup(c *Conn) {
 		// Where the session stands on each channel, for a client that
 		// restores its subscriptions later (resume without a list).
 		for _, sb := range c.clientSubs() {
-			s.store.add(c.storeKey(), sb.channel, sb.query, s.hub.lastPosition(sb.channel))
+			s.store.advance(c.storeKey(), sb.channel, sb.query, s.hub.lastPosition(sb.channel))
 		}
 	}
-	for _, ch := range c.forgetAll() {
-		s.detach(ctx, c, ch)
+	for _, sb := range c.forgetAll() {
+		s.endSub(ctx, sb)
 	}
 	for _, o := range c.own {
 		s.detach(ctx, c, o.sb.channel)
@@ -316,6 +316,9 @@ type nodeHandler struct{ s *Server }
 func (h nodeHandler) HandleDelivery(d scaler.Delivery)      { h.s.deliver(d) }
 func (h nodeHandler) HandleMessage(from string, msg []byte) { h.s.handleNodeMessage(from, msg) }
 func (h nodeHandler) HandleMissed(stream string)            { h.s.hub.missed(stream) }
+func (h nodeHandler) HandleGone(ctx context.Context, channel string, gone []scaler.ClientInfo) {
+	h.s.handleGone(ctx, channel, gone)
+}
 
 // leave writes what the session store still lacks (within ctx, at most
 // the store timeout), then leaves the cluster.

@@ -26,8 +26,16 @@ type Session struct {
 	// subscription parser runs for them, and the client cannot unsubscribe
 	// them (see Server.Subscribe).
 	Channels []string
+	// Info is public data about the connection, shown to other clients in
+	// presence lists and join and leave events (e.g. a display name, an
+	// availability status): never put secrets here. It is encoded with
+	// encoding/json once, at connect, and bounded by the payload limit.
+	Info any
 	// Data is the application's own, available as Conn.Session().Data.
+	// It is never sent to anyone.
 	Data any
+
+	info []byte // Info, encoded
 }
 
 // SessionParser authenticates the HTTP upgrade request: cookies, headers,
@@ -99,6 +107,10 @@ func (s *Server) parseSession(r *http.Request) (sess *Session, named bool, err e
 		return nil, false, &StatusError{Status: http.StatusInternalServerError, Message: "session parser named more channels than a connection may hold"}
 	}
 	sess.Channels = slices.Clone(sess.Channels)
+	if err := s.presenceInfo(sess); err != nil {
+		s.log.Error("sss: session parser returned an Info that cannot be sent", "err", err)
+		return nil, false, &StatusError{Status: http.StatusInternalServerError, Message: "session parser returned an invalid Info"}
+	}
 	named = sess.SessionID != ""
 	if !named {
 		sess.SessionID = randomID(12)

@@ -144,7 +144,10 @@ type Hooks struct {
 	// ErrSlowConsumer, ErrWriteFailed, ErrKicked, ErrResync,
 	// ErrMessageTooBig, or a network error).
 	OnDisconnect func(c *Conn, reason error)
-	// OnSubscribe and OnUnsubscribe run after a client subscription changed.
+	// OnSubscribe and OnUnsubscribe run after a subscription (the client's
+	// or the server's) was made or ended. OnUnsubscribe also runs for each
+	// subscription a connection held when it ended, before OnDisconnect
+	// (where Conn.Subscriptions still lists them).
 	OnSubscribe   func(c *Conn, channel string)
 	OnUnsubscribe func(c *Conn, channel string)
 	// OnChannelOpen runs when this instance gets its first local subscriber

@@ -73,11 +73,13 @@ type sessionChanges struct {
 	touch   bool
 }
 
-// subDelta is a channel's latest change: added (with its query) or removed.
+// subDelta is a channel's latest change: added (with its query) or
+// removed, or only a newer position for an entry if the store still has it.
 type subDelta struct {
-	add   bool
-	query []byte
-	pos   scaler.Position
+	add     bool
+	query   []byte
+	pos     scaler.Position
+	posOnly bool // add only advances the position of a stored entry
 }
 
 func newStoreWriter(s *Server, st scaler.SessionStore) *storeWriter {
@@ -116,6 +118,32 @@ func (w *storeWriter) add(key, channel string, query []byte, pos scaler.Position
 	w.change(key, func(sc *sessionChanges) {
 		sc.subs[channel] = subDelta{add: true, query: query, pos: pos}
 	})
+}
+
+// advance records where a session stands on a channel when a connection
+// ends: it updates the stored entry's position if the entry is still
+// there and the position is further on, and never brings back an entry
+// that a newer connection of the session removed meanwhile (an old
+// instance may notice a dropped connection long after the client resumed
+// elsewhere).
+func (w *storeWriter) advance(key, channel string, query []byte, pos scaler.Position) {
+	w.change(key, func(sc *sessionChanges) {
+		switch d, ok := sc.subs[channel]; {
+		case ok && d.add:
+			if further(pos, d.pos) {
+				d.pos = pos
+				sc.subs[channel] = d
+			}
+		case !ok && !sc.replace:
+			sc.subs[channel] = subDelta{add: true, query: query, pos: pos, posOnly: true}
+		}
+	})
+}
+
+// further reports whether a is a later position than b in the same epoch,
+// or b is unknown.
+func further(a, b scaler.Position) bool {
+	return b.Epoch == "" || (a.Epoch == b.Epoch && a.Offset > b.Offset)
 }
 
 func (w *storeWriter) remove(key, channel string) {
@@ -272,11 +300,18 @@ func (w *storeWriter) write(ctx context.Context, key string, sc *sessionChanges,
 // apply writes a session's changes to the store.
 func (w *storeWriter) apply(ctx context.Context, key string, sc *sessionChanges) error {
 	st := w.store
-	if sc.replace {
-		stored, err := st.Subscriptions(ctx, key)
+	var stored map[string]scaler.StoredSubscription
+	if sc.replace || slices.ContainsFunc(slices.Collect(maps.Values(sc.subs)), func(d subDelta) bool { return d.posOnly }) {
+		list, err := st.Subscriptions(ctx, key)
 		if err != nil {
 			return err
 		}
+		stored = make(map[string]scaler.StoredSubscription, len(list))
+		for _, sub := range list {
+			stored[sub.Channel] = sub
+		}
+	}
+	if sc.replace {
 		for _, sub := range stored {
 			if d, keep := sc.subs[sub.Channel]; !keep || !d.add {
 				if err := st.RemoveSubscription(ctx, key, sub.Channel); err != nil {
@@ -288,6 +323,12 @@ func (w *storeWriter) apply(ctx context.Context, key string, sc *sessionChanges)
 	// In channel order, so that the writes of a session are repeatable.
 	for _, ch := range slices.Sorted(maps.Keys(sc.subs)) {
 		d := sc.subs[ch]
+		if d.posOnly {
+			if old, ok := stored[ch]; !ok || !further(d.pos, old.Position) {
+				continue
+			}
+			d.query = stored[ch].Query
+		}
 		var err error
 		if d.add {
 			err = st.AddSubscription(ctx, key, scaler.StoredSubscription{Channel: ch, Query: d.query, Position: d.pos})

@@ -83,6 +83,9 @@ type Frame struct {
 	Time   int64  `json:"time,omitempty"`
 	Offset uint64 `json:"offset,omitempty"`
 	Epoch  string `json:"epoch,omitempty"`
+
+	// join and leave: the client that came or went.
+	Client json.RawMessage `json:"client,omitempty"`
 }
 
 // String is the frame as JSON, without its empty fields.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ type record struct {
 	tells   []string
 	conns   map[string]*sss.Conn // user → last connection
 	reasons []error
+	revoked atomic.Bool // the channel "revocable" is refused
 }
 
 func (r *record) query(channel string) []string {
@@ -90,6 +92,8 @@ func startInstance(t *testing.T, m *memory.Scaler, addr string, opts ...sss.Opti
 	base := []sss.Option{
 		sss.WithScaler(m),
 		sss.WithLogger(slog.New(slog.DiscardHandler)),
+		// The harness page of one instance connects to the others too.
+		sss.WithOriginPatterns("127.0.0.1:*"),
 		sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
 			q := r.URL.Query()
 			return &sss.Session{UserID: q.Get("user"), SessionID: q.Get("sid")}, nil
@@ -100,6 +104,9 @@ func startInstance(t *testing.T, m *memory.Scaler, addr string, opts ...sss.Opti
 			rec.mu.Unlock()
 			if channel == "private" && string(query) != `{"pw":"open sesame"}` {
 				return sss.Errorf(sss.CodeForbidden, "wrong password")
+			}
+			if channel == "revocable" && rec.revoked.Load() {
+				return sss.Errorf(sss.CodeForbidden, "access revoked")
 			}
 			return nil
 		}),

@@ -20,12 +20,13 @@ import (
 // serving what the JS client tests need: the harness page, the client
 // script, and the server at /ws.
 type instance struct {
-	t    *testing.T
-	srv  *sss.Server
-	hs   *http.Server
-	addr string // host:port
-	rec  *record
-	done chan struct{} // Serve returned
+	t        *testing.T
+	shutdown func(context.Context) error
+	srv      *sss.Server
+	hs       *http.Server
+	addr     string // host:port
+	rec      *record
+	done     chan struct{} // Serve returned
 }
 
 // record is what a test server saw: subscription queries, tells, the
@@ -161,11 +162,14 @@ func startInstance(t *testing.T, m *memory.Scaler, addr string, opts ...sss.Opti
 		http.ServeFile(w, r, "testdata/harness.js")
 	})
 	mux.Handle("/ws", srv)
-	return serve(t, addr, srv, mux, rec)
+	in := serve(t, addr, srv.Shutdown, mux)
+	in.srv, in.rec = srv, rec
+	return in
 }
 
-// serve listens on addr and serves h until stop (or the test's end).
-func serve(t *testing.T, addr string, srv *sss.Server, h http.Handler, rec *record) *instance {
+// serve listens on addr and serves h until stop (or the test's end), which
+// calls shutdown.
+func serve(t *testing.T, addr string, shutdown func(context.Context) error, h http.Handler) *instance {
 	t.Helper()
 	var ln net.Listener
 	var err error
@@ -180,7 +184,7 @@ func serve(t *testing.T, addr string, srv *sss.Server, h http.Handler, rec *reco
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := &instance{t: t, srv: srv, addr: ln.Addr().String(), rec: rec, done: make(chan struct{})}
+	in := &instance{t: t, shutdown: shutdown, addr: ln.Addr().String(), done: make(chan struct{})}
 	in.hs = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		defer close(in.done)
@@ -202,7 +206,9 @@ func (in *instance) stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	in.srv.Shutdown(ctx)
+	if err := in.shutdown(ctx); err != nil {
+		in.t.Errorf("shut down %s: %v", in.addr, err)
+	}
 	in.hs.Shutdown(ctx)
 	in.hs.Close()
 	<-in.done
@@ -225,3 +231,6 @@ func (in *instance) waitConn(user string, old *sss.Conn) *sss.Conn {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// quietLogger keeps the servers' logs out of the test output.
+var quietLogger = slog.New(slog.DiscardHandler)

@@ -126,8 +126,9 @@ type page struct {
 	console []string
 }
 
-// waitTimeout bounds every wait in a page; the machine is shared and slow.
-const waitTimeout = 20 * time.Second
+// waitTimeout bounds every wait in a page: generous, since CI machines are
+// shared and a loaded one runs Chromium several times slower.
+const waitTimeout = 30 * time.Second
 
 // newPage opens url in a new tab of a new browser context. What the page
 // writes to its console is logged when the test fails.

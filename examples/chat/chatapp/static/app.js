@@ -103,7 +103,7 @@ async function start() {
   state.rooms = cfg.rooms;
   state.peers = cfg.peers;
   renderRooms();
-  await connect();
+  if (!(await connect())) return;
   const wanted = JSON.parse(sessionStorage.getItem("rooms") || '["lobby"]');
   for (const name of wanted) {
     const info = state.rooms.find((r) => r.name === name && !r.locked);
@@ -140,8 +140,16 @@ async function connect() {
         },
       });
       showStatus(state.client.status);
-      return;
+      banner("");
+      return true;
     } catch (err) {
+      // A browser does not say why a handshake failed: a forgotten session
+      // (401) looks like a server that is down. Ask.
+      const me = await fetch("/api/me").catch(() => null);
+      if (me && me.status === 401) {
+        showLogin();
+        return false;
+      }
       showStatus("offline");
       banner("Cannot reach the server. Trying again…");
       await new Promise((r) => setTimeout(r, delay));
@@ -338,7 +346,7 @@ function onMessage(room, m) {
 function onGap(info) {
   const room = [...state.joined.values()].find((r) => r.sub === info.sub);
   if (!room) return;
-  notice(room, "Connection restored, but the server could not replay everything: messages may have been missed here.", "gap");
+  notice(room, "Connection restored, but the server could not replay everything: messages may have been missed here.", "gap").title = info.reason;
   loadHistory(room, info.position, true);
 }
 
@@ -395,6 +403,7 @@ function notice(room, text, kind = "") {
   room.list.append(li);
   room.lastAuthor = "";
   scrollDown(room, true);
+  return li;
 }
 
 const nearBottom = (room) => room.list.scrollHeight - room.list.scrollTop - room.list.clientHeight < 80;

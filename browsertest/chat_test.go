@@ -154,6 +154,7 @@ func TestChatRestartInstance(t *testing.T) {
 	if banner := alice.text("#banner"); !strings.Contains(banner, "Reconnecting") {
 		t.Errorf("banner while A is down: %q", banner)
 	}
+	alice.screenshot("chat-reconnecting")
 	bob.say("while A was down")
 	bob.say("and another one")
 	bob.waitMessages("lobby", "alice: before the restart", "bob: while A was down", "bob: and another one")

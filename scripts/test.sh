@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test the way CI does: vet, the race-enabled tests of every
 # package (integration tests against Redis and a MongoDB-wire server in
-# containers included), and short fuzzing of the frame decoder and of what
-# the server writes.
+# containers included), the browser tests in Chromium (browsertest/), and
+# short fuzzing of the frame decoder and of what the server writes.
 #
 # Without a container registry, the integration images are built offline
 # first (integration/images/build.sh). With one, set SSS_OFFLINE_IMAGES=0 to
@@ -27,6 +27,17 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 if go test -race -count=1 -timeout 20m -v ./integration/ >"$log" 2>&1; then
 	grep -E '^\s*--- |^ok' "$log"
+else
+	cat "$log"
+	exit 1
+fi
+# Browser tests: Chromium, headless, driven by chromedp against real
+# servers (the JS client, the chat example). They are a module of their own
+# (browsertest/), so that chromedp is no dependency of sss. Without Chromium
+# they skip, unless SSS_REQUIRE_BROWSER=1 (CI). Verbose, so the log shows
+# each test and where the screenshots went.
+if (cd browsertest && go vet ./... && go test -race -count=1 -timeout 10m -v ./...) >"$log" 2>&1; then
+	grep -E '^\s*--- |^ok|screenshot|skipped' "$log"
 else
 	cat "$log"
 	exit 1

@@ -503,3 +503,40 @@ func ExampleServer_Broadcast() {
 	// Output:
 	// $all maintenance
 }
+
+// Presence: rooms list who is in them, on every instance, and announce
+// comings and goings; the session parser gives each connection a public
+// name.
+func ExampleWithPresence() {
+	srv, _ := sss.New(
+		sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
+			user := r.Header.Get("X-User")
+			return &sss.Session{UserID: user, Info: map[string]string{"name": strings.ToTitle(user)}}, nil
+		}),
+		sss.WithPresence(func(channel string) sss.ChannelPresence {
+			return sss.ChannelPresence{JoinLeave: strings.HasPrefix(channel, "room.")}
+		}),
+	)
+	defer srv.Close()
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	c, next := rawDial(wsURL(ts), http.Header{"X-User": {"alice"}})
+	defer c.CloseNow()
+	next() // welcome
+	c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe","id":1,"channel":"room.lobby"}`))
+	next() // the ack
+	var join struct {
+		Type   string
+		Client struct{ User, Info json.RawMessage }
+	}
+	json.Unmarshal([]byte(next()), &join)
+	fmt.Println(join.Type, string(join.Client.User), string(join.Client.Info))
+
+	who, _ := srv.Presence(context.Background(), "room.lobby")
+	n, _ := srv.PresenceCounts(context.Background(), "room.lobby")
+	fmt.Println(len(who), who[0].User, n.Clients, n.Users)
+	// Output:
+	// join "alice" {"name":"ALICE"}
+	// 1 alice 1 1
+}

@@ -59,8 +59,8 @@ func After(p Position) HistoryOption {
 // a position (After), oldest first, and the channel's position now, from
 // which a subscription continues without gap or duplicate. A publication
 // on a channel below this one ("news.uk" for "news") is in its history too.
-// Errors: ErrUnavailable when the scaler keeps no history or cannot be
-// reached, ErrNotFound when After names a position whose publications are
+// Errors: ErrNotSupported when the scaler keeps no history,
+// ErrUnavailable when it cannot be reached, ErrNotFound when After names a position whose publications are
 // no longer kept (the epoch changed or they were trimmed).
 func (s *Server) History(ctx context.Context, channel string, opts ...HistoryOption) ([]HistoryEntry, Position, error) {
 	if err := ValidChannel(channel); err != nil {
@@ -103,7 +103,7 @@ func (s *Server) readHistory(ctx context.Context, stream string, q historyQuery)
 	}
 	hist := s.history()
 	if hist == nil {
-		return nil, Position{}, Errorf(CodeUnavailable, "this cluster keeps no history")
+		return nil, Position{}, Errorf(CodeNotSupported, "this cluster keeps no history")
 	}
 	var (
 		entries []scaler.Entry

@@ -115,7 +115,7 @@ func TestHistoryRead(t *testing.T) {
 	w.Fails(map[string]any{"type": "history", "channel": "chat.r", "since": map[string]any{"offset": 1, "epoch": "gone"}}, "not_found")
 
 	noHist := newClusterWith(t, newMemory(t, memory.WithHistory(0, 0)), 1)
-	if _, _, err := noHist.servers[0].History(ctx, "chat.r"); !errors.Is(err, sss.ErrUnavailable) {
+	if _, _, err := noHist.servers[0].History(ctx, "chat.r"); !errors.Is(err, sss.ErrNotSupported) {
 		t.Fatalf("History without history: %v", err)
 	}
 }

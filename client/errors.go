@@ -19,6 +19,7 @@ const (
 	CodeRateLimited   = "rate_limited"
 	CodeLimitExceeded = "limit_exceeded"
 	CodeUnavailable   = "unavailable"
+	CodeNotSupported  = "not_supported"
 	CodeInternal      = "internal"
 )
 
@@ -37,6 +38,7 @@ var (
 	ErrRateLimited   = &Error{Code: CodeRateLimited}
 	ErrLimitExceeded = &Error{Code: CodeLimitExceeded}
 	ErrUnavailable   = &Error{Code: CodeUnavailable}
+	ErrNotSupported  = &Error{Code: CodeNotSupported}
 	ErrInternal      = &Error{Code: CodeInternal}
 )
 
@@ -143,7 +145,7 @@ var knownCodes = map[string]bool{
 	CodeBadRequest: true, CodeUnauthorized: true, CodeForbidden: true,
 	CodeNotFound: true, CodeConflict: true, CodeTimeout: true,
 	CodeTooLarge: true, CodeRateLimited: true, CodeLimitExceeded: true,
-	CodeUnavailable: true, CodeInternal: true,
+	CodeUnavailable: true, CodeNotSupported: true, CodeInternal: true,
 }
 
 // Error is an error with a protocol code: what the server answered to a

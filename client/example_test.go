@@ -270,3 +270,48 @@ func ExampleClient_HandleAsk() {
 	// server asks: Delete the draft?
 	// answer: true
 }
+
+// Presence in a room: who is there, and who comes and goes.
+func ExampleClient_Presence() {
+	_, url, stop := exampleServer(sss.WithPresence(func(channel string) sss.ChannelPresence {
+		return sss.ChannelPresence{JoinLeave: true}
+	}))
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	alice, err := client.Dial(ctx, url, client.WithHeader(http.Header{"X-User": {"alice"}}))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer alice.Close()
+	joined := make(chan client.ClientInfo, 4)
+	if _, err := alice.Subscribe(ctx, "room", client.WithJoinHandler(func(ci client.ClientInfo) { joined <- ci })); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("joined:", (<-joined).User) // herself
+
+	bob, err := client.Dial(ctx, url, client.WithHeader(http.Header{"X-User": {"bob"}}))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer bob.Close()
+	if _, err := bob.Subscribe(ctx, "room"); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("joined:", (<-joined).User)
+
+	_, n, err := alice.Presence(ctx, "room")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(n.Clients, "clients,", n.Users, "users")
+	// Output:
+	// joined: alice
+	// joined: bob
+	// 2 clients, 2 users
+}

@@ -49,6 +49,8 @@ type inFrame struct {
 	Epoch  string  `json:"epoch"`
 	// Time the server accepted the publication, ms since the Unix epoch.
 	Time int64 `json:"time"`
+	// join, leave: the client that came or went.
+	Client json.RawMessage `json:"client"`
 
 	// tell, ask (from the server)
 	Name string `json:"name"`

@@ -69,7 +69,7 @@ func HistoryQuery(q any) HistoryOption {
 // History reads a channel's history, oldest first, and the position it
 // ends at: subscribe from there (WithSince) to go on with no gap and no
 // duplicate. A server that cuts a large reply is asked again from where it
-// stopped, up to the limit. Errors: ErrUnavailable (no history kept),
+// stopped, up to the limit. Errors: ErrNotSupported (no history kept),
 // ErrNotFound (the publications after HistorySince's position are gone),
 // ErrForbidden (the subscription parser refused).
 func (c *Client) History(ctx context.Context, channel string, opts ...HistoryOption) ([]Message, Position, error) {

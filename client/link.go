@@ -318,6 +318,8 @@ func (l *link) handle(line []byte) error {
 		case l.pong <- struct{}{}:
 		default: // a pong is already due
 		}
+	case "join", "leave":
+		c.routePresence(l, &f)
 	case "subscribed":
 		c.routeSubscribed(l, &f)
 	case "unsubscribed":

@@ -91,11 +91,13 @@ type Subscription struct {
 	query   json.RawMessage
 	hooks   SubHooks // fixed at Subscribe: read without a lock
 
-	mu     sync.Mutex
-	status SubStatus
-	err    error
-	on     map[string]func(Message)
-	onAny  func(Message)
+	mu      sync.Mutex
+	status  SubStatus
+	err     error
+	on      map[string]func(Message)
+	onAny   func(Message)
+	onJoin  func(ClientInfo)
+	onLeave func(ClientInfo)
 	// pos is where the subscription stands in its channel's stream: set by
 	// the subscribe or resume ack, moved on by each publication received
 	// (on the read loop).
@@ -148,6 +150,8 @@ type subOptions struct {
 	hooksSet bool
 	on       map[string]func(Message)
 	onAny    func(Message)
+	onJoin   func(ClientInfo)
+	onLeave  func(ClientInfo)
 }
 
 // WithQuery sends q (encoded with encoding/json) with the subscription: the
@@ -238,7 +242,7 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts ...Subscrib
 			return nil, wrap(err, "subscribe to %q", channel)
 		}
 	}
-	s := &Subscription{c: c, channel: channel, query: o.query, hooks: o.hooks, on: o.on, onAny: o.onAny, recovered: true}
+	s := &Subscription{c: c, channel: channel, query: o.query, hooks: o.hooks, on: o.on, onAny: o.onAny, onJoin: o.onJoin, onLeave: o.onLeave, recovered: true}
 	f := &subscribeFrame{Type: "subscribe", Channel: channel, Query: s.query, Since: o.since}
 	onAck := func(l *link, result json.RawMessage, abandoned bool) {
 		var r subResult

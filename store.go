@@ -122,10 +122,11 @@ func (w *storeWriter) add(key, channel string, query []byte, pos scaler.Position
 
 // advance records where a session stands on a channel when a connection
 // ends: it updates the stored entry's position if the entry is still
-// there and the position is further on, and never brings back an entry
-// that a newer connection of the session removed meanwhile (an old
-// instance may notice a dropped connection long after the client resumed
-// elsewhere).
+// there, and never brings back an entry that a newer connection of the
+// session removed meanwhile (an old instance may notice a dropped
+// connection long after the client resumed elsewhere). A store that is a
+// scaler.PositionUpdater does it in one write; with another, the writer
+// reads the session's list first, and keeps a position that is further on.
 func (w *storeWriter) advance(key, channel string, query []byte, pos scaler.Position) {
 	w.change(key, func(sc *sessionChanges) {
 		switch d, ok := sc.subs[channel]; {
@@ -300,8 +301,9 @@ func (w *storeWriter) write(ctx context.Context, key string, sc *sessionChanges,
 // apply writes a session's changes to the store.
 func (w *storeWriter) apply(ctx context.Context, key string, sc *sessionChanges) error {
 	st := w.store
+	pu, _ := st.(scaler.PositionUpdater)
 	var stored map[string]scaler.StoredSubscription
-	if sc.replace || slices.ContainsFunc(slices.Collect(maps.Values(sc.subs)), func(d subDelta) bool { return d.posOnly }) {
+	if sc.replace || (pu == nil && slices.ContainsFunc(slices.Collect(maps.Values(sc.subs)), func(d subDelta) bool { return d.posOnly })) {
 		list, err := st.Subscriptions(ctx, key)
 		if err != nil {
 			return err
@@ -323,6 +325,12 @@ func (w *storeWriter) apply(ctx context.Context, key string, sc *sessionChanges)
 	// In channel order, so that the writes of a session are repeatable.
 	for _, ch := range slices.Sorted(maps.Keys(sc.subs)) {
 		d := sc.subs[ch]
+		if d.posOnly && pu != nil {
+			if err := pu.UpdatePosition(ctx, key, ch, d.pos); err != nil {
+				return err
+			}
+			continue
+		}
 		if d.posOnly {
 			if old, ok := stored[ch]; !ok || !further(d.pos, old.Position) {
 				continue

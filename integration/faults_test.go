@@ -123,6 +123,12 @@ type faultCluster struct {
 
 func newFaultCluster(t *testing.T, b *backend, n int, opts ...mongoredis.Option) *faultCluster {
 	t.Helper()
+	return newFaultClusterWith(t, b, n, nil, opts...)
+}
+
+// newFaultClusterWith is newFaultCluster with extra server options.
+func newFaultClusterWith(t *testing.T, b *backend, n int, sopts []sss.Option, opts ...mongoredis.Option) *faultCluster {
+	t.Helper()
 	name := randomName("fault")
 	db := b.mc.Database(name)
 	t.Cleanup(func() {
@@ -147,8 +153,8 @@ func newFaultCluster(t *testing.T, b *backend, n int, opts ...mongoredis.Option)
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv, err := sss.New(sss.WithScaler(sc), sss.WithSessionParser(sessionFromHeaders),
-			sss.WithLogger(testLogger(t)), sss.WithAskTimeout(5*time.Second))
+		srv, err := sss.New(append([]sss.Option{sss.WithScaler(sc), sss.WithSessionParser(sessionFromHeaders),
+			sss.WithLogger(testLogger(t)), sss.WithAskTimeout(5 * time.Second)}, sopts...)...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,8 +180,10 @@ func newFaultCluster(t *testing.T, b *backend, n int, opts ...mongoredis.Option)
 // kill makes instance i die as a killed process does: its clients'
 // connections and its Redis connections drop at once, with no goodbye.
 func (fc *faultCluster) kill(i int) {
-	fc.listeners[i].kill()
+	// Redis first: a dead process says nothing more to it, not even about
+	// the clients it loses.
 	fc.links[i].setCut(true)
+	fc.listeners[i].kill()
 	fc.servers[i].Close() // its goroutines; the connections are dead already
 }
 

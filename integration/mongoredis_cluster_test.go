@@ -155,7 +155,7 @@ func TestMongoRedisCluster3(t *testing.T) {
 		scalertest.Run(t, func(t *testing.T) scaler.Scaler {
 			name := randomName("c")
 			s, err := mongoredis.New(rdb, nil, mongoredis.WithPrefix(name+":"),
-				mongoredis.WithLogger(testLogger(t)))
+				mongoredis.WithLogger(testLogger(t)), mongoredis.WithPresenceTTL(time.Second))
 			if err != nil {
 				t.Fatal(err)
 			}

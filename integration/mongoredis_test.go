@@ -180,7 +180,7 @@ func TestMongoRedisConformance(t *testing.T) {
 	b := newBackend(t)
 	scalertest.Run(t, func(t *testing.T) scaler.Scaler {
 		skipThroughputOnFerretDB(t)
-		s, _ := b.newScaler(t)
+		s, _ := b.newScaler(t, mongoredis.WithPresenceTTL(time.Second))
 		return s
 	})
 }
@@ -235,7 +235,7 @@ func TestMongoRedisConformanceCluster(t *testing.T) {
 	scalertest.Run(t, func(t *testing.T) scaler.Scaler {
 		name := randomName("c")
 		s, err := mongoredis.New(rdb, nil, mongoredis.WithPrefix(name+":"),
-			mongoredis.WithLogger(testLogger(t)))
+			mongoredis.WithLogger(testLogger(t)), mongoredis.WithPresenceTTL(time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -328,6 +328,16 @@ type SessionStore interface {
 	TouchSession(ctx context.Context, session string) error
 }
 
+// PositionUpdater is an optional extension of SessionStore: a store that
+// implements it records where a session stands on a channel in one write,
+// without the read the server makes otherwise.
+type PositionUpdater interface {
+	// UpdatePosition sets the position of the session's entry for channel
+	// if there is one; it never creates an entry (a newer connection of
+	// the session may have removed it).
+	UpdatePosition(ctx context.Context, session, channel string, pos Position) error
+}
+
 // Streams returns the streams a publication on channel belongs to, from the
 // root down: "a.b.c" gives ["a", "a.b", "a.b.c"]; a reserved channel gives
 // only itself.

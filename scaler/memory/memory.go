@@ -1,6 +1,10 @@
 // Package memory is an in-process scaler. Several sss.Servers in one process
 // that share one memory.Scaler behave exactly like a cluster: this is how
-// tests and examples run many instances without a backend.
+// tests and examples run many instances without a backend. Its nodes
+// implement every part of the scaler contract: Broker, History (unless
+// WithHistory(0, 0)), SessionStore, PositionUpdater and Presence; Cut,
+// Heal and Crash break them as a network or a dying process would, for
+// tests.
 package memory
 
 import (
@@ -624,6 +628,17 @@ func (n *node) Subscriptions(ctx context.Context, id string) ([]scaler.StoredSub
 	return out, err
 }
 
+// UpdatePosition implements scaler.PositionUpdater.
+func (n *node) UpdatePosition(ctx context.Context, id, channel string, pos scaler.Position) error {
+	return n.withSession(ctx, id, false, func(ss *session) error {
+		if sub, ok := ss.subs[channel]; ok {
+			sub.Position = pos
+			ss.subs[channel] = sub
+		}
+		return nil
+	})
+}
+
 func (n *node) TouchSession(ctx context.Context, id string) error {
 	return n.withSession(ctx, id, false, func(*session) error { return nil })
 }
@@ -673,8 +688,9 @@ func (s *Scaler) sweepLocked(now time.Time) {
 }
 
 var (
-	_ scaler.History      = historyNode{}
-	_ scaler.Scaler       = (*Scaler)(nil)
-	_ scaler.Node         = (*node)(nil)
-	_ scaler.SessionStore = (*node)(nil)
+	_ scaler.History         = historyNode{}
+	_ scaler.Scaler          = (*Scaler)(nil)
+	_ scaler.Node            = (*node)(nil)
+	_ scaler.SessionStore    = (*node)(nil)
+	_ scaler.PositionUpdater = (*node)(nil)
 )

@@ -20,8 +20,8 @@
 //
 // Each server joins as its own node; one Scaler may also be shared by
 // several servers in one process. The nodes' Node values implement
-// scaler.Broker, scaler.History and, when New got a database,
-// scaler.SessionStore. Redis 6.2 or later is required (Redis 7 is what the
+// scaler.Broker, scaler.History, scaler.Presence and, when New got a
+// database, scaler.SessionStore and scaler.PositionUpdater. Redis 6.2 or later is required (Redis 7 is what the
 // tests run); any server speaking the MongoDB wire protocol with plain CRUD,
 // upserts and unique compound indexes will do (MongoDB, FerretDB): no
 // transactions, TTL indexes or change streams are used.
@@ -118,6 +118,53 @@
 // with a ReadOnly ClusterClient they subscribe on replicas, which the count
 // misses, so there such a Send returns nil. A node whose channel is being
 // moved between shards may briefly be reported unknown.
+//
+// # Presence
+//
+// The nodes implement scaler.Presence in Redis. A channel's entries live in
+// its slot, beside its streams:
+//
+//	<prefix>{<channel>}:p    hash, connection id → entry: its owner, user,
+//	                         session and info
+//	<prefix>{<channel>}:pu   hash, user id → its entries on the channel
+//	<prefix>po:{<owner>}     set of the owner's entries ("<len>:<channel>
+//	                         <connection id>"), to find them when it dies
+//	<prefix>{$presence}:owners   sorted set, owner → heartbeat expiry
+//	                             (Redis time, ms)
+//	<prefix>{$presence}:reaping  sorted set, owner being reaped → lease
+//	                             expiry
+//
+// An owner is a node incarnation, "<node id>#<n>". Costs: Join and Leave
+// are one pipelined round trip, a script of O(1) hash operations plus an
+// SADD or SREM, whatever the channel's size; Counts is two HLENs; Present
+// is one HGETALL, O(n). A heartbeat every third of the presence TTL
+// (WithPresenceTTL, default 30s), with jitter, is one ZADD per node:
+// its cost does not grow with the entries either.
+//
+// Every node, on each heartbeat, also claims (one script, atomically, so
+// one claimant per owner) the owners whose expiry passed, moving them to
+// reaping with a lease of one TTL, and reaps them: it scans the owner's
+// set 500 at a time, removes each entry with a script that checks the
+// owner, and reports the removed entries to its Handler
+// (scaler.PresenceHandler.HandleGone), which announces the clients gone.
+// An entry is removed once, so it is reported once; a reaper that dies
+// midway leaves its lease to expire and another reaper finishes. The
+// entries of a node that died therefore disappear between the TTL and 4/3
+// of it after its last heartbeat (plus the reaping's own time).
+//
+// A node keeps its own entries in memory. When a heartbeat finds its owner
+// missing (Redis restarted empty, failed over) it writes them all again;
+// when a write failed (Redis unreachable: Join and Leave record the change
+// locally and return an error wrapping scaler.ErrUnavailable) it
+// reconciles them with its owner set on the next heartbeat that gets
+// through. A node cut off for longer than the TTL is taken for dead: its
+// clients are reported gone. When it is back, it finds itself claimed,
+// takes a new incarnation and writes its entries again under it (so that
+// the reaper, which only removes entries of the old owner, cannot remove
+// them); the other clients then see those clients leave and stay present
+// without a new join event. Close removes the node's entries and owner;
+// Scaler.Crash, for tests, closes a node as if its process died, leaving
+// them to be reaped.
 //
 // # Epochs and history
 //

@@ -73,6 +73,8 @@ type node struct {
 	bmu      sync.Mutex
 	bseq     uint64
 	barriers map[string]*barrier
+
+	presence presence // presence.go
 }
 
 // pubsub is the node's link to Redis pub/sub: the connections carrying its
@@ -123,6 +125,9 @@ func (s *Scaler) join(ctx context.Context, id string, h scaler.Handler) (*node, 
 		n.pubsub, err = joinSharded(ctx, cctx, n)
 	} else {
 		n.pubsub, err = joinPlain(ctx, cctx, n)
+	}
+	if err == nil {
+		err = n.startPresence(cctx)
 	}
 	if err != nil {
 		n.cancel()
@@ -461,6 +466,7 @@ func (n *node) Close() error {
 	n.closed.Store(true)
 	n.dmu.Unlock()
 	n.cancel()
+	n.closePresence()
 	n.pubsub.close() // Redis drops the subscriptions with the connections
 	n.failBarriers(nil, scaler.ErrClosed)
 	n.s.removeNode(n)

@@ -21,6 +21,7 @@ type config struct {
 	sweepInterval time.Duration
 	maxSubs       int
 	callTimeout   time.Duration
+	presenceTTL   time.Duration
 	logger        *slog.Logger
 
 	// The MongoDB history archive (WithArchive); off when archiveAge is 0.
@@ -39,6 +40,7 @@ const (
 	DefaultSweepInterval    = time.Minute
 	DefaultMaxSubscriptions = 1024
 	DefaultCallTimeout      = 5 * time.Second
+	DefaultPresenceTTL      = 30 * time.Second
 )
 
 func defaults() config {
@@ -52,6 +54,7 @@ func defaults() config {
 		sweepInterval: DefaultSweepInterval,
 		maxSubs:       DefaultMaxSubscriptions,
 		callTimeout:   DefaultCallTimeout,
+		presenceTTL:   DefaultPresenceTTL,
 		logger:        slog.Default(),
 	}
 }
@@ -159,6 +162,21 @@ func WithCallTimeout(d time.Duration) Option {
 			return fmt.Errorf("mongoredis: WithCallTimeout(%v): must be positive", d)
 		}
 		c.callTimeout = d
+		return nil
+	}
+}
+
+// WithPresenceTTL sets how long a node's presence entries outlive its last
+// heartbeat (default 30s; at least 300ms). Each node beats every third of
+// it, so the entries of a node that died disappear, and are reported
+// gone, between the TTL and 4/3 of it after its last beat (plus one
+// call's time). A node cut off from Redis for longer is taken for dead.
+func WithPresenceTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 300*time.Millisecond {
+			return fmt.Errorf("mongoredis: WithPresenceTTL(%v): at least 300ms", d)
+		}
+		c.presenceTTL = d
 		return nil
 	}
 }

@@ -161,6 +161,19 @@ func retryDup(f func() error) error {
 
 func byID(id string) bson.D { return bson.D{{Key: "_id", Value: id}} }
 
+// UpdatePosition implements scaler.PositionUpdater: one update by _id,
+// which creates nothing.
+func (sn storeNode) UpdatePosition(ctx context.Context, session, channel string, pos scaler.Position) error {
+	return sn.call(ctx, "update position", func(ctx context.Context, st *store) error {
+		_, err := st.subs.UpdateOne(ctx, byID(subID(session, channel)),
+			bson.D{{Key: "$set", Value: bson.D{
+				{Key: "offset", Value: int64(pos.Offset)}, {Key: "epoch", Value: pos.Epoch},
+				{Key: "updated", Value: time.Now()},
+			}}})
+		return err
+	})
+}
+
 func (sn storeNode) AddSubscription(ctx context.Context, session string, sub scaler.StoredSubscription) error {
 	return sn.call(ctx, "add subscription", func(ctx context.Context, st *store) error {
 		now := time.Now()
@@ -420,4 +433,7 @@ func (sw *sweeper) stop() {
 	<-sw.done
 }
 
-var _ scaler.SessionStore = storeNode{}
+var (
+	_ scaler.SessionStore    = storeNode{}
+	_ scaler.PositionUpdater = storeNode{}
+)

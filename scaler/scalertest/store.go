@@ -22,6 +22,7 @@ var storeTests = []test{
 	{"SharedAcrossNodes", testStoreShared},
 	{"KeepsItsOwnCopies", testStoreCopies},
 	{"Concurrent", testStoreConcurrent},
+	{"UpdatePosition", testStoreUpdatePosition},
 }
 
 // stores joins n nodes and returns their SessionStores, skipping the test
@@ -298,5 +299,30 @@ func testStoreConcurrent(t *testing.T, ns func(*testing.T) scaler.Scaler) {
 		for w := range workers {
 			expectList(t, st[ni], e.session(fmt.Sprintf("own-%d-%d", ni, w)))
 		}
+	}
+}
+
+// UpdatePosition (scaler.PositionUpdater, optional) moves an entry's
+// position and never creates an entry.
+func testStoreUpdatePosition(t *testing.T, ns func(*testing.T) scaler.Scaler) {
+	e, _, sts := stores(t, ns, 2)
+	pu, ok := sts[0].(scaler.PositionUpdater)
+	if !ok {
+		t.Skipf("the SessionStore (%T) does not implement scaler.PositionUpdater", sts[0])
+	}
+	s, ch, gone := e.session("s"), e.ch("a"), e.ch("gone")
+	add(t, sts[0], s, ch, `{"q":1}`)
+	ctx, cancel := callCtx(t)
+	defer cancel()
+	pos := scaler.Position{Offset: 42, Epoch: "ep"}
+	if err := pu.UpdatePosition(ctx, s, ch, pos); err != nil {
+		t.Fatalf("UpdatePosition: %v", err)
+	}
+	if err := pu.UpdatePosition(ctx, s, gone, pos); err != nil {
+		t.Fatalf("UpdatePosition of an absent entry: %v", err)
+	}
+	got := list(t, sts[1], s)
+	if len(got) != 1 || got[0].Channel != ch || got[0].Position != pos || string(got[0].Query) != `{"q":1}` {
+		t.Fatalf("after UpdatePosition: %+v; want only %q at %+v with its query", got, ch, pos)
 	}
 }

@@ -80,3 +80,51 @@ type nopHandler struct{}
 func (nopHandler) HandleDelivery(scaler.Delivery) {}
 func (nopHandler) HandleMessage(string, []byte)   {}
 func (nopHandler) HandleMissed(string)            {}
+
+// BenchmarkRedisPresenceCost measures what a presence join plus leave
+// costs Redis (CPU per pair, from INFO commandstats) in a channel that
+// already holds 0 or 10,000 entries: the cost must not grow with the
+// channel.
+//
+//	go test -run '^$' -bench RedisPresenceCost ./integration/
+func BenchmarkRedisPresenceCost(b *testing.B) {
+	requireDocker(b)
+	_, addr := runRedis(b)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	for _, present := range []int{0, 10000, 40000} {
+		b.Run(strconv.Itoa(present), func(b *testing.B) {
+			ctx := context.Background()
+			s, err := mongoredis.New(rdb, nil, mongoredis.WithPrefix(randomName("bench")+":"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			n, err := s.Join(ctx, "bench", nopHandler{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer n.Close()
+			p := n.(scaler.Presence)
+			for i := range present {
+				if err := p.Join(ctx, "room", scaler.ClientInfo{Conn: "c" + strconv.Itoa(i), User: "u" + strconv.Itoa(i%500)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			info := []byte(`{"name":"Alice"}`)
+			before := redisUsec(b, rdb)
+			b.ResetTimer()
+			for i := range b.N {
+				c := scaler.ClientInfo{Conn: "x" + strconv.Itoa(i), User: "alice", Info: info}
+				if err := p.Join(ctx, "room", c); err != nil {
+					b.Fatal(err)
+				}
+				if err := p.Leave(ctx, "room", c.Conn); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(redisUsec(b, rdb)-before)/float64(b.N), "redis-µs/join+leave")
+		})
+	}
+}

@@ -180,6 +180,7 @@ const (
 	CloseServerError  CloseCode = 4004 // the server failed
 	CloseKicked       CloseCode = 4005 // closed by the application; may reconnect
 	CloseResync       CloseCode = 4006 // a channel could not be kept exact: reconnect and resume
+	CloseExpired      CloseCode = 4007 // the session's credentials expired: reconnect with fresh ones
 	CloseUnauthorized CloseCode = 4500 // closed by the application: unauthorized; do not reconnect
 	CloseForbidden    CloseCode = 4501 // closed by the application: forbidden; do not reconnect
 )

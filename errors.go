@@ -103,6 +103,9 @@ var (
 	// ErrMessageTooBig: the client sent a message larger than
 	// WithMaxMessageSize (close 1009).
 	ErrMessageTooBig = errors.New("sss: message too big")
+	// ErrSessionExpired: the session reached its ExpiresAt (close 4007);
+	// the client reconnects with fresh credentials.
+	ErrSessionExpired = errors.New("sss: session expired")
 )
 
 // toWire turns any error into what the client may see. Unclassified errors

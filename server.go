@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -192,6 +193,12 @@ func (s *Server) run(c *Conn) error {
 	c.send(encodeWelcome(c), false)
 	// A client that says nothing gets its held channels soon.
 	c.ownTimer = time.AfterFunc(ownHold, func() { s.startHeld(c) })
+	if exp := c.session.ExpiresAt; !exp.IsZero() {
+		t := time.AfterFunc(time.Until(exp), func() {
+			c.close(CloseExpired, "session expired", ErrSessionExpired)
+		})
+		defer t.Stop()
+	}
 	if h := s.cfg.hooks.OnConnect; h != nil {
 		s.hook("OnConnect", func() { h(c) })
 	}
@@ -299,6 +306,29 @@ func (s *Server) join(ctx context.Context) (scaler.Node, error) {
 		s.checkMissed(ctx)
 	}()
 	return n, nil
+}
+
+// Ready reports whether the server can serve, for readiness probes: nil
+// when it is not shutting down, it joined its scaler, and the scaler's
+// backend answers (when its nodes implement scaler.Pinger). Otherwise
+// ErrServerClosed, or an error matching ErrUnavailable that wraps why.
+func (s *Server) Ready(ctx context.Context) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
+	node, err := s.join(ctx)
+	if err == nil {
+		if p, ok := node.(scaler.Pinger); ok {
+			err = p.Ping(ctx)
+		}
+	}
+	if err != nil {
+		if s.closed.Load() {
+			return ErrServerClosed
+		}
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return nil
 }
 
 // joined returns the node if the server joined the scaler, without joining.

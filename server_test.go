@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -525,5 +526,64 @@ func TestValidChannel(t *testing.T) {
 		if err := sss.ValidChannel(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// A session whose credentials expire is closed with 4007 then (the client
+// reconnects with fresh ones); one already expired is refused.
+func TestSessionExpires(t *testing.T) {
+	var reason atomic.Value
+	exp := time.Now().Add(300 * time.Millisecond)
+	cl := newCluster(t, 1, sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
+		if r.Header.Get("X-Old") != "" {
+			return &sss.Session{UserID: "u", ExpiresAt: time.Now().Add(-time.Second)}, nil
+		}
+		return &sss.Session{UserID: "u", ExpiresAt: exp}, nil
+	}), sss.WithHooks(sss.Hooks{OnDisconnect: func(c *sss.Conn, err error) { reason.Store(err) }}))
+	w := cl.dial(0, nil)
+	select {
+	case <-w.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("not closed at expiry")
+	}
+	if code := w.CloseStatus(); code != 4007 {
+		t.Fatalf("close code %d, want 4007", code)
+	}
+	if time.Now().Before(exp) {
+		t.Fatal("closed before the expiry")
+	}
+	eventually(t, "the disconnect hook", func() bool {
+		err, _ := reason.Load().(error)
+		return errors.Is(err, sss.ErrSessionExpired)
+	})
+	h := http.Header{}
+	h.Set("X-Old", "1")
+	_, resp, err := websocket.Dial(context.Background(), cl.url(0), &websocket.DialOptions{HTTPHeader: h, Subprotocols: []string{sss.Subprotocol}})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("expired credentials: %v %+v", err, resp)
+	}
+}
+
+// Ready says whether the server can serve: its scaler answers, it is not
+// closed.
+func TestReady(t *testing.T) {
+	m := newMemory(t)
+	cl := newClusterWith(t, m, 1)
+	srv := cl.servers[0]
+	ctx := context.Background()
+	if err := srv.Ready(ctx); err != nil {
+		t.Fatalf("Ready: %v", err)
+	}
+	m.Cut(srv.NodeID())
+	if err := srv.Ready(ctx); !errors.Is(err, sss.ErrUnavailable) {
+		t.Fatalf("Ready with the scaler cut off: %v", err)
+	}
+	m.Heal(srv.NodeID())
+	if err := srv.Ready(ctx); err != nil {
+		t.Fatalf("Ready after the heal: %v", err)
+	}
+	srv.Close()
+	if err := srv.Ready(ctx); !errors.Is(err, sss.ErrServerClosed) {
+		t.Fatalf("Ready after Close: %v", err)
 	}
 }

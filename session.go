@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/superscaled/sss/scaler"
@@ -31,6 +32,11 @@ type Session struct {
 	// availability status): never put secrets here. It is encoded with
 	// encoding/json once, at connect, and bounded by the payload limit.
 	Info any
+	// ExpiresAt, when not zero, is when the credentials the session parser
+	// checked expire (a token's exp): the server then closes the
+	// connection with 4007, and the client reconnects with fresh ones. A
+	// session already expired is refused (401).
+	ExpiresAt time.Time
 	// Data is the application's own, available as Conn.Session().Data.
 	// It is never sent to anyone.
 	Data any
@@ -91,6 +97,9 @@ func (s *Server) parseSession(r *http.Request) (sess *Session, named bool, err e
 			cp := *sess // the parser may reuse its value
 			sess = &cp
 		}
+	}
+	if !sess.ExpiresAt.IsZero() && !time.Now().Before(sess.ExpiresAt) {
+		return nil, false, &StatusError{Status: http.StatusUnauthorized, Message: "credentials expired"}
 	}
 	if len(sess.UserID) > maxIDLen || len(sess.SessionID) > maxIDLen {
 		return nil, false, &StatusError{Status: http.StatusInternalServerError, Message: "session parser returned an id longer than 255 bytes"}

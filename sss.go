@@ -142,7 +142,7 @@ type Hooks struct {
 	// OnDisconnect runs when the connection has ended; reason says why
 	// (errors.Is with ErrClientClosed, ErrServerClosed, ErrPingTimeout,
 	// ErrSlowConsumer, ErrWriteFailed, ErrKicked, ErrResync,
-	// ErrMessageTooBig, or a network error).
+	// ErrMessageTooBig, ErrSessionExpired, or a network error).
 	OnDisconnect func(c *Conn, reason error)
 	// OnSubscribe and OnUnsubscribe run after a subscription (the client's
 	// or the server's) was made or ended. OnUnsubscribe also runs for each

@@ -250,6 +250,7 @@ func (e *CloseError) Is(target error) bool {
 // Close codes of the protocol that the client acts on.
 const (
 	closeShutdown = 4000 // reconnect at once, elsewhere if possible
+	closeExpired  = 4007 // the credentials expired: reconnect at once, with fresh ones
 )
 
 // Permanent reports whether the close code tells the client not to reconnect
@@ -267,7 +268,7 @@ func permanent(err error) bool {
 	if errors.As(err, &ce) {
 		return ce.Permanent()
 	}
-	return errors.Is(err, errWrongSubprotocol)
+	return errors.Is(err, errWrongSubprotocol) || errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrForbidden)
 }
 
 // errWrongSubprotocol: the server did not agree to sss.v1. It is not an sss

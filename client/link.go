@@ -93,12 +93,21 @@ const defaultMaxMessage = 64 << 10
 // wait for the welcome. The link's first frame is "ready" unless it resumes
 // (then the caller sends "resume" first).
 func (c *Client) dial(ctx context.Context, url string, resuming bool) (*link, error) {
+	header := c.opts.header
+	if c.opts.token != nil {
+		tok, err := c.opts.token(ctx)
+		if err != nil {
+			return nil, wrap(err, "token for %s", url)
+		}
+		header = header.Clone()
+		header.Set("Authorization", "Bearer "+tok)
+	}
 	hc := *c.opts.httpClient
 	rt := &rawCapture{base: hc.Transport}
 	hc.Transport = rt
 	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
 		HTTPClient:   &hc,
-		HTTPHeader:   c.opts.header,
+		HTTPHeader:   header,
 		Subprotocols: []string{subprotocol},
 	})
 	if err != nil {

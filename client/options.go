@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -37,6 +38,7 @@ type options struct {
 	asks         map[string]AskHandler
 	tells        map[string]TellHandler
 	restore      bool
+	token        func(ctx context.Context) (string, error)
 }
 
 func defaultOptions() options {
@@ -82,6 +84,24 @@ func WithHeader(h http.Header) Option {
 				o.header.Add(k, v)
 			}
 		}
+		return nil
+	}
+}
+
+// WithToken gives the client its credentials: before every handshake, the
+// first and each reconnect, it calls token and sends the result as
+// "Authorization: Bearer <token>", so that an expiring token (a JWT) is
+// refreshed before it is needed. When the server closes the connection
+// because the credentials expired (close code 4007) the client reconnects
+// at once, with a fresh token. An error from token fails that attempt (the
+// client retries with backoff); one matching ErrUnauthorized or
+// ErrForbidden stops the client.
+func WithToken(token func(ctx context.Context) (string, error)) Option {
+	return func(o *options) error {
+		if token == nil {
+			return invalid("WithToken(nil)")
+		}
+		o.token = token
 		return nil
 	}
 }

@@ -146,7 +146,8 @@ const stableLink = 30 * time.Second
 func (c *Client) reconnect(cause error, lost string, retry int) (*link, int) {
 	// 4000: the server is going away and asked for an immediate reconnect,
 	// preferably elsewhere, which reconnectOrder gives.
-	immediate := closeCode(cause) == closeShutdown
+	// 4007: the credentials expired; WithToken gives fresh ones at once.
+	immediate := closeCode(cause) == closeShutdown || closeCode(cause) == closeExpired
 	order := reconnectOrder(c.urls, lost)
 	for attempt := 1; ; attempt++ {
 		if !immediate {

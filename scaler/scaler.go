@@ -328,6 +328,14 @@ type SessionStore interface {
 	TouchSession(ctx context.Context, session string) error
 }
 
+// Pinger is implemented by a Node that can check its backend is reachable,
+// for readiness probes.
+type Pinger interface {
+	// Ping returns nil when the backend answers, an error wrapping
+	// ErrUnavailable when it cannot be reached, ErrClosed after Close.
+	Ping(ctx context.Context) error
+}
+
 // PositionUpdater is an optional extension of SessionStore: a store that
 // implements it records where a session stands on a channel in one write,
 // without the read the server makes otherwise.

@@ -628,6 +628,18 @@ func (n *node) Subscriptions(ctx context.Context, id string) ([]scaler.StoredSub
 	return out, err
 }
 
+// Ping implements scaler.Pinger: a cut or crashed node cannot reach the
+// scaler.
+func (n *node) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if n.isClosed() {
+		return scaler.ErrClosed
+	}
+	return n.down()
+}
+
 // UpdatePosition implements scaler.PositionUpdater.
 func (n *node) UpdatePosition(ctx context.Context, id, channel string, pos scaler.Position) error {
 	return n.withSession(ctx, id, false, func(ss *session) error {
@@ -693,4 +705,5 @@ var (
 	_ scaler.Node            = (*node)(nil)
 	_ scaler.SessionStore    = (*node)(nil)
 	_ scaler.PositionUpdater = (*node)(nil)
+	_ scaler.Pinger          = (*node)(nil)
 )

@@ -455,6 +455,23 @@ func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, li
 	return entries, top, err
 }
 
+// Ping implements scaler.Pinger: Redis answers a PING (and, with a
+// session store, MongoDB answers a ping: see storeNode.Ping).
+func (n *node) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if n.isClosed() {
+		return scaler.ErrClosed
+	}
+	cctx, cancel := n.s.callCtx(ctx)
+	defer cancel()
+	if err := n.s.rdb.Ping(cctx).Err(); err != nil {
+		return n.s.redisErr(ctx, "ping redis", err)
+	}
+	return nil
+}
+
 // Close implements scaler.Node. It waits for a handler call in progress, so
 // it must not be called from the node's own handler.
 func (n *node) Close() error {
@@ -476,4 +493,5 @@ func (n *node) Close() error {
 var (
 	_ scaler.Node    = (*node)(nil)
 	_ scaler.History = (*node)(nil)
+	_ scaler.Pinger  = (*node)(nil)
 )

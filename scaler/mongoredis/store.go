@@ -137,6 +137,17 @@ func (sn storeNode) call(ctx context.Context, op string, f func(ctx context.Cont
 	return nil
 }
 
+// Ping implements scaler.Pinger for a node with a store: Redis, then
+// MongoDB.
+func (sn storeNode) Ping(ctx context.Context) error {
+	if err := sn.node.Ping(ctx); err != nil {
+		return err
+	}
+	return sn.call(ctx, "ping mongo", func(ctx context.Context, st *store) error {
+		return st.sessions.Database().Client().Ping(ctx, nil)
+	})
+}
+
 // limitError is AddSubscription beyond the per-session bound.
 type limitError struct {
 	session string

@@ -7,8 +7,12 @@
 #                           acts as redis-server when invoked under that name)
 #   sss-test/ferretdb:1.24  FerretDB v1.24.0 (MongoDB wire protocol) with its
 #                           SQLite backend, a static binary in a scratch image
+#   sss-test/sss-server:dev cmd/sss-server of this checkout, a static binary
+#                           in a scratch image (what the failover suite runs)
 #
-# Idempotent: an image whose tag already exists is not rebuilt unless FORCE=1.
+# Idempotent: an image whose tag already exists is not rebuilt unless FORCE=1,
+# except sss-server's, built from the current source every time (Docker's
+# cache makes an unchanged binary cheap).
 # Progress goes to stderr; stdout gets only the export lines, so
 #
 #   eval "$(bash integration/images/build.sh)"
@@ -19,6 +23,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 REDIS_IMAGE=${SSS_REDIS_IMAGE_TAG:-sss-test/redis:7}
 MONGO_IMAGE=${SSS_MONGO_IMAGE_TAG:-sss-test/ferretdb:1.24}
+SERVER_IMAGE=${SSS_SERVER_IMAGE_TAG:-sss-test/sss-server:dev}
 FORCE=${FORCE:-0}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -122,6 +127,17 @@ build_ferretdb() {
 	smoke_check "$MONGO_IMAGE" "Listening on TCP"
 }
 
+build_server() {
+	local ctx=$tmp/server-ctx go=go
+	command -v go >/dev/null || go=/usr/local/go/bin/go
+	mkdir -p "$ctx"
+	log "building sss-server binary"
+	(cd "$here/../.." && CGO_ENABLED=0 "$go" build -trimpath -ldflags='-s -w' -o "$ctx/sss-server" ./cmd/sss-server)
+	log "building $SERVER_IMAGE"
+	DOCKER_BUILDKIT=0 docker build -q -f "$here/sss-server/Dockerfile" -t "$SERVER_IMAGE" "$ctx" >/dev/null
+	# No smoke run: the failover suite waits for its "listening" line.
+}
+
 if needs_build "$REDIS_IMAGE"; then
 	old=$(image_id "$REDIS_IMAGE")
 	build_redis
@@ -133,5 +149,10 @@ if needs_build "$MONGO_IMAGE"; then
 	drop_replaced "$MONGO_IMAGE" "$old"
 fi
 
+old=$(image_id "$SERVER_IMAGE")
+build_server
+drop_replaced "$SERVER_IMAGE" "$old"
+
 printf 'export SSS_REDIS_IMAGE=%s\n' "$REDIS_IMAGE"
 printf 'export SSS_MONGO_IMAGE=%s\n' "$MONGO_IMAGE"
+printf 'export SSS_SERVER_IMAGE=%s\n' "$SERVER_IMAGE"

@@ -744,7 +744,7 @@ func TestMongoRedisArchive(t *testing.T) {
 					}
 				}
 			}
-			s, _ := b.newScaler(t, mongoredis.WithArchive(time.Minute, 0))
+			s, _ := b.newScaler(t, mongoredis.WithArchive(time.Minute, 0), mongoredis.WithPresenceTTL(time.Second))
 			return s
 		})
 	})

@@ -578,7 +578,12 @@ func (n *node) Close() error {
 	for name := range subs {
 		n.s.removeFromStream(name, n)
 	}
-	n.s.presence.dropNode(n) // the server left its channels: no report
+	if !n.crashed.Load() {
+		// The server left its channels: no report. A crashed node's
+		// entries stay until its reaper reports them gone, as a dead
+		// process's would, however soon after the crash Close comes.
+		n.s.presence.dropNode(n)
+	}
 	n.s.mu.Lock()
 	if n.s.nodes[n.id] == n {
 		delete(n.s.nodes, n.id)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -43,11 +44,11 @@ type Conn struct {
 	writing   bool           // a writer goroutine is running
 	corked    int            // >0: frames are queued but not written yet (cork)
 	idle      chan struct{}  // signalled when the writer stops
-	wake      chan struct{}  // signalled when a frame is queued
 	room      chan struct{}  // closed when the queue drained to half; nil when nobody waits
 	wwg       sync.WaitGroup // the writer and finish goroutines
 	pingTimer *time.Timer    // alternates: next ping, then pong deadline
 	pingSent  atomic.Int64   // unix nanos of the last ping; 0 after its deadline passed
+	deadline  int64          // unix nanos of raw's write deadline (writer only)
 
 	// Subscriptions made by the client (not its user/session channels).
 	smu    sync.Mutex
@@ -113,7 +114,6 @@ func newConn(s *Server, sess *Session, persist bool, ws *websocket.Conn, raw net
 		cancel:  cancel,
 		sem:     make(chan struct{}, s.cfg.concurrency),
 		idle:    make(chan struct{}, 1),
-		wake:    make(chan struct{}, 1),
 		taken:   make(chan struct{}, 1),
 		parsers: make(chan struct{}, maxParsers),
 	}
@@ -194,9 +194,6 @@ const maxCloseReason = 120
 // maxBatch bounds the frames the writer joins into one WebSocket message.
 const maxBatch = 64 << 10
 
-// writerLinger is how long an idle writer waits for more before it stops.
-const writerLinger = 20 * time.Millisecond
-
 // send queues a frame. A full queue either drops the frame (lossy) or ends
 // the connection as a slow consumer. It never blocks.
 func (c *Conn) send(frame []byte, lossy bool) {
@@ -227,7 +224,6 @@ func (c *Conn) send(frame []byte, lossy bool) {
 	c.qbytes += len(frame)
 	c.startWriterLocked()
 	c.qmu.Unlock()
-	signal(c.wake) // wake a writer lingering for more
 }
 
 // startWriterLocked starts the writer if frames are waiting and none runs.
@@ -255,7 +251,6 @@ func (c *Conn) cork(f func()) {
 		c.corked--
 		c.startWriterLocked()
 		c.qmu.Unlock()
-		signal(c.wake)
 	}()
 	f()
 }
@@ -311,33 +306,24 @@ func (c *Conn) halfEmptyLocked() bool {
 
 // writer writes queued frames, batching those that are ready into one
 // WebSocket message, until the queue is empty.
+//
+// It stops as soon as the queue is empty, after yielding once so that a
+// fan-out in progress on another goroutine can queue more first: no timer,
+// no linger. Starting a goroutine for the next frame costs about what
+// waking a parked one would, and an idle connection then costs one
+// goroutine, not two.
 func (c *Conn) writer() {
 	defer c.wwg.Done()
 	var buf []byte
-	var linger *time.Timer
 	for {
 		buf = c.take(buf[:0], false)
 		if len(buf) == 0 {
-			// Linger a moment: under load, frames keep coming, and
-			// starting a goroutine per batch would cost more than waiting.
-			if linger == nil {
-				linger = time.NewTimer(writerLinger)
-			} else {
-				linger.Reset(writerLinger)
-			}
-			select {
-			case <-c.wake:
-				continue
-			case <-linger.C:
-			}
+			runtime.Gosched()
 			if buf = c.take(buf[:0], true); len(buf) == 0 {
 				return
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
-		err := c.ws.Write(ctx, websocket.MessageText, buf)
-		cancel()
-		if err != nil {
+		if err := c.write(buf); err != nil {
 			c.close(CloseWriteFailed, "write failed", fmt.Errorf("%w: %w", ErrWriteFailed, err))
 			continue // close dropped the queue: the next take ends the writer
 		}
@@ -346,6 +332,29 @@ func (c *Conn) writer() {
 			buf = nil // don't keep a large buffer
 		}
 	}
+}
+
+// write writes one message within the write timeout. The timeout is the
+// network connection's write deadline, moved forward only when a quarter
+// of it has passed: a write therefore has between three quarters of the
+// timeout and all of it, and costs no context, timer or AfterFunc of its
+// own (coder/websocket registers one per write for a context that can be
+// cancelled). Writer only.
+func (c *Conn) write(msg []byte) error {
+	if c.raw == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
+		defer cancel()
+		return c.ws.Write(ctx, websocket.MessageText, msg)
+	}
+	timeout := c.srv.cfg.writeTimeout
+	now := time.Now().UnixNano()
+	if now+int64(timeout)-c.deadline > int64(timeout/4) {
+		c.deadline = now + int64(timeout)
+		if err := c.raw.SetWriteDeadline(time.Unix(0, c.deadline)); err != nil {
+			return err
+		}
+	}
+	return c.ws.Write(context.Background(), websocket.MessageText, msg)
 }
 
 // fits reports whether n frames of size bytes fit in the send queue now.
@@ -465,7 +474,12 @@ func (c *Conn) finish() {
 		}
 		<-c.idle
 	}
-	// A dead peer would hold the close handshake for 5s or more.
+	// A dead peer would hold the close handshake for 5s or more. The
+	// write deadline the writer left may have passed: the close frame
+	// gets the grace period.
+	if c.raw != nil {
+		c.raw.SetWriteDeadline(time.Now().Add(closeGrace))
+	}
 	t := time.AfterFunc(closeGrace, c.abort)
 	c.ws.Close(websocket.StatusCode(c.closeCode), c.closeWhy)
 	t.Stop()

@@ -8,6 +8,8 @@
 #   RUNS=5 SUBS=2000 bench/run.sh
 #   PIN=1 bench/run.sh              # server on CPU 0, load tool on CPU 1
 #   SCENARIOS=fanout,ask TARGETS="sss centrifuge" bench/run.sh
+#   SSS_BEFORE=/tmp/sss-old TARGETS="sss sss-before centrifuge bare" bench/run.sh
+#                                   # an older build of bench/sss, side by side
 #
 # JSON lines go to $OUT (default: a temporary file, named at the end).
 set -euo pipefail
@@ -36,15 +38,17 @@ if [[ $PIN == 1 ]]; then
 	client_pin=(taskset -c 1)
 fi
 
-declare -A port=([sss]=8401 [centrifuge]=8402 [bare]=8403)
+declare -A port=([sss]=8401 [centrifuge]=8402 [bare]=8403 [sss-before]=8404)
+declare -A proto=([sss]=sss [centrifuge]=centrifuge [bare]=bare [sss-before]=sss)
+declare -A server=([sss]=$bin/sss [centrifuge]=$bin/centrifuge [bare]=$bin/bare [sss-before]=${SSS_BEFORE:-})
 for run in $(seq "$RUNS"); do
 	for t in $TARGETS; do
 		echo "== run $run: $t" >&2
-		"${server_pin[@]}" "$bin/$t" -addr "127.0.0.1:${port[$t]}" &
+		"${server_pin[@]}" "${server[$t]}" -addr "127.0.0.1:${port[$t]}" &
 		pid=$!
 		# The load tool starts once the control API answers, and bounds
 		# the whole run.
-		"${client_pin[@]}" "$bin/sss-bench" -proto "$t" -pid "$pid" \
+		"${client_pin[@]}" "$bin/sss-bench" -proto "${proto[$t]}" -target "$t" -pid "$pid" \
 			-url "ws://127.0.0.1:${port[$t]}/ws" -wait \
 			-scenario "$SCENARIOS" -subs "$SUBS" -msgs "$MSGS" -rate "$RATE" \
 			-duration "$DURATION" -conns "$CONNS" -clients "$CLIENTS" \

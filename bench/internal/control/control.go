@@ -1,13 +1,15 @@
 // Package control is the control API every bench target serves next to its
 // WebSocket endpoint, for cmd/sss-bench: POST /publish publishes numbered,
 // timestamped publications through the target's own library; GET /stats
-// reports goroutines (after a garbage collection with gc=1).
+// reports goroutines (after a garbage collection with gc=1); /debug/pprof/
+// serves profiles.
 package control
 
 import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -59,5 +61,8 @@ func Handler(publish Publisher) http.Handler {
 		}
 		fmt.Fprintf(w, `{"goroutines":%d}`, runtime.NumGoroutine())
 	})
+	// Profiles of the target under load (loopback only, like the rest).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	return mux
 }

@@ -2,9 +2,11 @@ package sss
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -84,16 +86,39 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // hijackRecorder keeps the connection coder/websocket hijacks, so that a
-// close handshake with a dead peer can be cut short.
+// close handshake with a dead peer can be cut short and writes can have a
+// deadline, and hands the library smaller buffers than net/http's 4 KB +
+// 4 KB, which it keeps for the connection's whole life: most frames are
+// small, a read larger than the buffer goes straight to the caller, and a
+// write larger than it costs one more system call, not a copy.
 type hijackRecorder struct {
 	http.ResponseWriter
 	conn net.Conn
 }
 
+// Buffer sizes of a hijacked connection.
+const (
+	hijackReadBuffer  = 512
+	hijackWriteBuffer = 1024
+)
+
 func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
 	h.conn = c
-	return c, rw, err
+	// What net/http read ahead must stay buffered in the reader handed on
+	// (coder/websocket takes only what is buffered): a client may send its
+	// first frame as soon as it has the 101, which is written before the
+	// hijack.
+	ahead, _ := rw.Reader.Peek(rw.Reader.Buffered())
+	ahead = bytes.Clone(ahead)
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(ahead), c), max(hijackReadBuffer, len(ahead)))
+	if len(ahead) > 0 {
+		br.Peek(len(ahead))
+	}
+	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(c, hijackWriteBuffer)), nil
 }
 
 func (h *hijackRecorder) Unwrap() http.ResponseWriter { return h.ResponseWriter }

@@ -63,7 +63,9 @@ func (s *Server) handleAsk(c *Conn, f inFrame) {
 	s.stats.asks.Add(1)
 	ctx, cancel := context.WithTimeout(c.ctx, s.cfg.askTimeout)
 	var once sync.Once
-	reply := func(frame []byte) { once.Do(func() { c.send(frame, false) }) }
+	// The goroutine that replies has nothing else to do: it writes the
+	// reply itself when no writer runs.
+	reply := func(frame []byte) { once.Do(func() { c.sendWrite(frame) }) }
 	stop := context.AfterFunc(ctx, func() {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			reply(encodeError(f.ID, Errorf(CodeTimeout, "ask %q timed out", f.Name)))

@@ -197,10 +197,26 @@ const maxBatch = 64 << 10
 // send queues a frame. A full queue either drops the frame (lossy) or ends
 // the connection as a slow consumer. It never blocks.
 func (c *Conn) send(frame []byte, lossy bool) {
+	c.push(frame, lossy, false)
+}
+
+// sendWrite queues a frame like send and, when no writer runs, writes it
+// on the calling goroutine instead of starting one: for a goroutine that
+// has nothing else to do (an ask's handler once it has its reply), which
+// saves a goroutine and a hand-off per round trip.
+func (c *Conn) sendWrite(frame []byte) {
+	if c.push(frame, false, true) {
+		c.writer()
+	}
+}
+
+// push queues a frame and starts the writer if none runs, or, with inline,
+// reports that the caller must run it.
+func (c *Conn) push(frame []byte, lossy, inline bool) (runWriter bool) {
 	c.qmu.Lock()
 	if c.qclosed {
 		c.qmu.Unlock()
-		return
+		return false
 	}
 	maxFrames, maxBytes := c.srv.cfg.sendQueue, c.srv.cfg.sendBytes
 	if lossy {
@@ -214,28 +230,41 @@ func (c *Conn) send(frame []byte, lossy bool) {
 		c.qmu.Unlock()
 		if lossy {
 			c.srv.stats.dropped.Add(1)
-			return
+			return false
 		}
 		c.srv.stats.slowConsumers.Add(1)
 		c.close(CloseSlowConsumer, "slow consumer", ErrSlowConsumer)
-		return
+		return false
 	}
 	c.queue = append(c.queue, frame)
 	c.qbytes += len(frame)
-	c.startWriterLocked()
+	if inline {
+		runWriter = c.claimWriterLocked()
+	} else {
+		c.startWriterLocked()
+	}
 	c.qmu.Unlock()
+	return runWriter
 }
 
 // startWriterLocked starts the writer if frames are waiting and none runs.
 // The writer runs only while there is something to write, so an idle
 // connection costs one goroutine, not two. Callers hold qmu.
 func (c *Conn) startWriterLocked() {
+	if c.claimWriterLocked() {
+		go c.writer()
+	}
+}
+
+// claimWriterLocked marks the writer running if frames are waiting and
+// none runs; the caller then runs c.writer. Callers hold qmu.
+func (c *Conn) claimWriterLocked() bool {
 	if c.writing || c.corked > 0 || len(c.queue) == 0 {
-		return
+		return false
 	}
 	c.writing = true
 	c.wwg.Add(1)
-	go c.writer()
+	return true
 }
 
 // cork runs f with the writer paused, so that the frames f queues leave

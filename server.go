@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -228,25 +229,52 @@ func (s *Server) run(c *Conn) error {
 		s.hook("OnConnect", func() { h(c) })
 	}
 	for {
-		typ, msg, err := c.ws.Read(context.Background())
-		if err != nil {
+		if err := s.readMessage(c); err != nil {
 			return readError(err)
 		}
-		c.lastRead.Store(time.Now().UnixNano())
-		s.stats.framesIn.Add(1)
-		if typ != websocket.MessageText {
-			c.send(encodeError(0, Errorf(CodeBadRequest, "binary messages are not supported")), false)
-			continue
-		}
-		if !utf8.Valid(msg) {
-			// RFC 6455 asks text messages to be UTF-8; nothing of this one
-			// is relayed.
-			s.stats.badFrames.Add(1)
-			c.send(encodeError(0, Errorf(CodeBadRequest, "message is not valid UTF-8")), false)
-			continue
-		}
-		splitFrames(msg, func(b []byte) { s.handle(c, b) })
 	}
+}
+
+// readBuffers holds the buffers messages are read into: an idle connection
+// keeps none, and a busy one does not allocate one per message. Nothing
+// keeps a frame's bytes once handle returns (decoding copies).
+var readBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledRead bounds the buffers kept in readBuffers.
+const maxPooledRead = 64 << 10
+
+// readMessage reads one message and handles its frames.
+func (s *Server) readMessage(c *Conn) error {
+	typ, r, err := c.ws.Reader(context.Background())
+	if err != nil {
+		return err
+	}
+	buf := readBuffers.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxPooledRead {
+			buf.Reset()
+			readBuffers.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(r); err != nil {
+		return err
+	}
+	msg := buf.Bytes()
+	c.lastRead.Store(time.Now().UnixNano())
+	s.stats.framesIn.Add(1)
+	if typ != websocket.MessageText {
+		c.send(encodeError(0, Errorf(CodeBadRequest, "binary messages are not supported")), false)
+		return nil
+	}
+	if !utf8.Valid(msg) {
+		// RFC 6455 asks text messages to be UTF-8; nothing of this one
+		// is relayed.
+		s.stats.badFrames.Add(1)
+		c.send(encodeError(0, Errorf(CodeBadRequest, "message is not valid UTF-8")), false)
+		return nil
+	}
+	splitFrames(msg, func(b []byte) { s.handle(c, b) })
+	return nil
 }
 
 // readError names why the read side ended.

@@ -84,8 +84,11 @@ type rawFrame struct {
 // when one could be read, so the error reply can carry it.
 func decodeFrame(b []byte) (inFrame, uint64, *Error) {
 	var raw rawFrame
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return inFrame{}, salvageID(b), &Error{Code: CodeBadRequest, Message: "invalid frame: " + jsonProblem(err)}
+	if !decodeFast(b, &raw) {
+		raw = rawFrame{}
+		if err := json.Unmarshal(b, &raw); err != nil {
+			return inFrame{}, salvageID(b), &Error{Code: CodeBadRequest, Message: "invalid frame: " + jsonProblem(err)}
+		}
 	}
 	f := inFrame{Type: raw.Type, Event: raw.Event, Query: nullToNil(raw.Query), Result: raw.Result, Error: raw.Error, Since: raw.Since, ExceptSelf: raw.ExceptSelf, Limit: raw.Limit, Counts: raw.Counts}
 	if raw.ID != nil {
@@ -607,3 +610,184 @@ func encodeError(id uint64, e *Error) []byte {
 }
 
 var pingFrame = []byte(`{"type":"ping"}`)
+
+// Fast decoding of the common frames.
+//
+// decodeFast fills raw from a frame made only of the fields the hot frames
+// use (type, id, channel, name, event, data, query, result), in compact or
+// spaced JSON, each once, with plain strings (no escapes) and a positive
+// integer id: what every client sends for asks, tells, publishes and
+// subscribes. It reports false for anything else, which encoding/json then
+// decodes: the fast path never decides what a frame means differently
+// (FuzzDecodeFast checks that it fills raw exactly as json.Unmarshal does).
+// It copies what it keeps: the message buffer is reused.
+func decodeFast(b []byte, raw *rawFrame) bool {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return false
+	}
+	i = skipSpace(b, i+1)
+	var seen uint8
+	for first := true; ; first = false {
+		if i >= len(b) {
+			return false
+		}
+		if b[i] == '}' {
+			if !first {
+				return false // "{...,}" or the like: not JSON
+			}
+			break
+		}
+		key, j, ok := plainString(b, i)
+		if !ok {
+			return false
+		}
+		i = skipSpace(b, j)
+		if i >= len(b) || b[i] != ':' {
+			return false
+		}
+		i = skipSpace(b, i+1)
+		var bit uint8
+		switch string(key) {
+		case "type":
+			bit = 1
+			v, j, ok := plainString(b, i)
+			if !ok {
+				return false
+			}
+			raw.Type, i = string(v), j
+		case "channel":
+			bit = 2
+			v, j, ok := plainString(b, i)
+			if !ok {
+				return false
+			}
+			ch := string(v)
+			raw.Channel, i = &ch, j
+		case "name":
+			bit = 4
+			v, j, ok := plainString(b, i)
+			if !ok {
+				return false
+			}
+			name := string(v)
+			raw.Name, i = &name, j
+		case "event":
+			bit = 8
+			v, j, ok := plainString(b, i)
+			if !ok {
+				return false
+			}
+			raw.Event, i = string(v), j
+		case "id":
+			bit = 16
+			j := i
+			for j < len(b) && b[j] >= '0' && b[j] <= '9' {
+				j++
+			}
+			if j == i || b[i] == '0' || j-i > 16 {
+				return false
+			}
+			raw.ID, i = bytes.Clone(b[i:j]), j
+		case "data", "query", "result":
+			j, ok := skipValue(b, i)
+			if !ok || !json.Valid(b[i:j]) {
+				return false
+			}
+			v := json.RawMessage(bytes.Clone(b[i:j]))
+			switch key[0] {
+			case 'd':
+				bit, raw.Data = 32, v
+			case 'q':
+				bit, raw.Query = 64, v
+			default:
+				bit, raw.Result = 128, v
+			}
+			i = j
+		default:
+			return false
+		}
+		if seen&bit != 0 {
+			return false // a duplicate: encoding/json keeps the last
+		}
+		seen |= bit
+		i = skipSpace(b, i)
+		if i < len(b) && b[i] == ',' {
+			i = skipSpace(b, i+1)
+			if i < len(b) && b[i] == '}' {
+				return false
+			}
+			continue
+		}
+		if i < len(b) && b[i] == '}' {
+			break
+		}
+		return false
+	}
+	return skipSpace(b, i+1) == len(b)
+}
+
+// skipSpace skips JSON whitespace from i.
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// plainString reads the string at i when it has no escape, no control
+// character and is valid UTF-8 (what encoding/json would take unchanged),
+// and returns its content and the index after it.
+func plainString(b []byte, i int) ([]byte, int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return nil, 0, false
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			s := b[i+1 : j]
+			return s, j + 1, utf8.Valid(s)
+		case c == '\\' || c < 0x20:
+			return nil, 0, false
+		}
+	}
+	return nil, 0, false
+}
+
+// skipValue returns the index after the JSON value at i, assuming it is
+// valid (the caller checks with json.Valid): strings, nesting and escapes
+// are followed, a literal or number ends at a delimiter.
+func skipValue(b []byte, i int) (int, bool) {
+	depth := 0
+	for j := i; j < len(b); j++ {
+		switch b[j] {
+		case '"':
+			for j++; j < len(b) && b[j] != '"'; j++ {
+				if b[j] == '\\' {
+					j++
+				}
+			}
+			if j >= len(b) {
+				return 0, false
+			}
+			if depth == 0 {
+				return j + 1, true
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return j, j > i
+			}
+			depth--
+			if depth == 0 {
+				return j + 1, true
+			}
+		case ',', ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return j, j > i
+			}
+		}
+	}
+	return len(b), depth == 0 && len(b) > i
+}

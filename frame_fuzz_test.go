@@ -2,6 +2,7 @@ package sss
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
 
 	"github.com/superscaled/sss/scaler"
@@ -73,6 +74,43 @@ func FuzzEncodeStrings(f *testing.F) {
 			}
 			var m map[string]any
 			json.Unmarshal(b, &m)
+		}
+	})
+}
+
+// FuzzDecodeFast checks the fast decoder against encoding/json: whatever
+// it accepts, json.Unmarshal accepts too and decodes to the same rawFrame.
+func FuzzDecodeFast(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"ask","id":4,"name":"time","data":null}`,
+		`{"type":"ask","id":4,"name":"time","data":{"a":[1,"}",{"b":"\"x"}]}}`,
+		` { "type" : "publish" , "id" : 3 , "channel" : "chat" , "event" : "m" , "data" : [1, 2] } `,
+		`{"type":"subscribe","id":1,"channel":"news","query":"pw"}`,
+		`{"type":"reply","id":7,"result":-1.5e3}`,
+		`{"type":"pong"}`,
+		`{}`,
+		`{"type":"ask","type":"tell","id":1,"name":"x"}`,
+		`{"type":"ask","id":01,"name":"x"}`,
+		`{"Type":"ask","id":1,"name":"x"}`,
+		`{"type":"ask","id":1,"name":"x","data":tru}`,
+		`{"type":"ask","id":1,"name":"x\u0041"}`,
+		`{"type":"ask","id":1,"name":"x",}`,
+		`{"type":"ask","id":1,"data":1 2}`,
+		"{\"type\":\"ask\",\"id\":1,\"name\":\"\xff\"}",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var fast rawFrame
+		if !decodeFast(b, &fast) {
+			return
+		}
+		var slow rawFrame
+		if err := json.Unmarshal(b, &slow); err != nil {
+			t.Fatalf("fast path accepted %q, encoding/json refused it: %v", b, err)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("fast path decoded %q as %+v, encoding/json as %+v", b, fast, slow)
 		}
 	})
 }

@@ -297,35 +297,49 @@ func signal(ch chan struct{}) {
 func (c *Conn) take(buf []byte, stop bool) []byte {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
-	n := 0
+	n, size := 0, 0
 	for n < len(c.queue) && c.corked == 0 {
-		f := c.queue[n]
-		if n > 0 && len(buf)+1+len(f) > maxBatch {
+		add := len(c.queue[n])
+		if n > 0 {
+			add++ // the newline between frames
+		}
+		if n > 0 && size+add > maxBatch {
 			break
 		}
-		if n > 0 {
+		size += add
+		n++
+	}
+	buf = slices.Grow(buf, size) // one allocation at most
+	for i, f := range c.queue[:n] {
+		if i > 0 {
 			buf = append(buf, '\n')
 		}
 		buf = append(buf, f...)
 		c.qbytes -= len(f)
-		c.queue[n] = nil
-		n++
+		c.queue[i] = nil
 	}
-	c.queue = c.queue[n:]
-	if len(c.queue) == 0 {
-		// Drop the backing array: an idle connection should hold nothing.
-		c.queue = nil
+	if n == len(c.queue) {
+		// Keep the array while the writer runs (a busy connection would
+		// grow a new one for every batch); an idle one holds nothing.
+		c.queue = c.queue[:0]
+	} else {
+		c.queue = c.queue[n:]
 	}
 	if n > 0 && c.room != nil && c.halfEmptyLocked() {
 		close(c.room) // wakes every waiter: the reader, the worker, catch-ups
 		c.room = nil
 	}
 	if n == 0 && stop {
+		c.queue = nil
 		c.writing = false
 		signal(c.idle)
 	}
 	return buf
 }
+
+// batches holds the writers' batch buffers: a connection keeps none while
+// idle, and a busy one does not grow a new one for each batch.
+var batches = sync.Pool{New: func() any { return new([]byte) }}
 
 // halfEmptyLocked reports whether the send queue is at most half full.
 // Callers hold qmu.
@@ -343,7 +357,14 @@ func (c *Conn) halfEmptyLocked() bool {
 // goroutine, not two.
 func (c *Conn) writer() {
 	defer c.wwg.Done()
-	var buf []byte
+	bp := batches.Get().(*[]byte)
+	buf := (*bp)[:0]
+	defer func() {
+		if cap(buf) <= 2*maxBatch {
+			*bp = buf[:0]
+			batches.Put(bp)
+		}
+	}()
 	for {
 		buf = c.take(buf[:0], false)
 		if len(buf) == 0 {
@@ -357,9 +378,6 @@ func (c *Conn) writer() {
 			continue // close dropped the queue: the next take ends the writer
 		}
 		c.srv.stats.framesOut.Add(1)
-		if cap(buf) > maxBatch {
-			buf = nil // don't keep a large buffer
-		}
 	}
 }
 

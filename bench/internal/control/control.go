@@ -59,7 +59,9 @@ func Handler(publish Publisher) http.Handler {
 			runtime.GC()
 			debug.FreeOSMemory()
 		}
-		fmt.Fprintf(w, `{"goroutines":%d}`, runtime.NumGoroutine())
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		fmt.Fprintf(w, `{"goroutines":%d,"heap_inuse":%d,"stack_inuse":%d}`, runtime.NumGoroutine(), m.HeapInuse, m.StackInuse)
 	})
 	// Profiles of the target under load (loopback only, like the rest).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)

@@ -46,6 +46,7 @@ func BenchmarkFanout(b *testing.B) {
 		}
 	}()
 	payload := map[string]any{"price": 101.25, "symbol": "ACME"}
+	b.ReportAllocs()
 	b.ResetTimer()
 	for _, c := range conns {
 		wg.Add(1)
@@ -85,6 +86,7 @@ func BenchmarkAsk(b *testing.B) {
 	defer c.CloseNow()
 	c.Read(ctx) // welcome
 	req := []byte(`{"type":"ask","id":1,"name":"echo","data":{"x":1}}`)
+	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		c.Write(ctx, websocket.MessageText, req)

@@ -86,6 +86,14 @@ type Conn struct {
 	ended bool
 	wg    sync.WaitGroup
 
+	// The client's asks in flight and the timer of the earliest deadline
+	// (asktell.go).
+	xmu      sync.Mutex
+	inflight map[*askCtx]struct{}
+	askTimer *time.Timer
+	askArmed bool
+	xended   bool
+
 	// Server asks awaiting this client's reply (asktell.go).
 	amu    sync.Mutex
 	askSeq uint64
@@ -502,6 +510,7 @@ func (c *Conn) close(code CloseCode, why string, cause error) {
 		}
 		c.qmu.Unlock()
 		c.cancel()
+		c.endAsks() // their contexts end with the connection's
 	})
 }
 

@@ -1,5 +1,5 @@
 // Command centrifuge is the centrifuge target of the side-by-side bench:
-// a centrifuge node (in-memory broker, JSON protocol over its WebSocket
+// a centrifuge node (in-memory broker, or Redis with -redis, JSON protocol over its WebSocket
 // handler at /ws), anonymous connections allowed to subscribe anywhere, an
 // "echo" RPC and the control API.
 package main
@@ -22,6 +22,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8402", "listen address")
 	history := flag.Int("history", 100, "publications kept per channel (0: none); sss keeps history and stamps offsets, so the comparison keeps it too")
+	redisAddr := flag.String("redis", "", "Redis address: use centrifuge's Redis broker (the cross scenario)")
 	flag.Parse()
 
 	node, err := centrifuge.New(centrifuge.Config{LogLevel: centrifuge.LogLevelError})
@@ -39,6 +40,17 @@ func main() {
 			cb(centrifuge.RPCReply{Data: e.Data}, nil)
 		})
 	})
+	if *redisAddr != "" {
+		shard, err := centrifuge.NewRedisShard(node, centrifuge.RedisShardConfig{Address: *redisAddr})
+		if err != nil {
+			log.Fatal(err)
+		}
+		broker, err := centrifuge.NewRedisBroker(node, centrifuge.RedisBrokerConfig{Shards: []*centrifuge.RedisShard{shard}})
+		if err != nil {
+			log.Fatal(err)
+		}
+		node.SetBroker(broker)
+	}
 	if err := node.Run(); err != nil {
 		log.Fatal(err)
 	}

@@ -20,6 +20,11 @@ if [[ ${SSS_OFFLINE_IMAGES:-1} == 1 && -z ${SSS_REDIS_IMAGE:-} && -z ${SSS_MONGO
 fi
 
 go vet ./...
+# The load tool and the side-by-side bench (bench/, a module of its own so
+# that centrifuge never reaches users) are built, not run: bench/run.sh
+# runs the comparison.
+go build -o /dev/null ./cmd/sss-bench
+(cd bench && go vet ./... && go build ./...)
 go test -race -count=1 -timeout 20m $(go list ./... | grep -v /integration)
 # Integration tests verbosely, so the log shows each one that ran or
 # skipped; everything they printed is shown if they fail.
@@ -44,3 +49,4 @@ else
 fi
 go test -run '^$' -fuzz '^FuzzDecodeFrame$' -fuzztime "${SSS_FUZZTIME:-10s}" .
 go test -run '^$' -fuzz '^FuzzOutputFrames$' -fuzztime "${SSS_FUZZTIME:-10s}" .
+go test -run '^$' -fuzz '^FuzzDecodeFast$' -fuzztime "${SSS_FUZZTIME:-10s}" .

@@ -57,10 +57,10 @@ func report(w io.Writer, path string) error {
 		return boolInt(b == "sss") - boolInt(a == "sss")
 	})
 	figures := map[string][]string{
-		"fanout": {"cpu_us_per_op", "per_s", "p50_ms", "p99_ms", "errors"},
+		"fanout": {"cpu_us_per_op", "per_s", "p50_ms", "p99_ms", "errors", "client_cpu_s", "elapsed_s"},
 		"paced":  {"cpu_us_per_op", "p50_ms", "p99_ms", "errors"},
 		"cross":  {"cpu_us_per_op", "per_s", "p99_ms", "redis_cpu_us_per_pub", "errors"},
-		"ask":    {"cpu_us_per_op", "per_s", "p50_ms", "p99_ms"},
+		"ask":    {"cpu_us_per_op", "per_s", "p50_ms", "p99_ms", "client_cpu_s"},
 		"idle":   {"rss_kb_per_conn", "goroutines_per_conn"},
 	}
 	fmt.Fprintf(w, "%-8s %-20s", "scenario", "figure")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -30,16 +31,17 @@ type result struct {
 	OOO     int     `json:"ooo"`
 	Elapsed float64 `json:"elapsed_s"`
 
-	PerSec   float64 `json:"per_s"`
-	CPUPerOp float64 `json:"cpu_us_per_op"`
-	CPU      float64 `json:"cpu_s"`
-	RedisCPU float64 `json:"redis_cpu_us_per_pub,omitempty"`
-	P50      float64 `json:"p50_ms"`
-	P90      float64 `json:"p90_ms"`
-	P99      float64 `json:"p99_ms"`
-	Max      float64 `json:"max_ms"`
-	RSSPer   float64 `json:"rss_kb_per_conn,omitempty"`
-	GoPer    float64 `json:"goroutines_per_conn,omitempty"`
+	PerSec    float64 `json:"per_s"`
+	CPUPerOp  float64 `json:"cpu_us_per_op"`
+	CPU       float64 `json:"cpu_s"`
+	ClientCPU float64 `json:"client_cpu_s"` // this tool's own: near elapsed × its cores, the tool was the bottleneck
+	RedisCPU  float64 `json:"redis_cpu_us_per_pub,omitempty"`
+	P50       float64 `json:"p50_ms"`
+	P90       float64 `json:"p90_ms"`
+	P99       float64 `json:"p99_ms"`
+	Max       float64 `json:"max_ms"`
+	RSSPer    float64 `json:"rss_kb_per_conn,omitempty"`
+	GoPer     float64 `json:"goroutines_per_conn,omitempty"`
 }
 
 func (r *result) summary() string {
@@ -190,6 +192,7 @@ func fanout(ctx context.Context, cfg *config, u string, pid, rate int) (*result,
 		rcancel()
 		return nil, err
 	}
+	self0, _ := cpuTime(os.Getpid())
 	var redis0 time.Duration
 	if cfg.redisPID > 0 {
 		redis0, _ = cpuTime(cfg.redisPID)
@@ -217,6 +220,7 @@ wait:
 	grace.Stop()
 	tick.Stop()
 	cpu1, _ := cpuTime(pid)
+	self1, _ := cpuTime(os.Getpid())
 	var redis1 time.Duration
 	if cfg.redisPID > 0 {
 		redis1, _ = cpuTime(cfg.redisPID)
@@ -243,6 +247,7 @@ wait:
 		res.PerSec = float64(res.Ops) / res.Elapsed
 	}
 	res.CPU = (cpu1 - cpu0).Seconds()
+	res.ClientCPU = (self1 - self0).Seconds()
 	if res.Ops > 0 {
 		res.CPUPerOp = float64((cpu1 - cpu0).Microseconds()) / float64(res.Ops)
 	}
@@ -274,6 +279,7 @@ func ask(ctx context.Context, cfg *config) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
+	self0, _ := cpuTime(os.Getpid())
 	actx, acancel := context.WithTimeout(ctx, cfg.duration)
 	defer acancel()
 	start := time.Now()
@@ -290,6 +296,7 @@ func ask(ctx context.Context, cfg *config) (*result, error) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	cpu1, _ := cpuTime(cfg.pid)
+	self1, _ := cpuTime(os.Getpid())
 	if n := failed.Load(); n > 0 {
 		return nil, fmt.Errorf("%d asks failed", n)
 	}
@@ -300,6 +307,7 @@ func ask(ctx context.Context, cfg *config) (*result, error) {
 	}
 	res.Ops = len(lat)
 	res.PerSec = float64(res.Ops) / elapsed.Seconds()
+	res.ClientCPU = (self1 - self0).Seconds()
 	res.CPU = (cpu1 - cpu0).Seconds()
 	if res.Ops > 0 {
 		res.CPUPerOp = float64((cpu1 - cpu0).Microseconds()) / float64(res.Ops)

@@ -30,6 +30,8 @@ import (
 //	sub.mu           a subscription's hold buffer (catchup.go)
 //	Conn.smu         a connection's subscriptions
 //	Conn.qmu         a connection's send queue
+//	Conn.xmu         a connection's asks in flight (asktell.go)
+//	askCtx.mu        one ask's context and reply
 //
 // Nothing blocks under these locks: sending only queues (Conn.send), and
 // scaler calls are made under an interest stripe only, never under a

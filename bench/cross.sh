@@ -57,6 +57,16 @@ for run in $(seq "$RUNS"); do
 		kill "$a" "$b"
 		wait "$a" "$b" || true
 		pids=()
+		# The same fan-out on one instance (in-memory), for the ratio.
+		"$bin/$t" -addr 127.0.0.1:8413 &
+		a=$!
+		pids=("$a")
+		"$bin/sss-bench" -proto "$t" -target "$t" -pid "$a" -wait \
+			-url ws://127.0.0.1:8413/ws -scenario fanout -subs "$SUBS" -msgs "$MSGS" \
+			-timeout 3m >>"$OUT"
+		kill "$a"
+		wait "$a" || true
+		pids=()
 	done
 done
 echo "results: $OUT" >&2

@@ -57,7 +57,7 @@ func report(w io.Writer, path string) error {
 		return boolInt(b == "sss") - boolInt(a == "sss")
 	})
 	figures := map[string][]string{
-		"fanout": {"cpu_us_per_op", "per_s", "p50_ms", "p99_ms", "errors", "client_cpu_s", "elapsed_s"},
+		"fanout": {"cpu_us_per_op", "per_s", "p50_ms", "p99_ms", "errors", "client_cpu_s", "published_s", "elapsed_s"},
 		"paced":  {"cpu_us_per_op", "p50_ms", "p99_ms", "errors"},
 		"cross":  {"cpu_us_per_op", "per_s", "p99_ms", "redis_cpu_us_per_pub", "errors"},
 		"ask":    {"cpu_us_per_op", "per_s", "p50_ms", "p99_ms", "client_cpu_s"},

@@ -48,7 +48,6 @@ type Conn struct {
 	wwg       sync.WaitGroup // the writer and finish goroutines
 	pingTimer *time.Timer    // alternates: next ping, then pong deadline
 	pingSent  atomic.Int64   // unix nanos of the last ping; 0 after its deadline passed
-	deadline  int64          // unix nanos of raw's write deadline (writer only)
 
 	// Subscriptions made by the client (not its user/session channels).
 	smu    sync.Mutex
@@ -338,7 +337,10 @@ func (c *Conn) take(buf []byte, stop bool) []byte {
 		c.room = nil
 	}
 	if n == 0 && stop {
-		c.queue = nil
+		if len(c.queue) == 0 {
+			c.queue = nil // an idle connection holds no array
+		}
+		// (Frames queued under a cork stay: uncorking starts a writer.)
 		c.writing = false
 		signal(c.idle)
 	}
@@ -389,27 +391,41 @@ func (c *Conn) writer() {
 	}
 }
 
-// write writes one message within the write timeout. The timeout is the
-// network connection's write deadline, moved forward only when a quarter
-// of it has passed: a write therefore has between three quarters of the
-// timeout and all of it, and costs no context, timer or AfterFunc of its
-// own (coder/websocket registers one per write for a context that can be
-// cancelled). Writer only.
+// write writes one message within the write timeout: the socket's write
+// deadline (deadlineConn), so that a write costs no context, timer or
+// AfterFunc of its own (coder/websocket registers one per write for a
+// context that can be cancelled). Writer only.
 func (c *Conn) write(msg []byte) error {
-	if c.raw == nil {
+	if _, ok := c.raw.(*deadlineConn); !ok {
 		ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
 		defer cancel()
 		return c.ws.Write(ctx, websocket.MessageText, msg)
 	}
-	timeout := c.srv.cfg.writeTimeout
+	return c.ws.Write(context.Background(), websocket.MessageText, msg)
+}
+
+// deadlineConn is the hijacked connection under a WebSocket: every write
+// to the socket, the writer's and those coder/websocket makes itself
+// (pongs, the close frame), has between three quarters of the write
+// timeout and all of it. The deadline moves forward only when a quarter of
+// it has passed, not per write, and is never left behind while idle (a
+// pong after a long silence gets a fresh one). coder/websocket serialises
+// its writes, which serialises Write.
+type deadlineConn struct {
+	net.Conn
+	timeout  time.Duration
+	deadline int64 // unix nanos
+}
+
+func (d *deadlineConn) Write(p []byte) (int, error) {
 	now := time.Now().UnixNano()
-	if now+int64(timeout)-c.deadline > int64(timeout/4) {
-		c.deadline = now + int64(timeout)
-		if err := c.raw.SetWriteDeadline(time.Unix(0, c.deadline)); err != nil {
-			return err
+	if now+int64(d.timeout)-d.deadline > int64(d.timeout/4) {
+		d.deadline = now + int64(d.timeout)
+		if err := d.Conn.SetWriteDeadline(time.Unix(0, d.deadline)); err != nil {
+			return 0, err
 		}
 	}
-	return c.ws.Write(context.Background(), websocket.MessageText, msg)
+	return d.Conn.Write(p)
 }
 
 // fits reports whether n frames of size bytes fit in the send queue now.
@@ -530,12 +546,7 @@ func (c *Conn) finish() {
 		}
 		<-c.idle
 	}
-	// A dead peer would hold the close handshake for 5s or more. The
-	// write deadline the writer left may have passed: the close frame
-	// gets the grace period.
-	if c.raw != nil {
-		c.raw.SetWriteDeadline(time.Now().Add(closeGrace))
-	}
+	// A dead peer would hold the close handshake for 5s or more.
 	t := time.AfterFunc(closeGrace, c.abort)
 	c.ws.Close(websocket.StatusCode(c.closeCode), c.closeWhy)
 	t.Stop()

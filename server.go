@@ -65,7 +65,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cluster unavailable", http.StatusServiceUnavailable)
 		return
 	}
-	hj := &hijackRecorder{ResponseWriter: w}
+	hj := &hijackRecorder{ResponseWriter: w, writeTimeout: s.cfg.writeTimeout}
 	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{Subprotocol},
 		InsecureSkipVerify: true, // the origin was checked above
@@ -87,14 +87,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // hijackRecorder keeps the connection coder/websocket hijacks, so that a
-// close handshake with a dead peer can be cut short and writes can have a
-// deadline, and hands the library smaller buffers than net/http's 4 KB +
-// 4 KB, which it keeps for the connection's whole life: most frames are
-// small, a read larger than the buffer goes straight to the caller, and a
-// write larger than it costs one more system call, not a copy.
+// close handshake with a dead peer can be cut short, gives its writes a
+// deadline (deadlineConn), and hands the library smaller buffers than
+// net/http's 4 KB + 4 KB, which it keeps for the connection's whole life:
+// most frames are small, a read larger than the buffer goes straight to
+// the caller, and a write larger than it costs one more system call, not
+// a copy.
 type hijackRecorder struct {
 	http.ResponseWriter
-	conn net.Conn
+	writeTimeout time.Duration
+	conn         net.Conn // a *deadlineConn (conn.go)
 }
 
 // Buffer sizes of a hijacked connection.
@@ -104,10 +106,11 @@ const (
 )
 
 func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	nc, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
+	c := &deadlineConn{Conn: nc, timeout: h.writeTimeout}
 	h.conn = c
 	// What net/http read ahead must stay buffered in the reader handed on
 	// (coder/websocket takes only what is buffered): a client may send its

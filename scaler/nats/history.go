@@ -1,0 +1,360 @@
+package nats
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"math/big"
+	mrand "math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/superscaled/sss/scaler"
+)
+
+// Publish stores a publication in the history stream with its offset and
+// epoch in each of its streams; NATS then republishes it to the nodes
+// subscribed to them. A transient publication goes straight to the
+// delivery subject.
+func (n *node) Publish(ctx context.Context, pub *scaler.Publication) error {
+	if err := n.check(ctx); err != nil {
+		return err
+	}
+	if pub == nil {
+		return errors.New("nats scaler: nil publication")
+	}
+	body := encodePub(pub)
+	if pub.Transient {
+		subj := channelSubject(n.s.dRoot, pub.Channel)
+		if err := checkSubject(subj); err != nil {
+			return err
+		}
+		if !n.s.nc.IsConnected() {
+			return fail(ctx, "publish", nats.ErrConnectionReconnecting)
+		}
+		if err := n.s.nc.Publish(subj, body); err != nil {
+			return fail(ctx, "publish", err)
+		}
+		// Accepted once the server answered a ping sent after it.
+		cctx, cancel := n.s.call(ctx)
+		defer cancel()
+		if err := n.s.nc.FlushWithContext(cctx); err != nil {
+			return fail(ctx, "publish", err)
+		}
+		return nil
+	}
+	return n.s.publishStored(ctx, pub.Channel, body)
+}
+
+// publishStored appends to the history with optimistic concurrency on the
+// channel's root stream: it reads the last publication of each of the
+// channel's streams, numbers the new one after them, and has JetStream
+// store it only if the root stream's last sequence is still the one it
+// read (Nats-Expected-Last-Subject-Sequence with the root stream's subject
+// filter). Every publication of a stream is also one of its root's, so
+// nothing was appended to any of the streams in between; on a conflict it
+// reads again and retries.
+func (s *Scaler) publishStored(ctx context.Context, channel string, body []byte) error {
+	streams := scaler.Streams(channel)
+	subj := channelSubject(s.hRoot, channel)
+	if err := checkSubject(subj); err != nil {
+		return err
+	}
+	rootFilter := streamFilter(s.hRoot, streams[0])
+	for attempt := 0; ; attempt++ {
+		err := s.tryPublish(ctx, streams, subj, rootFilter, body)
+		if err == nil {
+			return nil
+		}
+		if !wrongLastSeq(err) {
+			return fail(ctx, "publish", err)
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("nats scaler: publish: %w", cerr)
+		}
+		// Another publisher appended first: back off a little, at random,
+		// so that contenders do not keep colliding.
+		if attempt > 2 {
+			t := time.NewTimer(time.Duration(mrand.IntN(min(attempt, 20))+1) * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("nats scaler: publish: %w", ctx.Err())
+			case <-t.C:
+			}
+		}
+	}
+}
+
+func (s *Scaler) tryPublish(ctx context.Context, streams []string, subj, rootFilter string, body []byte) error {
+	cctx, cancel := s.call(ctx)
+	defer cancel()
+	root, err := s.lastIn(cctx, rootFilter)
+	if err != nil {
+		return err
+	}
+	ps := positions{offsets: make([]uint64, len(streams)), epochs: make([]string, len(streams))}
+	for i, st := range streams {
+		m := root
+		if i > 0 {
+			if m, err = s.lastIn(cctx, streamFilter(s.hRoot, st)); err != nil {
+				return err
+			}
+		}
+		if m == nil {
+			ep, err := s.startEpoch(cctx, st)
+			if err != nil {
+				return err
+			}
+			ps.offsets[i], ps.epochs[i] = 1, ep
+			continue
+		}
+		last, err := positionOf(m, i)
+		if err != nil {
+			return err
+		}
+		ps.offsets[i], ps.epochs[i] = last.Offset+1, last.Epoch
+	}
+	msg := nats.NewMsg(subj)
+	msg.Data = body
+	off, ep := ps.headers()
+	msg.Header.Set(hdrOffsets, off)
+	msg.Header.Set(hdrEpochs, ep)
+	var expect uint64
+	if root != nil {
+		expect = root.Sequence
+	}
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, rootFilter)
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expect, 10))
+	_, err = s.js.PublishMsg(cctx, msg)
+	return err
+}
+
+func wrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return false
+}
+
+// positionOf reads the position at depth i of a stored publication.
+func positionOf(m *jetstream.RawStreamMsg, i int) (scaler.Position, error) {
+	ps, err := parsePositions(m.Header.Get(hdrOffsets), m.Header.Get(hdrEpochs))
+	if err != nil {
+		return scaler.Position{}, fmt.Errorf("message %d: %w", m.Sequence, err)
+	}
+	p, ok := ps.at(i)
+	if !ok {
+		return scaler.Position{}, fmt.Errorf("message %d: no position at depth %d: %w", m.Sequence, i, errBadWire)
+	}
+	return p, nil
+}
+
+// lastIn returns the last stored publication matching filter, nil if none.
+// It asks the stream's leader, never a replica that may lag.
+func (s *Scaler) lastIn(ctx context.Context, filter string) (*jetstream.RawStreamMsg, error) {
+	m, err := s.hist.GetLastMsgForSubject(ctx, filter)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	return m, err
+}
+
+// nextIn returns the first stored publication matching filter with a
+// sequence of at least seq, nil if none.
+func (s *Scaler) nextIn(ctx context.Context, filter string, seq uint64) (*jetstream.RawStreamMsg, error) {
+	m, err := s.hist.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	return m, err
+}
+
+// Epochs. A stream with publications in the history takes its epoch from
+// them. A stream with none (never published, or all trimmed) has the epoch
+// stored under its name in the epochs bucket, created at random when
+// absent. The first publication of such a stream uses that epoch and first
+// replaces it with a new random one, so that if the stream's history ever
+// empties again its offsets restart in an epoch never used before.
+
+func epochKey(stream string) string { return escapeToken(stream) }
+
+func newEpoch() string {
+	v, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	return v.Text(36)
+}
+
+// currentEpoch returns the epoch of a stream with an empty history.
+func (s *Scaler) currentEpoch(ctx context.Context, stream string) (string, uint64, error) {
+	key := epochKey(stream)
+	for range 3 {
+		e, err := s.epochs.Get(ctx, key)
+		if err == nil {
+			return string(e.Value()), e.Revision(), nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return "", 0, err
+		}
+		ep := newEpoch()
+		rev, err := s.epochs.Create(ctx, key, []byte(ep))
+		if err == nil {
+			return ep, rev, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return "", 0, err
+		}
+	}
+	return "", 0, errors.New("nats scaler: epoch keeps changing")
+}
+
+// startEpoch returns the epoch for the first publication of a stream with
+// an empty history, retiring it for any later restart.
+func (s *Scaler) startEpoch(ctx context.Context, stream string) (string, error) {
+	ep, rev, err := s.currentEpoch(ctx, stream)
+	if err != nil {
+		return "", err
+	}
+	if _, err := s.epochs.Update(ctx, epochKey(stream), []byte(newEpoch()), rev); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return "", err
+	}
+	return ep, nil
+}
+
+// Since reads the history of stream. Its publications are those matching
+// the stream's subject filter; their offsets in the stream grow with their
+// sequence in the JetStream stream, which lets Since find an offset's
+// message by a search over sequences.
+func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, limit int) ([]scaler.Entry, scaler.Position, error) {
+	if err := n.check(ctx); err != nil {
+		return nil, scaler.Position{}, err
+	}
+	s := n.s
+	filter := streamFilter(s.hRoot, stream)
+	if err := checkSubject(filter); err != nil {
+		return nil, scaler.Position{}, err
+	}
+	d := depth(stream)
+	cctx, cancel := s.call(ctx)
+	defer cancel()
+	last, err := s.lastIn(cctx, filter)
+	if err != nil {
+		return nil, scaler.Position{}, fail(ctx, "since", err)
+	}
+	var top scaler.Position
+	if last == nil {
+		ep, _, err := s.currentEpoch(cctx, stream)
+		if err != nil {
+			return nil, scaler.Position{}, fail(ctx, "since", err)
+		}
+		top = scaler.Position{Epoch: ep}
+	} else if top, err = positionOf(last, d); err != nil {
+		return nil, scaler.Position{}, fail(ctx, "since", err)
+	}
+	if pos.Epoch != "" && (pos.Epoch != top.Epoch || pos.Offset > top.Offset) {
+		return nil, top, fmt.Errorf("nats scaler: since %+v, stream at %+v: %w", pos, top, scaler.ErrPositionLost)
+	}
+	if limit <= 0 || top.Offset == 0 || (pos.Epoch != "" && pos.Offset == top.Offset) {
+		return nil, top, nil
+	}
+	var m *jetstream.RawStreamMsg
+	if pos.Epoch == "" {
+		m, err = s.nextIn(cctx, filter, 1)
+	} else {
+		m, err = s.findOffset(cctx, filter, d, pos.Offset+1, last.Sequence, top.Offset)
+	}
+	if err != nil {
+		return nil, top, fail(ctx, "since", err)
+	}
+	if m == nil {
+		return nil, top, fmt.Errorf("nats scaler: since %+v: trimmed: %w", pos, scaler.ErrPositionLost)
+	}
+	var entries []scaler.Entry
+	for m != nil {
+		p, err := positionOf(m, d)
+		if err != nil {
+			return nil, top, fail(ctx, "since", err)
+		}
+		if p.Epoch != top.Epoch || (len(entries) > 0 && p.Offset != entries[len(entries)-1].Offset+1) {
+			break // a hole: the caller will find the next position lost
+		}
+		pub, err := decodePub(m.Data)
+		if err != nil {
+			return nil, top, fail(ctx, "since", err)
+		}
+		entries = append(entries, scaler.Entry{Offset: p.Offset, Pub: pub})
+		if len(entries) == limit || m.Sequence >= last.Sequence {
+			break
+		}
+		if m, err = s.nextIn(cctx, filter, m.Sequence+1); err != nil {
+			return nil, top, fail(ctx, "since", err)
+		}
+	}
+	if len(entries) == 0 {
+		return nil, top, fmt.Errorf("nats scaler: since %+v: %w", pos, scaler.ErrPositionLost)
+	}
+	return entries, top, nil
+}
+
+// findOffset returns the publication of the stream (filter, depth d) at
+// offset want, given its last one (lastSeq, lastOff); nil if it was
+// trimmed. Offsets grow with sequences, so the message at want is at
+// lastSeq-(lastOff-want) or before: the search gallops down from there,
+// usually a single read when the stream is busy, then bisects.
+func (s *Scaler) findOffset(ctx context.Context, filter string, d int, want, lastSeq, lastOff uint64) (*jetstream.RawStreamMsg, error) {
+	if lastOff-want >= lastSeq {
+		return nil, nil
+	}
+	lo, hi := uint64(1), lastSeq-(lastOff-want)
+	probe, step := hi, uint64(1)
+	for {
+		m, err := s.nextIn(ctx, filter, probe)
+		if err != nil || m == nil {
+			return nil, err
+		}
+		p, err := positionOf(m, d)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case p.Offset == want:
+			return m, nil
+		case p.Offset < want:
+			lo = m.Sequence + 1
+		default:
+			hi = probe - 1
+			if probe == 1 {
+				return nil, nil
+			}
+			probe = max(1, probe-step)
+			step *= 2
+			continue
+		}
+		break
+	}
+	for lo <= hi {
+		mid := lo + (hi-lo)/2
+		m, err := s.nextIn(ctx, filter, mid)
+		if err != nil || m == nil {
+			return nil, err
+		}
+		p, err := positionOf(m, d)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case p.Offset == want:
+			return m, nil
+		case p.Offset < want:
+			lo = m.Sequence + 1
+		default:
+			hi = mid - 1
+		}
+	}
+	return nil, nil
+}

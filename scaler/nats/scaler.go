@@ -1,0 +1,319 @@
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/superscaled/sss/scaler"
+)
+
+// Scaler is a scaler.Scaler on NATS. Create it with Dial or New; close it
+// with Close once the servers using it are closed.
+type Scaler struct {
+	nc  *nats.Conn
+	own bool // Close closes nc
+	js  jetstream.JetStream
+	o   config
+
+	// Subject roots.
+	hRoot, dRoot, nRoot string
+
+	hist     jetstream.Stream
+	epochs   jetstream.KeyValue
+	sessions jetstream.KeyValue
+	presence jetstream.KeyValue
+	nodesKV  jetstream.KeyValue
+	// presenceStream is the stream under the presence bucket, purged by
+	// subject so that removed entries leave no delete marker behind.
+	presenceStream jetstream.Stream
+	nodesStream    jetstream.Stream
+
+	prevReconnect nats.ConnHandler
+	prevError     nats.ErrHandler
+
+	mu     sync.Mutex
+	closed bool
+	nodes  map[string]*node
+}
+
+// Dial connects to the NATS servers at urls (comma-separated, as
+// nats.Connect takes them) and returns a Scaler that owns the connection:
+// it reconnects forever, and Close closes it. Pass TLS and credentials with
+// WithNATSOptions.
+func Dial(ctx context.Context, urls string, opts ...Option) (*Scaler, error) {
+	o := defaults()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	nopts := []nats.Option{nats.Name("sss"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	if dl, ok := ctx.Deadline(); ok {
+		nopts = append(nopts, nats.Timeout(time.Until(dl)))
+	}
+	nc, err := nats.Connect(urls, append(nopts, o.natsOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("nats scaler: connect: %w: %v", scaler.ErrUnavailable, err)
+	}
+	s, err := newScaler(ctx, nc, o)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	s.own = true
+	return s, nil
+}
+
+// New returns a Scaler on the caller's connection, which it does not
+// close. Give the connection nats.MaxReconnects(-1) (or a large number):
+// once nats.go gives up reconnecting the Scaler is unavailable for good.
+// New chains its own reconnect and error handlers in front of the
+// connection's.
+func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Scaler, error) {
+	if nc == nil {
+		return nil, errors.New("nats scaler: nil connection")
+	}
+	o := defaults()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	return newScaler(ctx, nc, o)
+}
+
+func newScaler(ctx context.Context, nc *nats.Conn, o config) (*Scaler, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("nats scaler: %w", err)
+	}
+	s := &Scaler{
+		nc: nc, js: js, o: o,
+		hRoot: o.prefix + ".h", dRoot: o.prefix + ".d", nRoot: o.prefix + ".n",
+		nodes: make(map[string]*node),
+	}
+	if err := s.setup(ctx); err != nil {
+		return nil, err
+	}
+	s.prevReconnect = nc.Opts.ReconnectedCB
+	s.prevError = nc.Opts.AsyncErrorCB
+	nc.SetReconnectHandler(s.onReconnect)
+	nc.SetErrorHandler(s.onAsyncError)
+	return s, nil
+}
+
+func (s *Scaler) replicas() int {
+	if s.o.replicas > 0 {
+		return s.o.replicas
+	}
+	if s.nc.ConnectedClusterName() != "" && len(s.nc.Servers()) >= 3 {
+		return 3
+	}
+	return 1
+}
+
+// setup creates or updates the history stream and the buckets.
+func (s *Scaler) setup(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 4*s.o.callTimeout)
+	defer cancel()
+	storage := jetstream.FileStorage
+	if s.o.memory {
+		storage = jetstream.MemoryStorage
+	}
+	r := s.replicas()
+	var err error
+	s.hist, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        s.o.prefix + "-history",
+		Description: "sss publications, numbered per stream",
+		Subjects:    []string{s.hRoot + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxMsgs:     s.o.historyMsgs,
+		MaxBytes:    s.o.historyBytes,
+		MaxAge:      s.o.historyAge,
+		Storage:     storage,
+		Replicas:    r,
+		// Deliveries: the server republishes each stored publication, in
+		// stream order, to the delivery subjects nodes subscribe to.
+		RePublish: &jetstream.RePublish{Source: s.hRoot + ".>", Destination: s.dRoot + ".>"},
+	})
+	if err != nil {
+		return s.setupErr(ctx, "history stream", err)
+	}
+	kv := func(name, desc string, ttl time.Duration) (jetstream.KeyValue, error) {
+		b, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: s.o.prefix + "-" + name, Description: desc, TTL: ttl, History: 1, Storage: jetstream.StorageType(storage), Replicas: r,
+		})
+		if err != nil {
+			return nil, s.setupErr(ctx, name+" bucket", err)
+		}
+		return b, nil
+	}
+	if s.epochs, err = kv("epochs", "sss epochs of streams with empty histories", s.o.epochTTL); err != nil {
+		return err
+	}
+	if s.sessions, err = kv("sessions", "sss stored subscriptions per session", s.o.sessionTTL); err != nil {
+		return err
+	}
+	if s.presence, err = kv("presence", "sss presence entries", 0); err != nil {
+		return err
+	}
+	if s.nodesKV, err = kv("nodes", "sss node heartbeats", 0); err != nil {
+		return err
+	}
+	if s.presenceStream, err = s.js.Stream(ctx, "KV_"+s.o.prefix+"-presence"); err != nil {
+		return s.setupErr(ctx, "presence stream", err)
+	}
+	if s.nodesStream, err = s.js.Stream(ctx, "KV_"+s.o.prefix+"-nodes"); err != nil {
+		return s.setupErr(ctx, "nodes stream", err)
+	}
+	return nil
+}
+
+func (s *Scaler) setupErr(ctx context.Context, what string, err error) error {
+	if ctx.Err() == nil && errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+		return fmt.Errorf("nats scaler: %s: %w (JetStream is not enabled on the server: run it with -js)", what, scaler.ErrUnavailable)
+	}
+	return fmt.Errorf("nats scaler: %s: %w: %v", what, scaler.ErrUnavailable, err)
+}
+
+// Conn returns the NATS connection.
+func (s *Scaler) Conn() *nats.Conn { return s.nc }
+
+// Close closes the nodes still joined and, if Dial made it, the
+// connection. It is idempotent.
+func (s *Scaler) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	nodes := make([]*node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		nodes = append(nodes, n)
+	}
+	s.mu.Unlock()
+	for _, n := range nodes {
+		n.Close()
+	}
+	s.nc.SetReconnectHandler(s.prevReconnect)
+	s.nc.SetErrorHandler(s.prevError)
+	if s.own {
+		s.nc.Close()
+	}
+	return nil
+}
+
+// Crash stops the node nodeID as if its process died: it receives nothing
+// more, stops heartbeating, and its Close (which its owner still calls)
+// leaves its presence entries for the other nodes to reap. For tests.
+func (s *Scaler) Crash(nodeID string) bool {
+	s.mu.Lock()
+	n := s.nodes[nodeID]
+	s.mu.Unlock()
+	if n == nil {
+		return false
+	}
+	n.crash()
+	return true
+}
+
+// Join attaches a node.
+func (s *Scaler) Join(ctx context.Context, nodeID string, h scaler.Handler) (scaler.Node, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if nodeID == "" || h == nil {
+		return nil, errors.New("nats scaler: Join needs a node id and a handler")
+	}
+	subj := s.nRoot + "." + escapeToken(nodeID)
+	if err := checkSubject(subj); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, scaler.ErrClosed
+	}
+	if s.nodes[nodeID] != nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("nats scaler: node %q already joined", nodeID)
+	}
+	n := newNode(s, nodeID, h)
+	s.nodes[nodeID] = n
+	s.mu.Unlock()
+	if err := n.start(ctx, subj); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (s *Scaler) forget(n *node) {
+	s.mu.Lock()
+	if s.nodes[n.id] == n {
+		delete(s.nodes, n.id)
+	}
+	s.mu.Unlock()
+}
+
+func (s *Scaler) liveNodes() []*node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		out = append(out, n)
+	}
+	return out
+}
+
+// onReconnect runs once nats.go is connected again and has sent the
+// subscriptions anew: every stream may have missed deliveries meanwhile.
+func (s *Scaler) onReconnect(nc *nats.Conn) {
+	for _, n := range s.liveNodes() {
+		n.reconnected()
+	}
+	if s.prevReconnect != nil {
+		s.prevReconnect(nc)
+	}
+}
+
+// onAsyncError hears of subscriptions whose pending buffer overflowed
+// (nats.go dropped messages): their stream missed deliveries.
+func (s *Scaler) onAsyncError(nc *nats.Conn, sub *nats.Subscription, err error) {
+	if sub != nil && errors.Is(err, nats.ErrSlowConsumer) && strings.HasPrefix(sub.Subject, s.dRoot+".") {
+		for _, n := range s.liveNodes() {
+			n.dropped(sub)
+		}
+	}
+	if s.prevError != nil {
+		s.prevError(nc, sub, err)
+	}
+}
+
+// call bounds one request to NATS by the call timeout.
+func (s *Scaler) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.o.callTimeout)
+}
+
+// fail turns an error from NATS into one the caller can test: the caller's
+// context error when it is done, otherwise ErrUnavailable.
+func fail(ctx context.Context, op string, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("nats scaler: %s: %w", op, cerr)
+	}
+	return fmt.Errorf("nats scaler: %s: %w: %v", op, scaler.ErrUnavailable, err)
+}
+
+var _ scaler.Scaler = (*Scaler)(nil)

@@ -1,0 +1,207 @@
+package nats
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/superscaled/sss/scaler"
+)
+
+// Sessions live in the sessions bucket, one key per session and channel,
+// "<session>.<channel>" (each escaped as one token), the value a JSON
+// storedSub. The bucket's TTL (WithSessionTTL) expires each key that long
+// after it was last written; TouchSession writes the session's keys again.
+
+type storedSub struct {
+	Channel string          `json:"c"`
+	Query   json.RawMessage `json:"q,omitempty"`
+	Offset  uint64          `json:"o,omitempty"`
+	Epoch   string          `json:"e,omitempty"`
+}
+
+func sessionKey(session, channel string) string {
+	return escapeToken(session) + "." + escapeToken(channel)
+}
+
+func encodeSub(sub scaler.StoredSubscription) ([]byte, error) {
+	v := storedSub{Channel: sub.Channel, Offset: sub.Position.Offset, Epoch: sub.Position.Epoch}
+	if len(sub.Query) > 0 {
+		if !json.Valid(sub.Query) {
+			return nil, fmt.Errorf("nats scaler: query of %q is not JSON", sub.Channel)
+		}
+		v.Query = sub.Query
+	}
+	return json.Marshal(v)
+}
+
+func decodeSub(b []byte) (scaler.StoredSubscription, error) {
+	var v storedSub
+	if err := json.Unmarshal(b, &v); err != nil {
+		return scaler.StoredSubscription{}, err
+	}
+	sub := scaler.StoredSubscription{Channel: v.Channel, Position: scaler.Position{Offset: v.Offset, Epoch: v.Epoch}}
+	if len(v.Query) > 0 {
+		sub.Query = []byte(v.Query)
+	}
+	return sub, nil
+}
+
+func (n *node) AddSubscription(ctx context.Context, session string, sub scaler.StoredSubscription) error {
+	if err := n.check(ctx); err != nil {
+		return err
+	}
+	key := sessionKey(session, sub.Channel)
+	if err := checkSubject(key); err != nil {
+		return err
+	}
+	v, err := encodeSub(sub)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := n.s.call(ctx)
+	defer cancel()
+	if _, err := n.s.sessions.Put(cctx, key, v); err != nil {
+		return fail(ctx, "add subscription", err)
+	}
+	return nil
+}
+
+func (n *node) RemoveSubscription(ctx context.Context, session, channel string) error {
+	if err := n.check(ctx); err != nil {
+		return err
+	}
+	key := sessionKey(session, channel)
+	if err := checkSubject(key); err != nil {
+		return err
+	}
+	cctx, cancel := n.s.call(ctx)
+	defer cancel()
+	if err := n.s.sessions.Delete(cctx, key); err != nil {
+		return fail(ctx, "remove subscription", err)
+	}
+	return nil
+}
+
+// entries returns the current values of the keys matching filter.
+func entries(ctx context.Context, kv jetstream.KeyValue, filter string) ([]jetstream.KeyValueEntry, error) {
+	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	var out []jetstream.KeyValueEntry
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, errors.New("watcher stopped")
+			}
+			if e == nil { // all current values were sent
+				return out, nil
+			}
+			out = append(out, e)
+		}
+	}
+}
+
+func (n *node) sessionEntries(ctx context.Context, session string) ([]jetstream.KeyValueEntry, error) {
+	filter := escapeToken(session) + ".*"
+	if err := checkSubject(filter); err != nil {
+		return nil, err
+	}
+	return entries(ctx, n.s.sessions, filter)
+}
+
+func (n *node) Subscriptions(ctx context.Context, session string) ([]scaler.StoredSubscription, error) {
+	if err := n.check(ctx); err != nil {
+		return nil, err
+	}
+	cctx, cancel := n.s.call(ctx)
+	defer cancel()
+	es, err := n.sessionEntries(cctx, session)
+	if err != nil {
+		return nil, fail(ctx, "subscriptions", err)
+	}
+	out := make([]scaler.StoredSubscription, 0, len(es))
+	for _, e := range es {
+		sub, err := decodeSub(e.Value())
+		if err != nil {
+			continue // not written by this package
+		}
+		out = append(out, sub)
+	}
+	slices.SortFunc(out, func(a, b scaler.StoredSubscription) int { return strings.Compare(a.Channel, b.Channel) })
+	return out, nil
+}
+
+// TouchSession writes the session's keys again, each only if unchanged
+// since read (a concurrent write already renewed it).
+func (n *node) TouchSession(ctx context.Context, session string) error {
+	if err := n.check(ctx); err != nil {
+		return err
+	}
+	cctx, cancel := n.s.call(ctx)
+	defer cancel()
+	es, err := n.sessionEntries(cctx, session)
+	if err != nil {
+		return fail(ctx, "touch session", err)
+	}
+	for _, e := range es {
+		if _, err := n.s.sessions.Update(cctx, e.Key(), e.Value(), e.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fail(ctx, "touch session", err)
+		}
+	}
+	return nil
+}
+
+// UpdatePosition rewrites the entry only if it is there, with a
+// compare-and-set on its revision so that a concurrent removal wins.
+func (n *node) UpdatePosition(ctx context.Context, session, channel string, pos scaler.Position) error {
+	if err := n.check(ctx); err != nil {
+		return err
+	}
+	key := sessionKey(session, channel)
+	if err := checkSubject(key); err != nil {
+		return err
+	}
+	cctx, cancel := n.s.call(ctx)
+	defer cancel()
+	for {
+		e, err := n.s.sessions.Get(cctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			return nil
+		}
+		if err != nil {
+			return fail(ctx, "update position", err)
+		}
+		sub, err := decodeSub(e.Value())
+		if err != nil {
+			return nil
+		}
+		sub.Position = pos
+		v, err := encodeSub(sub)
+		if err != nil {
+			return err
+		}
+		_, err = n.s.sessions.Update(cctx, key, v, e.Revision())
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return fail(ctx, "update position", err)
+		}
+	}
+}
+
+var (
+	_ scaler.SessionStore    = (*node)(nil)
+	_ scaler.PositionUpdater = (*node)(nil)
+)

@@ -190,10 +190,13 @@ func newEpoch() string {
 	return v.Text(36)
 }
 
-// currentEpoch returns the epoch of a stream with an empty history.
+// currentEpoch returns the epoch of a stream with an empty history. On a
+// replicated bucket a create can be refused while another one for the
+// same key is still being replicated, before a read can see it: it
+// retries, briefly, until it reads or creates the value.
 func (s *Scaler) currentEpoch(ctx context.Context, stream string) (string, uint64, error) {
 	key := epochKey(stream)
-	for range 3 {
+	for attempt := 1; ; attempt++ {
 		e, err := s.epochs.Get(ctx, key)
 		if err == nil {
 			return string(e.Value()), e.Revision(), nil
@@ -209,8 +212,14 @@ func (s *Scaler) currentEpoch(ctx context.Context, stream string) (string, uint6
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return "", 0, err
 		}
+		t := time.NewTimer(time.Duration(min(attempt, 20)) * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", 0, ctx.Err()
+		case <-t.C:
+		}
 	}
-	return "", 0, errors.New("nats scaler: epoch keeps changing")
 }
 
 // startEpoch returns the epoch for the first publication of a stream with

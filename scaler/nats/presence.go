@@ -77,6 +77,8 @@ func (n *node) entryKey(channel, inc, conn string) string {
 	return escapeToken(channel) + "." + n.incKey(inc) + "." + escapeToken(conn)
 }
 
+// kvSubject is the subject of key (or of the keys a filter matches) in
+// the stream under kv.
 func (s *Scaler) kvSubject(kv jetstream.KeyValue, key string) string {
 	return "$KV." + kv.Bucket() + "." + key
 }
@@ -172,7 +174,7 @@ func (n *node) present(ctx context.Context, channel string) ([]scaler.ClientInfo
 	}
 	cctx, cancel := n.s.call(ctx)
 	defer cancel()
-	es, err := entries(cctx, n.s.presence, filter)
+	es, err := n.s.entries(cctx, n.s.presence, filter)
 	if err != nil {
 		return nil, fail(ctx, "presence", err)
 	}
@@ -300,7 +302,7 @@ func (n *node) removePresence(ctx context.Context) {
 
 // reap looks for dead incarnations and reaps those it claims.
 func (n *node) reap(ctx context.Context) {
-	es, err := entries(ctx, n.s.nodesKV, ">")
+	es, err := n.s.entries(ctx, n.s.nodesKV, ">")
 	if err != nil {
 		return
 	}
@@ -344,7 +346,7 @@ func (n *node) reap(ctx context.Context) {
 // reapIncarnation removes a dead incarnation's entries and reports them.
 func (n *node) reapIncarnation(ctx context.Context, incKey string) {
 	s := n.s
-	es, err := entries(ctx, s.presence, "*."+incKey+".*")
+	es, err := s.entries(ctx, s.presence, "*."+incKey+".*")
 	if err != nil {
 		return // claimed: reaped again a TTL later
 	}

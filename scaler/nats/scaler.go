@@ -34,6 +34,8 @@ type Scaler struct {
 	// subject so that removed entries leave no delete marker behind.
 	presenceStream jetstream.Stream
 	nodesStream    jetstream.Stream
+	// kvStreams are the buckets' streams by bucket name.
+	kvStreams map[string]jetstream.Stream
 
 	prevReconnect nats.ConnHandler
 	prevError     nats.ErrHandler
@@ -100,7 +102,8 @@ func newScaler(ctx context.Context, nc *nats.Conn, o config) (*Scaler, error) {
 	s := &Scaler{
 		nc: nc, js: js, o: o,
 		hRoot: o.prefix + ".h", dRoot: o.prefix + ".d", nRoot: o.prefix + ".n",
-		nodes: make(map[string]*node),
+		nodes:     make(map[string]*node),
+		kvStreams: make(map[string]jetstream.Stream),
 	}
 	if err := s.setup(ctx); err != nil {
 		return nil, err
@@ -151,13 +154,22 @@ func (s *Scaler) setup(ctx context.Context) error {
 		return s.setupErr(ctx, "history stream", err)
 	}
 	kv := func(name, desc string, ttl time.Duration) (jetstream.KeyValue, error) {
-		b, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		cfg := jetstream.KeyValueConfig{
 			Bucket: s.o.prefix + "-" + name, Description: desc, TTL: ttl, History: 1, Storage: jetstream.StorageType(storage), Replicas: r,
-		})
+		}
+		// Created only if missing: updating a bucket turns direct gets
+		// back on (see leaderReads).
+		b, err := s.js.KeyValue(ctx, cfg.Bucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			b, err = s.js.CreateKeyValue(ctx, cfg)
+			if errors.Is(err, jetstream.ErrBucketExists) {
+				b, err = s.js.KeyValue(ctx, cfg.Bucket)
+			}
+		}
 		if err != nil {
 			return nil, s.setupErr(ctx, name+" bucket", err)
 		}
-		return b, nil
+		return s.leaderReads(ctx, b)
 	}
 	if s.epochs, err = kv("epochs", "sss epochs of streams with empty histories", s.o.epochTTL); err != nil {
 		return err
@@ -171,13 +183,36 @@ func (s *Scaler) setup(ctx context.Context) error {
 	if s.nodesKV, err = kv("nodes", "sss node heartbeats", 0); err != nil {
 		return err
 	}
-	if s.presenceStream, err = s.js.Stream(ctx, "KV_"+s.o.prefix+"-presence"); err != nil {
-		return s.setupErr(ctx, "presence stream", err)
-	}
-	if s.nodesStream, err = s.js.Stream(ctx, "KV_"+s.o.prefix+"-nodes"); err != nil {
-		return s.setupErr(ctx, "nodes stream", err)
-	}
+	s.presenceStream = s.kvStreams[s.presence.Bucket()]
+	s.nodesStream = s.kvStreams[s.nodesKV.Bucket()]
 	return nil
+}
+
+// leaderReads turns off direct gets on a bucket's stream and binds the
+// bucket again: with replicas, a direct get may be answered by a replica
+// that lags, and the scaler's compare-and-set loops need the latest value.
+func (s *Scaler) leaderReads(ctx context.Context, b jetstream.KeyValue) (jetstream.KeyValue, error) {
+	name := "KV_" + b.Bucket()
+	for range 5 {
+		st, err := s.js.Stream(ctx, name)
+		if err != nil {
+			return nil, s.setupErr(ctx, b.Bucket()+" stream", err)
+		}
+		cfg := st.CachedInfo().Config
+		if !cfg.AllowDirect && !cfg.MirrorDirect {
+			// Bound now: the handles read the setting once.
+			if b, err = s.js.KeyValue(ctx, b.Bucket()); err != nil {
+				return nil, s.setupErr(ctx, "bucket", err)
+			}
+			s.kvStreams[b.Bucket()] = st
+			return b, nil
+		}
+		cfg.AllowDirect, cfg.MirrorDirect = false, false
+		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+			return nil, s.setupErr(ctx, b.Bucket()+" stream", err)
+		}
+	}
+	return nil, fmt.Errorf("nats scaler: %s: direct gets keep being turned on: %w", name, scaler.ErrUnavailable)
 }
 
 func (s *Scaler) setupErr(ctx context.Context, what string, err error) error {

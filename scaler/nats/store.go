@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -88,28 +89,71 @@ func (n *node) RemoveSubscription(ctx context.Context, session, channel string) 
 	return nil
 }
 
-// entries returns the current values of the keys matching filter.
-func entries(ctx context.Context, kv jetstream.KeyValue, filter string) ([]jetstream.KeyValueEntry, error) {
-	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+// entries returns the current values of the keys of kv matching filter.
+//
+// A watcher's consumer may be served by a replica that lags behind the
+// stream's leader, and would then announce the end of the current values
+// too early. So entries first asks the leader for the last message
+// matching filter, and reads the watcher until it has seen that message
+// (or, should it have been purged meanwhile, until the leader's last one
+// is no later than what was seen).
+func (s *Scaler) entries(ctx context.Context, kv jetstream.KeyValue, filter string) ([]jetstream.KeyValueEntry, error) {
+	st := s.kvStreams[kv.Bucket()]
+	lastSeq := func() (uint64, error) {
+		m, err := st.GetLastMsgForSubject(ctx, s.kvSubject(kv, filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		return m.Sequence, nil
+	}
+	want, err := lastSeq()
+	if err != nil || want == 0 {
+		return nil, err
+	}
+	w, err := kv.Watch(ctx, filter)
 	if err != nil {
 		return nil, err
 	}
 	defer w.Stop()
-	var out []jetstream.KeyValueEntry
-	for {
+	cur := make(map[string]jetstream.KeyValueEntry)
+	var seen uint64
+	initial := false
+	recheck := time.NewTicker(50 * time.Millisecond)
+	defer recheck.Stop()
+	for !initial || seen < want {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-recheck.C:
+			if initial {
+				if want, err = lastSeq(); err != nil {
+					return nil, err
+				}
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return nil, errors.New("watcher stopped")
 			}
-			if e == nil { // all current values were sent
-				return out, nil
+			if e == nil { // the consumer's view of the current values ends
+				initial = true
+				continue
 			}
-			out = append(out, e)
+			seen = max(seen, e.Revision())
+			if e.Operation() == jetstream.KeyValuePut {
+				cur[e.Key()] = e
+			} else {
+				delete(cur, e.Key())
+			}
 		}
 	}
+	out := make([]jetstream.KeyValueEntry, 0, len(cur))
+	for _, e := range cur {
+		out = append(out, e)
+	}
+	return out, nil
 }
 
 func (n *node) sessionEntries(ctx context.Context, session string) ([]jetstream.KeyValueEntry, error) {
@@ -117,7 +161,7 @@ func (n *node) sessionEntries(ctx context.Context, session string) ([]jetstream.
 	if err := checkSubject(filter); err != nil {
 		return nil, err
 	}
-	return entries(ctx, n.s.sessions, filter)
+	return n.s.entries(ctx, n.s.sessions, filter)
 }
 
 func (n *node) Subscriptions(ctx context.Context, session string) ([]scaler.StoredSubscription, error) {

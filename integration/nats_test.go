@@ -192,14 +192,24 @@ func offsetsContiguous(t *testing.T, h scaler.History, stream string) int {
 	}
 }
 
+// natsHistory joins a probe node to s and returns its History. Join is
+// retried for a while: after a NATS node died, the replicated buckets may
+// still be electing their leaders.
 func natsHistory(t *testing.T, s *natsscaler.Scaler) scaler.History {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	n, err := s.Join(ctx, "probe-"+randomName(""), &recorder{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var (
+		n   scaler.Node
+		err error
+	)
+	poll(t, 30*time.Second, "a probe node to join", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		n, err = s.Join(ctx, "probe-"+randomName(""), &recorder{})
+		if err != nil {
+			t.Logf("probe join: %v", err)
+		}
+		return err == nil
+	})
 	t.Cleanup(func() { n.Close() })
 	return n.(scaler.History)
 }

@@ -51,32 +51,45 @@ func (n *node) Publish(ctx context.Context, pub *scaler.Publication) error {
 }
 
 // publishStored appends to the history with optimistic concurrency on the
-// channel's root stream: it reads the last publication of each of the
-// channel's streams, numbers the new one after them, and has JetStream
-// store it only if the root stream's last sequence is still the one it
-// read (Nats-Expected-Last-Subject-Sequence with the root stream's subject
-// filter). Every publication of a stream is also one of its root's, so
-// nothing was appended to any of the streams in between; on a conflict it
-// reads again and retries.
+// channel's root stream: it knows (reads, or remembers from its own last
+// publication) the last stored publication of each of the channel's
+// streams, numbers the new one after each, and has JetStream store it only
+// if the last sequence matching the root stream's filter is still the one
+// it knows (Nats-Expected-Last-Subject-Sequence with the root stream's
+// subject filter). Every publication of a stream is also one of its
+// root's, so none of the channel's streams moved in between; on a conflict
+// it reads again and retries.
+//
+// Within one Scaler, publications on one root stream take turns (rootState),
+// so they never conflict with each other, and each remembers what it
+// stored: as long as no other Scaler publishes on the root, a publication
+// is a single round trip.
 func (s *Scaler) publishStored(ctx context.Context, channel string, body []byte) error {
 	streams := scaler.Streams(channel)
 	subj := channelSubject(s.hRoot, channel)
 	if err := checkSubject(subj); err != nil {
 		return err
 	}
-	rootFilter := streamFilter(s.hRoot, streams[0])
+	rs := s.rootState(streams[0])
+	select {
+	case rs.turn <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("nats scaler: publish: %w", ctx.Err())
+	}
+	defer func() { <-rs.turn }()
 	for attempt := 0; ; attempt++ {
-		err := s.tryPublish(ctx, streams, subj, rootFilter, body)
+		err := s.tryPublish(ctx, rs, streams, subj, body)
 		if err == nil {
 			return nil
 		}
+		rs.forget()
 		if !wrongLastSeq(err) {
 			return fail(ctx, "publish", err)
 		}
 		if cerr := ctx.Err(); cerr != nil {
 			return fmt.Errorf("nats scaler: publish: %w", cerr)
 		}
-		// Another publisher appended first: back off a little, at random,
+		// Another Scaler appended first: back off a little, at random,
 		// so that contenders do not keep colliding.
 		if attempt > 2 {
 			t := time.NewTimer(time.Duration(mrand.IntN(min(attempt, 20))+1) * time.Millisecond)
@@ -90,32 +103,94 @@ func (s *Scaler) publishStored(ctx context.Context, channel string, body []byte)
 	}
 }
 
-func (s *Scaler) tryPublish(ctx context.Context, streams []string, subj, rootFilter string, body []byte) error {
+// rootState is what a Scaler knows of a root stream's history, valid
+// while every publication on the root since it was read was its own.
+// Holding turn (a one-slot semaphore) gives the right to publish on the
+// root and to use the rest.
+type rootState struct {
+	turn  chan struct{}
+	known bool   // seq and last are up to date
+	seq   uint64 // last sequence matching the root's filter
+	last  map[string]scaler.Position
+}
+
+// maxRoots and maxKnownStreams bound what a Scaler remembers; past them it
+// forgets, and reads again.
+const (
+	maxRoots        = 4096
+	maxKnownStreams = 256
+)
+
+func (s *Scaler) rootState(root string) *rootState {
+	s.rootsMu.Lock()
+	defer s.rootsMu.Unlock()
+	rs := s.roots[root]
+	if rs == nil {
+		if len(s.roots) >= maxRoots {
+			// Forget one at random. A publisher still holding it goes
+			// on; at worst two of ours then conflict and retry.
+			for k := range s.roots {
+				delete(s.roots, k)
+				break
+			}
+		}
+		rs = &rootState{turn: make(chan struct{}, 1), last: make(map[string]scaler.Position)}
+		s.roots[root] = rs
+	}
+	return rs
+}
+
+func (rs *rootState) forget() {
+	rs.known = false
+	clear(rs.last)
+}
+
+func (s *Scaler) tryPublish(ctx context.Context, rs *rootState, streams []string, subj string, body []byte) error {
 	cctx, cancel := s.call(ctx)
 	defer cancel()
-	root, err := s.lastIn(cctx, rootFilter)
-	if err != nil {
-		return err
+	if !rs.known {
+		root, err := s.lastIn(cctx, streamFilter(s.hRoot, streams[0]))
+		if err != nil {
+			return err
+		}
+		rs.seq = 0
+		if root != nil {
+			p, err := positionOf(root, 0)
+			if err != nil {
+				return err
+			}
+			rs.seq, rs.last[streams[0]] = root.Sequence, p
+		}
+		rs.known = true
+	}
+	if len(rs.last) > maxKnownStreams {
+		rs.forget()
+		return s.tryPublish(ctx, rs, streams, subj, body)
 	}
 	ps := positions{offsets: make([]uint64, len(streams)), epochs: make([]string, len(streams))}
 	for i, st := range streams {
-		m := root
-		if i > 0 {
-			if m, err = s.lastIn(cctx, streamFilter(s.hRoot, st)); err != nil {
+		last, ok := rs.last[st]
+		if !ok && rs.seq != 0 { // an empty root has empty descendants
+			// Not known yet: read it (consistent with seq, or the publish
+			// below fails).
+			m, err := s.lastIn(cctx, streamFilter(s.hRoot, st))
+			if err != nil {
 				return err
 			}
+			if m != nil {
+				if last, err = positionOf(m, i); err != nil {
+					return err
+				}
+				ok = true
+			}
 		}
-		if m == nil {
+		if !ok {
 			ep, err := s.startEpoch(cctx, st)
 			if err != nil {
 				return err
 			}
 			ps.offsets[i], ps.epochs[i] = 1, ep
 			continue
-		}
-		last, err := positionOf(m, i)
-		if err != nil {
-			return err
 		}
 		ps.offsets[i], ps.epochs[i] = last.Offset+1, last.Epoch
 	}
@@ -124,14 +199,17 @@ func (s *Scaler) tryPublish(ctx context.Context, streams []string, subj, rootFil
 	off, ep := ps.headers()
 	msg.Header.Set(hdrOffsets, off)
 	msg.Header.Set(hdrEpochs, ep)
-	var expect uint64
-	if root != nil {
-		expect = root.Sequence
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, streamFilter(s.hRoot, streams[0]))
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rs.seq, 10))
+	ack, err := s.js.PublishMsg(cctx, msg)
+	if err != nil {
+		return err
 	}
-	msg.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, rootFilter)
-	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expect, 10))
-	_, err = s.js.PublishMsg(cctx, msg)
-	return err
+	rs.seq = ack.Sequence
+	for i, st := range streams {
+		rs.last[st], _ = ps.at(i)
+	}
+	return nil
 }
 
 func wrongLastSeq(err error) bool {

@@ -40,6 +40,11 @@ type Scaler struct {
 	prevReconnect nats.ConnHandler
 	prevError     nats.ErrHandler
 
+	// roots is what this Scaler knows of the root streams it publishes
+	// on (history.go).
+	rootsMu sync.Mutex
+	roots   map[string]*rootState
+
 	mu     sync.Mutex
 	closed bool
 	nodes  map[string]*node
@@ -104,6 +109,7 @@ func newScaler(ctx context.Context, nc *nats.Conn, o config) (*Scaler, error) {
 		hRoot: o.prefix + ".h", dRoot: o.prefix + ".d", nRoot: o.prefix + ".n",
 		nodes:     make(map[string]*node),
 		kvStreams: make(map[string]jetstream.Stream),
+		roots:     make(map[string]*rootState),
 	}
 	if err := s.setup(ctx); err != nil {
 		return nil, err

@@ -163,12 +163,14 @@
 //     dropped deliveries) is reported the same way.
 //   - NATS restarted with its storage: history, sessions and presence are
 //     as they were; catch-up is exact. Without it: the stream and buckets
-//     are gone, and the calls that need them fail until a Scaler is
-//     created again (Dial or New creates them); epochs change.
+//     are gone; the first call that finds them missing (a publication, a
+//     read, a heartbeat) creates them again, and the calls after it work.
+//     Epochs change, so clients are told their positions are lost; stored
+//     sessions are lost; nodes write their presence entries again.
 //   - JetStream not enabled or not ready (a cluster electing its leaders):
 //     Dial and New fail with ErrUnavailable; calls fail likewise until it
-//     is back. Deliveries of already-stored publications and node messages
-//     only need core NATS.
+//     is back. Node messages and transient publications only need core
+//     NATS.
 //   - One node of a NATS cluster lost: the client connection moves to
 //     another server (give several URLs), replicated streams elect a new
 //     leader within seconds; publications in flight then may fail with

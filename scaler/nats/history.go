@@ -84,7 +84,7 @@ func (s *Scaler) publishStored(ctx context.Context, channel string, body []byte)
 		}
 		rs.forget()
 		if !wrongLastSeq(err) {
-			return fail(ctx, "publish", err)
+			return s.failed(ctx, "publish", err)
 		}
 		if cerr := ctx.Err(); cerr != nil {
 			return fmt.Errorf("nats scaler: publish: %w", cerr)
@@ -331,17 +331,17 @@ func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, li
 	defer cancel()
 	last, err := s.lastIn(cctx, filter)
 	if err != nil {
-		return nil, scaler.Position{}, fail(ctx, "since", err)
+		return nil, scaler.Position{}, s.failed(ctx, "since", err)
 	}
 	var top scaler.Position
 	if last == nil {
 		ep, _, err := s.currentEpoch(cctx, stream)
 		if err != nil {
-			return nil, scaler.Position{}, fail(ctx, "since", err)
+			return nil, scaler.Position{}, s.failed(ctx, "since", err)
 		}
 		top = scaler.Position{Epoch: ep}
 	} else if top, err = positionOf(last, d); err != nil {
-		return nil, scaler.Position{}, fail(ctx, "since", err)
+		return nil, scaler.Position{}, s.failed(ctx, "since", err)
 	}
 	if pos.Epoch != "" && (pos.Epoch != top.Epoch || pos.Offset > top.Offset) {
 		return nil, top, fmt.Errorf("nats scaler: since %+v, stream at %+v: %w", pos, top, scaler.ErrPositionLost)
@@ -356,7 +356,7 @@ func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, li
 		m, err = s.findOffset(cctx, filter, d, pos.Offset+1, last.Sequence, top.Offset)
 	}
 	if err != nil {
-		return nil, top, fail(ctx, "since", err)
+		return nil, top, s.failed(ctx, "since", err)
 	}
 	if m == nil {
 		return nil, top, fmt.Errorf("nats scaler: since %+v: trimmed: %w", pos, scaler.ErrPositionLost)
@@ -365,21 +365,21 @@ func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, li
 	for m != nil {
 		p, err := positionOf(m, d)
 		if err != nil {
-			return nil, top, fail(ctx, "since", err)
+			return nil, top, s.failed(ctx, "since", err)
 		}
 		if p.Epoch != top.Epoch || (len(entries) > 0 && p.Offset != entries[len(entries)-1].Offset+1) {
 			break // a hole: the caller will find the next position lost
 		}
 		pub, err := decodePub(m.Data)
 		if err != nil {
-			return nil, top, fail(ctx, "since", err)
+			return nil, top, s.failed(ctx, "since", err)
 		}
 		entries = append(entries, scaler.Entry{Offset: p.Offset, Pub: pub})
 		if len(entries) == limit || m.Sequence >= last.Sequence {
 			break
 		}
 		if m, err = s.nextIn(cctx, filter, m.Sequence+1); err != nil {
-			return nil, top, fail(ctx, "since", err)
+			return nil, top, s.failed(ctx, "since", err)
 		}
 	}
 	if len(entries) == 0 {

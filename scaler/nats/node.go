@@ -60,7 +60,7 @@ func (n *node) start(ctx context.Context, subj string) error {
 	n.msgMu.Unlock()
 	sub, err := n.s.nc.Subscribe(subj, n.onMessage)
 	if err != nil {
-		return fail(ctx, "join", err)
+		return n.s.failed(ctx, "join", err)
 	}
 	n.mu.Lock()
 	n.msgSub = sub
@@ -68,10 +68,10 @@ func (n *node) start(ctx context.Context, subj string) error {
 	cctx, cancel := n.s.call(ctx)
 	defer cancel()
 	if err := n.s.nc.FlushWithContext(cctx); err != nil {
-		return fail(ctx, "join", err)
+		return n.s.failed(ctx, "join", err)
 	}
 	if err := n.startPresence(cctx); err != nil {
-		return fail(ctx, "join: presence", err)
+		return n.s.failed(ctx, "join: presence", err)
 	}
 	n.wg.Add(1)
 	go n.heartbeat()
@@ -122,7 +122,7 @@ func (n *node) Send(ctx context.Context, nodeID string, msg []byte) error {
 		if errors.Is(err, nats.ErrNoResponders) {
 			return fmt.Errorf("nats scaler: send to %q: %w", nodeID, scaler.ErrUnknownNode)
 		}
-		return fail(ctx, "send", err)
+		return n.s.failed(ctx, "send", err)
 	}
 	return nil
 }
@@ -151,7 +151,7 @@ func (n *node) Subscribe(ctx context.Context, stream string) error {
 	sub, err := n.s.nc.Subscribe(filter, func(m *nats.Msg) { n.onDelivery(ss, m) })
 	if err != nil {
 		n.mu.Unlock()
-		return fail(ctx, "subscribe", err)
+		return n.s.failed(ctx, "subscribe", err)
 	}
 	ss.sub = sub
 	n.streams[stream] = ss
@@ -161,7 +161,7 @@ func (n *node) Subscribe(ctx context.Context, stream string) error {
 	cctx, cancel := n.s.call(ctx)
 	defer cancel()
 	if err := n.s.nc.FlushWithContext(cctx); err != nil {
-		return fail(ctx, "subscribe", err)
+		return n.s.failed(ctx, "subscribe", err)
 	}
 	return nil
 }
@@ -254,10 +254,10 @@ func (n *node) Ping(ctx context.Context) error {
 	cctx, cancel := n.s.call(ctx)
 	defer cancel()
 	if err := n.s.nc.FlushWithContext(cctx); err != nil {
-		return fail(ctx, "ping", err)
+		return n.s.failed(ctx, "ping", err)
 	}
 	if _, err := n.s.js.AccountInfo(cctx); err != nil {
-		return fail(ctx, "ping: JetStream", err)
+		return n.s.failed(ctx, "ping: JetStream", err)
 	}
 	return nil
 }

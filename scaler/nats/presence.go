@@ -131,7 +131,7 @@ func (n *node) Join(ctx context.Context, channel string, c scaler.ClientInfo) er
 	defer cancel()
 	if _, err := n.s.presence.Put(cctx, key, v); err != nil {
 		n.pres.markDirty()
-		return fail(ctx, "presence join", err)
+		return n.s.failed(ctx, "presence join", err)
 	}
 	return nil
 }
@@ -158,7 +158,7 @@ func (n *node) Leave(ctx context.Context, channel, conn string) error {
 	defer cancel()
 	if err := n.s.presenceStream.Purge(cctx, jetstream.WithPurgeSubject(n.s.kvSubject(n.s.presence, key))); err != nil {
 		n.pres.markDirty()
-		return fail(ctx, "presence leave", err)
+		return n.s.failed(ctx, "presence leave", err)
 	}
 	return nil
 }
@@ -176,7 +176,7 @@ func (n *node) present(ctx context.Context, channel string) ([]scaler.ClientInfo
 	defer cancel()
 	es, err := n.s.entries(cctx, n.s.presence, filter)
 	if err != nil {
-		return nil, fail(ctx, "presence", err)
+		return nil, n.s.failed(ctx, "presence", err)
 	}
 	out := make([]scaler.ClientInfo, 0, len(es))
 	for _, e := range es {
@@ -240,7 +240,8 @@ func (n *node) beat(ctx context.Context) {
 			return
 		}
 	} else if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		n.pres.markDirty() // unreachable: rewrite once it answers
+		n.pres.markDirty() // unreachable or gone: rewrite once it answers
+		n.s.repair(err)
 		return
 	}
 	n.reincarnate(ctx)

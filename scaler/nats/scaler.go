@@ -45,6 +45,9 @@ type Scaler struct {
 	rootsMu sync.Mutex
 	roots   map[string]*rootState
 
+	repairMu   sync.Mutex
+	lastRepair time.Time
+
 	mu     sync.Mutex
 	closed bool
 	nodes  map[string]*node
@@ -85,7 +88,8 @@ func Dial(ctx context.Context, urls string, opts ...Option) (*Scaler, error) {
 // close. Give the connection nats.MaxReconnects(-1) (or a large number):
 // once nats.go gives up reconnecting the Scaler is unavailable for good.
 // New chains its own reconnect and error handlers in front of the
-// connection's.
+// connection's, and Close puts the previous ones back: close several
+// Scalers sharing one connection in the reverse order of their creation.
 func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Scaler, error) {
 	if nc == nil {
 		return nil, errors.New("nats scaler: nil connection")
@@ -131,8 +135,29 @@ func (s *Scaler) replicas() int {
 	return 1
 }
 
-// setup creates or updates the history stream and the buckets.
-func (s *Scaler) setup(ctx context.Context) error {
+// setup creates or updates the history stream, creates the buckets if
+// missing, and binds the Scaler's handles to them.
+func (s *Scaler) setup(ctx context.Context) error { return s.ensure(ctx, true) }
+
+// buckets are the key-value buckets: name, description, TTL.
+func (s *Scaler) buckets() []bucketSpec {
+	return []bucketSpec{
+		{"epochs", "sss epochs of streams with empty histories", s.o.epochTTL},
+		{"sessions", "sss stored subscriptions per session", s.o.sessionTTL},
+		{"presence", "sss presence entries", 0},
+		{"nodes", "sss node heartbeats", 0},
+	}
+}
+
+type bucketSpec struct {
+	name, desc string
+	ttl        time.Duration
+}
+
+// ensure creates the stream and the buckets where missing and, when bind,
+// sets the Scaler's handles on them. Handles name the stream and buckets,
+// so once bound they survive their being created again (repair).
+func (s *Scaler) ensure(ctx context.Context, bind bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 4*s.o.callTimeout)
 	defer cancel()
 	storage := jetstream.FileStorage
@@ -140,8 +165,7 @@ func (s *Scaler) setup(ctx context.Context) error {
 		storage = jetstream.MemoryStorage
 	}
 	r := s.replicas()
-	var err error
-	s.hist, err = s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	hist, err := s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        s.o.prefix + "-history",
 		Description: "sss publications, numbered per stream",
 		Subjects:    []string{s.hRoot + ".>"},
@@ -159,9 +183,11 @@ func (s *Scaler) setup(ctx context.Context) error {
 	if err != nil {
 		return s.setupErr(ctx, "history stream", err)
 	}
-	kv := func(name, desc string, ttl time.Duration) (jetstream.KeyValue, error) {
+	bound := make([]jetstream.KeyValue, 0, 4)
+	for _, spec := range s.buckets() {
 		cfg := jetstream.KeyValueConfig{
-			Bucket: s.o.prefix + "-" + name, Description: desc, TTL: ttl, History: 1, Storage: jetstream.StorageType(storage), Replicas: r,
+			Bucket: s.o.prefix + "-" + spec.name, Description: spec.desc, TTL: spec.ttl, History: 1,
+			Storage: jetstream.StorageType(storage), Replicas: r,
 		}
 		// Created only if missing: updating a bucket turns direct gets
 		// back on (see leaderReads).
@@ -173,52 +199,79 @@ func (s *Scaler) setup(ctx context.Context) error {
 			}
 		}
 		if err != nil {
-			return nil, s.setupErr(ctx, name+" bucket", err)
+			return s.setupErr(ctx, spec.name+" bucket", err)
 		}
-		return s.leaderReads(ctx, b)
+		b, st, err := s.leaderReads(ctx, b)
+		if err != nil {
+			return err
+		}
+		if bind {
+			s.kvStreams[b.Bucket()] = st
+		}
+		bound = append(bound, b)
 	}
-	if s.epochs, err = kv("epochs", "sss epochs of streams with empty histories", s.o.epochTTL); err != nil {
-		return err
+	if bind {
+		s.hist = hist
+		s.epochs, s.sessions, s.presence, s.nodesKV = bound[0], bound[1], bound[2], bound[3]
+		s.presenceStream = s.kvStreams[s.presence.Bucket()]
+		s.nodesStream = s.kvStreams[s.nodesKV.Bucket()]
 	}
-	if s.sessions, err = kv("sessions", "sss stored subscriptions per session", s.o.sessionTTL); err != nil {
-		return err
-	}
-	if s.presence, err = kv("presence", "sss presence entries", 0); err != nil {
-		return err
-	}
-	if s.nodesKV, err = kv("nodes", "sss node heartbeats", 0); err != nil {
-		return err
-	}
-	s.presenceStream = s.kvStreams[s.presence.Bucket()]
-	s.nodesStream = s.kvStreams[s.nodesKV.Bucket()]
 	return nil
+}
+
+// repair creates the stream and buckets again when an error says they are
+// gone (NATS restarted without its storage, an operator deleted them), at
+// most once a second; the call that failed still fails, the next ones
+// work. Offsets start again in new epochs: the epochs went with them.
+func (s *Scaler) repair(err error) {
+	if !errors.Is(err, jetstream.ErrStreamNotFound) && !errors.Is(err, jetstream.ErrNoStreamResponse) &&
+		!errors.Is(err, jetstream.ErrBucketNotFound) && !errors.Is(err, nats.ErrNoResponders) {
+		return
+	}
+	if !s.repairMu.TryLock() {
+		return
+	}
+	defer s.repairMu.Unlock()
+	if time.Since(s.lastRepair) < time.Second {
+		return
+	}
+	s.lastRepair = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), s.o.callTimeout)
+	defer cancel()
+	_ = s.ensure(ctx, false)
+}
+
+// failed is fail, after a repair if the error says the stream or a bucket
+// is gone.
+func (s *Scaler) failed(ctx context.Context, op string, err error) error {
+	s.repair(err)
+	return fail(ctx, op, err)
 }
 
 // leaderReads turns off direct gets on a bucket's stream and binds the
 // bucket again: with replicas, a direct get may be answered by a replica
 // that lags, and the scaler's compare-and-set loops need the latest value.
-func (s *Scaler) leaderReads(ctx context.Context, b jetstream.KeyValue) (jetstream.KeyValue, error) {
+func (s *Scaler) leaderReads(ctx context.Context, b jetstream.KeyValue) (jetstream.KeyValue, jetstream.Stream, error) {
 	name := "KV_" + b.Bucket()
 	for range 5 {
 		st, err := s.js.Stream(ctx, name)
 		if err != nil {
-			return nil, s.setupErr(ctx, b.Bucket()+" stream", err)
+			return nil, nil, s.setupErr(ctx, b.Bucket()+" stream", err)
 		}
 		cfg := st.CachedInfo().Config
 		if !cfg.AllowDirect && !cfg.MirrorDirect {
 			// Bound now: the handles read the setting once.
 			if b, err = s.js.KeyValue(ctx, b.Bucket()); err != nil {
-				return nil, s.setupErr(ctx, "bucket", err)
+				return nil, nil, s.setupErr(ctx, "bucket", err)
 			}
-			s.kvStreams[b.Bucket()] = st
-			return b, nil
+			return b, st, nil
 		}
 		cfg.AllowDirect, cfg.MirrorDirect = false, false
 		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
-			return nil, s.setupErr(ctx, b.Bucket()+" stream", err)
+			return nil, nil, s.setupErr(ctx, b.Bucket()+" stream", err)
 		}
 	}
-	return nil, fmt.Errorf("nats scaler: %s: direct gets keep being turned on: %w", name, scaler.ErrUnavailable)
+	return nil, nil, fmt.Errorf("nats scaler: %s: direct gets keep being turned on: %w", name, scaler.ErrUnavailable)
 }
 
 func (s *Scaler) setupErr(ctx context.Context, what string, err error) error {

@@ -68,7 +68,7 @@ func (n *node) AddSubscription(ctx context.Context, session string, sub scaler.S
 	cctx, cancel := n.s.call(ctx)
 	defer cancel()
 	if _, err := n.s.sessions.Put(cctx, key, v); err != nil {
-		return fail(ctx, "add subscription", err)
+		return n.s.failed(ctx, "add subscription", err)
 	}
 	return nil
 }
@@ -84,7 +84,7 @@ func (n *node) RemoveSubscription(ctx context.Context, session, channel string) 
 	cctx, cancel := n.s.call(ctx)
 	defer cancel()
 	if err := n.s.sessions.Delete(cctx, key); err != nil {
-		return fail(ctx, "remove subscription", err)
+		return n.s.failed(ctx, "remove subscription", err)
 	}
 	return nil
 }
@@ -172,7 +172,7 @@ func (n *node) Subscriptions(ctx context.Context, session string) ([]scaler.Stor
 	defer cancel()
 	es, err := n.sessionEntries(cctx, session)
 	if err != nil {
-		return nil, fail(ctx, "subscriptions", err)
+		return nil, n.s.failed(ctx, "subscriptions", err)
 	}
 	out := make([]scaler.StoredSubscription, 0, len(es))
 	for _, e := range es {
@@ -196,11 +196,11 @@ func (n *node) TouchSession(ctx context.Context, session string) error {
 	defer cancel()
 	es, err := n.sessionEntries(cctx, session)
 	if err != nil {
-		return fail(ctx, "touch session", err)
+		return n.s.failed(ctx, "touch session", err)
 	}
 	for _, e := range es {
 		if _, err := n.s.sessions.Update(cctx, e.Key(), e.Value(), e.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			return fail(ctx, "touch session", err)
+			return n.s.failed(ctx, "touch session", err)
 		}
 	}
 	return nil
@@ -224,7 +224,7 @@ func (n *node) UpdatePosition(ctx context.Context, session, channel string, pos 
 			return nil
 		}
 		if err != nil {
-			return fail(ctx, "update position", err)
+			return n.s.failed(ctx, "update position", err)
 		}
 		sub, err := decodeSub(e.Value())
 		if err != nil {
@@ -240,7 +240,7 @@ func (n *node) UpdatePosition(ctx context.Context, session, channel string, pos 
 			return nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return fail(ctx, "update position", err)
+			return n.s.failed(ctx, "update position", err)
 		}
 	}
 }

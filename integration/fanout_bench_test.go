@@ -128,3 +128,42 @@ type signalHandler chan struct{}
 func (h signalHandler) HandleDelivery(scaler.Delivery) { h <- struct{}{} }
 func (signalHandler) HandleMessage(string, []byte)     {}
 func (signalHandler) HandleMissed(string)              {}
+
+// BenchmarkNATSSince measures a catch-up read of 100 publications (one
+// page of the server's catch-up) from the NATS history.
+//
+//	go test -run '^$' -bench NATSSince ./integration/
+func BenchmarkNATSSince(b *testing.B) {
+	requireDocker(b)
+	_, addr := runNATS(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := natsscaler.Dial(ctx, natsURLs(addr), natsscaler.WithPrefix(randomName("bench")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	n, err := s.Join(ctx, "bench", nopHandler{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	pub := &scaler.Publication{Channel: "room.a", Event: "e", Data: []byte(`{"text":"hello"}`)}
+	for range 1000 {
+		if err := n.Publish(ctx, pub); err != nil {
+			b.Fatal(err)
+		}
+	}
+	h := n.(scaler.History)
+	_, top, err := h.Since(ctx, "room", scaler.Position{}, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		entries, _, err := h.Since(ctx, "room", scaler.Position{Offset: 500, Epoch: top.Epoch}, 100)
+		if err != nil || len(entries) != 100 {
+			b.Fatalf("Since: %d entries, %v", len(entries), err)
+		}
+	}
+}

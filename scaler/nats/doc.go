@@ -93,10 +93,13 @@
 // positions are lost.
 //
 // Since finds the publication at an offset by a search over stream
-// sequences (offsets grow with them; usually one read when the stream is
-// busy, O(log n) at worst), then reads one message per entry. All reads
-// go to the stream's leader (direct gets are off), never to a replica that
-// may lag.
+// sequences (offsets grow with them: usually one read, O(log n) at
+// worst), then reads the entries: up to 8 one request each, more through a
+// short-lived consumer (three requests whatever their number). Reads of
+// single messages go to the stream's leader (direct gets are off), never
+// to a replica that may lag; what a lagging consumer did not have yet is
+// read from the leader. Measured (BenchmarkNATSSince, 2-core machine, one
+// NATS 2.15 container): a page of 100 entries in about 4 ms.
 //
 // History is bounded as a whole (WithHistory: 1,000,000 publications,
 // 1 GiB, 5 minutes by default), not per stream: JetStream drops the

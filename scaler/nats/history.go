@@ -361,7 +361,11 @@ func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, li
 	if m == nil {
 		return nil, top, fmt.Errorf("nats scaler: since %+v: trimmed: %w", pos, scaler.ErrPositionLost)
 	}
-	var entries []scaler.Entry
+	var (
+		entries []scaler.Entry
+		buf     []*jetstream.RawStreamMsg // read ahead in bulk
+		bulk    bool
+	)
 	for m != nil {
 		p, err := positionOf(m, d)
 		if err != nil {
@@ -378,7 +382,14 @@ func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, li
 		if len(entries) == limit || m.Sequence >= last.Sequence {
 			break
 		}
-		if m, err = s.nextIn(cctx, filter, m.Sequence+1); err != nil {
+		if want := min(limit-len(entries), int(min(top.Offset-p.Offset, uint64(limit)))); !bulk && want > bulkAbove {
+			// Many to read: in one go, rather than a request each.
+			bulk = true
+			buf = s.readBulk(cctx, filter, m.Sequence+1, want)
+		}
+		if len(buf) > 0 {
+			m, buf = buf[0], buf[1:]
+		} else if m, err = s.nextIn(cctx, filter, m.Sequence+1); err != nil {
 			return nil, top, s.failed(ctx, "since", err)
 		}
 	}
@@ -386,6 +397,44 @@ func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, li
 		return nil, top, fmt.Errorf("nats scaler: since %+v: %w", pos, scaler.ErrPositionLost)
 	}
 	return entries, top, nil
+}
+
+// bulkAbove is how many publications Since reads one request each before
+// it reads the rest through a consumer (three requests whatever their
+// number).
+const bulkAbove = 8
+
+// readBulk returns up to n stored publications matching filter from
+// sequence from on, through a short-lived consumer. It returns what it
+// could, none on error: the caller reads the rest one at a time. The
+// consumer sends only what its server already has (it may lag behind the
+// leader; the caller then reads on from the leader).
+func (s *Scaler) readBulk(ctx context.Context, filter string, from uint64, n int) []*jetstream.RawStreamMsg {
+	cons, err := s.hist.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		FilterSubject: filter, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
+		AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 30 * time.Second, MemoryStorage: true, Replicas: 1,
+	})
+	if err != nil {
+		return nil
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), s.o.callTimeout)
+		_ = s.hist.DeleteConsumer(dctx, cons.CachedInfo().Name)
+		cancel()
+	}()
+	batch, err := cons.FetchNoWait(n)
+	if err != nil {
+		return nil
+	}
+	out := make([]*jetstream.RawStreamMsg, 0, n)
+	for msg := range batch.Messages() {
+		md, err := msg.Metadata()
+		if err != nil {
+			break
+		}
+		out = append(out, &jetstream.RawStreamMsg{Subject: msg.Subject(), Sequence: md.Sequence.Stream, Header: msg.Headers(), Data: msg.Data()})
+	}
+	return out
 }
 
 // findOffset returns the publication of the stream (filter, depth d) at

@@ -47,6 +47,12 @@
 //	<prefix>.d.R.<channel>     transient publications go directly
 //	<prefix>.n.<node>          node-to-node messages (Send)
 //
+// On a NATS cluster, Subscribe returns once the node's own server has the
+// interest; the other servers learn of it within a route round trip, and
+// a publication stored in between reaches the node late or not at all.
+// The server notices the jump in offsets at the next delivery and fills
+// it from history.
+//
 // A node subscribes, on its connection, to "<prefix>.d.C.<stream
 // levels>.>" (or the reserved channel's subject) for each stream its
 // local clients want, and to nothing else: NATS sends an instance only
@@ -79,6 +85,17 @@
 // A publication costs 1 + depth reads and one publish (four round trips
 // for "a.b.c"), plus, for a stream with an empty history, two key-value
 // writes.
+//
+// Within one Scaler, publications on one root stream take turns and
+// remember what they stored, so when no other instance publishes on that
+// root a publication is one round trip (the reads are skipped). Measured
+// by BenchmarkScalerFanout (integration/; 2-core machine shared with other
+// work, NATS 2.15 and Redis 7.0 containers, history on): from Publish to
+// the other instance's handler 0.4-0.5 ms (Redis+MongoDB scaler: 0.2-0.35
+// ms); 8 goroutines publishing on one channel through one instance deliver
+// 1,800-2,200 publications/s to another (Redis+MongoDB: 2,200-8,800/s,
+// depending on the machine's load). Publications on different root
+// streams do not wait for each other.
 //
 // A stream's epoch comes from its history: the epoch of its last stored
 // publication. A stream with no publication kept (never published, or all

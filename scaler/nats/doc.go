@@ -57,7 +57,11 @@
 // levels>.>" (or the reserved channel's subject) for each stream its
 // local clients want, and to nothing else: NATS sends an instance only
 // what it needs. One subscription per stream delivers, in order, once,
-// everything that belongs to it.
+// everything that belongs to it. Each subscription is a nats.go
+// asynchronous subscription: one goroutine per stream a node is
+// subscribed to, and a pending buffer bounded by nats.go's limits (512k
+// messages, 64 MiB by default; past them it drops, and the node is told
+// with HandleMissed).
 //
 // # History: offsets and epochs
 //

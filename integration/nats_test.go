@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/nats-io/nats.go"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/network"
@@ -212,4 +213,42 @@ func natsHistory(t *testing.T, s *natsscaler.Scaler) scaler.History {
 	})
 	t.Cleanup(func() { n.Close() })
 	return n.(scaler.History)
+}
+
+// TestNATSPresenceRestartEmpty restarts NATS with its storage lost: the
+// nodes write their presence entries again by themselves (their heartbeat
+// finds their key gone), so the list is whole again without any client
+// doing anything.
+func TestNATSPresenceRestartEmpty(t *testing.T) {
+	requireDocker(t)
+	req := natsRequest()
+	req.HostConfigModifier = func(hc *container.HostConfig) {
+		bindLoopback(natsPort)(hc)
+		hc.Tmpfs = map[string]string{"/data": ""}
+	}
+	c := runContainer(t, req)
+	tg := newTarget(containerAddr(t, c, natsPort))
+	s := dialNATS(t, "nats://nats.test:4222", natsscaler.WithPrefix(randomName("p")), natsscaler.WithPresenceTTL(time.Second),
+		natsscaler.WithNATSOptions(natsOpts(nats.SetCustomDialer(natsDialer{tg}))...))
+	var ps []scaler.Presence
+	for _, id := range []string{"a", "b"} {
+		n, err := s.Join(ctxT(t), id, &recorder{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		ps = append(ps, n.(scaler.Presence))
+	}
+	want := scaler.ClientInfo{Conn: "c1", User: "alice", Info: []byte(`"here"`)}
+	if err := ps[0].Join(ctxT(t), "room", want); err != nil {
+		t.Fatal(err)
+	}
+	stopContainer(t, c)
+	tg.set(startContainer(t, c, natsPort))
+	start := time.Now()
+	poll(t, 20*time.Second, "node a's entry to be written again", func() bool {
+		list, err := ps[1].Present(ctxT(t), "room")
+		return err == nil && len(list) == 1 && list[0].Conn == want.Conn && string(list[0].Info) == `"here"`
+	})
+	t.Logf("entry back %v after NATS restarted empty", time.Since(start).Round(time.Millisecond))
 }

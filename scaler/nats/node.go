@@ -219,7 +219,8 @@ func (n *node) reconnected() {
 		}
 		ss.mu.Unlock()
 	}
-	n.pres.markDirty()
+	// Presence needs nothing here: the entries are in JetStream, and a
+	// write that failed meanwhile marked them to be rewritten.
 }
 
 // dropped tells the handler that nats.go dropped deliveries of the stream

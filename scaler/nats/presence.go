@@ -115,6 +115,11 @@ func (n *node) Join(ctx context.Context, channel string, c scaler.ClientInfo) er
 	}
 	n.pres.wmu.RLock()
 	defer n.pres.wmu.RUnlock()
+	// Again under wmu: Close removes the entries holding it, and an entry
+	// written after that would belong to no live incarnation.
+	if err := n.check(ctx); err != nil {
+		return err
+	}
 	n.pres.mu.Lock()
 	m := n.pres.entries[channel]
 	if m == nil {
@@ -142,6 +147,9 @@ func (n *node) Leave(ctx context.Context, channel, conn string) error {
 	}
 	n.pres.wmu.RLock()
 	defer n.pres.wmu.RUnlock()
+	if err := n.check(ctx); err != nil {
+		return err
+	}
 	n.pres.mu.Lock()
 	if m := n.pres.entries[channel]; m != nil {
 		delete(m, conn)

@@ -23,6 +23,8 @@ import (
 //     node's handler has it (ns/op is that latency).
 //   - rate: 8 goroutines publish on the first node; pubs/s is how many
 //     publications per second reach the second node.
+//   - rate3: three publishing nodes (three Scalers), 4 goroutines each,
+//     on the same channel: publishers on several instances contending.
 //
 // Channels: "flat" (one stream) and "a.b.c" with the subscriber on "a"
 // (numbered in three streams).
@@ -69,6 +71,41 @@ func BenchmarkScalerFanout(b *testing.B) {
 					<-got
 				}
 			})
+			b.Run(be.name+"/"+ch.channel+"/rate3", func(b *testing.B) {
+				// Three publishing instances (three Scalers) at once, 4
+				// goroutines each, contending for the same streams.
+				prefix := randomName("bench")
+				var pubs []scaler.Node
+				var got <-chan struct{}
+				for i := range 3 {
+					p, g := fanoutPairPrefix(b, be.new, ch.stream, prefix, i == 0)
+					pubs = append(pubs, p)
+					if i == 0 {
+						got = g
+					}
+				}
+				pub := &scaler.Publication{Channel: ch.channel, Event: "e", Data: []byte(`{"text":"hello"}`)}
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				start := time.Now()
+				b.ResetTimer()
+				for i := range 12 {
+					wg.Go(func() {
+						for next.Add(1) <= int64(b.N) {
+							if err := pubs[i%3].Publish(context.Background(), pub); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				for range b.N {
+					<-got
+				}
+				b.StopTimer()
+				wg.Wait()
+				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "pubs/s")
+			})
 			b.Run(be.name+"/"+ch.channel+"/rate", func(b *testing.B) {
 				pubNode, got := fanoutPair(b, be.new, ch.stream)
 				pub := &scaler.Publication{Channel: ch.channel, Event: "e", Data: []byte(`{"text":"hello"}`)}
@@ -101,11 +138,21 @@ func BenchmarkScalerFanout(b *testing.B) {
 // two Scalers on one prefix, and returns the publisher and the deliveries' signal.
 func fanoutPair(b *testing.B, newScaler func(*testing.B, string) scaler.Scaler, stream string) (scaler.Node, <-chan struct{}) {
 	b.Helper()
+	return fanoutPairPrefix(b, newScaler, stream, randomName("bench"), true)
+}
+
+// fanoutPairPrefix is fanoutPair on a given prefix; without subscriber, it
+// joins only the publisher.
+func fanoutPairPrefix(b *testing.B, newScaler func(*testing.B, string) scaler.Scaler, stream, prefix string, subscriber bool) (scaler.Node, <-chan struct{}) {
+	b.Helper()
 	ctx := context.Background()
 	got := make(chan struct{}, 1<<16)
 	var nodes []scaler.Node
-	prefix := randomName("bench")
-	for i, h := range []scaler.Handler{nopHandler{}, signalHandler(got)} {
+	handlers := []scaler.Handler{nopHandler{}, signalHandler(got)}
+	if !subscriber {
+		handlers = handlers[:1]
+	}
+	for i, h := range handlers {
 		s := newScaler(b, prefix)
 		b.Cleanup(func() { s.(interface{ Close() error }).Close() })
 		n, err := s.Join(ctx, randomName("n"), h)

@@ -95,11 +95,15 @@
 // root a publication is one round trip (the reads are skipped). Measured
 // by BenchmarkScalerFanout (integration/; 2-core machine shared with other
 // work, NATS 2.15 and Redis 7.0 containers, history on): from Publish to
-// the other instance's handler 0.4-0.5 ms (Redis+MongoDB scaler: 0.2-0.35
-// ms); 8 goroutines publishing on one channel through one instance deliver
-// 1,800-2,200 publications/s to another (Redis+MongoDB: 2,200-8,800/s,
-// depending on the machine's load). Publications on different root
-// streams do not wait for each other.
+// the other instance's handler 0.36-0.47 ms (Redis+MongoDB scaler:
+// 0.3 ms); publishing on one channel from 8 goroutines of one instance,
+// 2,200-2,700 publications/s reach another (Redis+MongoDB: 5,000-15,000/s
+// depending on the machine's load); from three instances at once,
+// contending, 1,700-2,100/s (Redis+MongoDB: 8,600-11,500/s). A root
+// stream's publications are serialised (the price of gap-free offsets
+// without a server-side script): spread heavy traffic over several roots
+// ("chat-1.room", "chat-2.room") rather than one. Publications on
+// different root streams do not wait for each other.
 //
 // A stream's epoch comes from its history: the epoch of its last stored
 // publication. A stream with no publication kept (never published, or all
@@ -120,7 +124,8 @@
 // single messages go to the stream's leader (direct gets are off), never
 // to a replica that may lag; what a lagging consumer did not have yet is
 // read from the leader. Measured (BenchmarkNATSSince, 2-core machine, one
-// NATS 2.15 container): a page of 100 entries in about 4 ms.
+// NATS 2.15 container): a page of 100 entries in 3-4 ms (37 ms one
+// request each).
 //
 // History is bounded as a whole (WithHistory: 1,000,000 publications,
 // 1 GiB, 5 minutes by default), not per stream: JetStream drops the

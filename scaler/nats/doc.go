@@ -183,7 +183,10 @@
 //
 //   - NATS unreachable: calls fail with an error wrapping
 //     scaler.ErrUnavailable (within WithCallTimeout, 5s, or the caller's
-//     context); nothing is acknowledged that was not stored. nats.go
+//     context); nothing is acknowledged that was not stored. A Publish
+//     that failed may still have been stored (NATS stored it, then its
+//     acknowledgement was lost): published again, it is stored twice,
+//     with two offsets (never one offset twice). nats.go
 //     reconnects by itself (Dial: forever) and sends the node's
 //     subscriptions again; the Scaler then calls HandleMissed for every
 //     stream each node is subscribed to, and the server fills what it

@@ -222,8 +222,8 @@ func TestJSBroadcastExceptSelf(t *testing.T) {
 	p.waitJS("everything", "got.two.length === 2 && got.one.length === 1 && got.b1.length === 1 && got.b2.length === 1")
 	time.Sleep(100 * time.Millisecond) // room for what must not come
 	var got struct {
-		One    []string `json:"one"`
-		Two    []struct {
+		One []string `json:"one"`
+		Two []struct {
 			Data string `json:"data"`
 			Time int64  `json:"time"`
 		} `json:"two"`

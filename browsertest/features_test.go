@@ -376,8 +376,8 @@ func TestJSRestore(t *testing.T) {
 
 // getToken gives a token before every connection: when the server closes
 // with 4007 at the token's expiry, the client is back at once (no backoff)
-// with a fresh one, its subscription resumed; a token source that says
-// unauthorized stops it for good.
+// with a fresh one, its subscription resumed; a token source that fails is
+// retried with backoff; one that says unauthorized stops the client.
 func TestJSTokenRefresh(t *testing.T) {
 	needBrowser(t)
 	in := startInstance(t, newMemory(t), "", sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
@@ -394,12 +394,13 @@ func TestJSTokenRefresh(t *testing.T) {
 	p := harness(t, in)
 	p.eval(`(async () => {
 		window.clock = new h.FakeClock(); // never advanced: a backoff would never end
-		window.asked = []; window.n = 0; window.revoked = false; window.ev = []; window.msgs = [];
+		window.asked = []; window.n = 0; window.revoked = false; window.flaky = 0; window.ev = []; window.msgs = [];
 		window.c = await h.sss.dial(h.wsURL({}), {
 			clock, WebSocket: h.TestSocket, dialTimeout: 5000, requestTimeout: 0,
 			getToken: async ({reason}) => {
 				asked.push(reason ? String(reason.closeCode || reason.code) : null);
 				if (revoked) throw new h.sss.SSSError("unauthorized", "logged out");
+				if (flaky > 0) { flaky--; throw new Error("token service down"); }
 				return "t" + (++n);
 			},
 			hooks: {onStatusChange: (s) => ev.push(s), onDrop: (e) => ev.push("drop " + (e.closeCode || e.code))},
@@ -428,6 +429,20 @@ func TestJSTokenRefresh(t *testing.T) {
 		t.Errorf("the server ended %v, want the session's expiry", r)
 	}
 
+	// A token source that fails for a moment: retried with backoff.
+	p.eval("flaky = 1", nil)
+	in.rec.conn("tia").Close("kick", false)
+	for i := 0; i < 2; i++ {
+		p.waitJS("a backoff", `c.status === "reconnecting" && clock.pending().some((ms) => ms < 5000)`)
+		p.eval("clock.advance(Math.min(...clock.pending()))", nil)
+	}
+	p.waitJS("the reconnection after the token source's failure", `c.status === "connected" && h.sockets.length === 3`)
+	var reasons []*string
+	p.eval("asked.slice(2)", &reasons)
+	if len(reasons) != 2 || reasons[0] == nil || *reasons[0] != "4005" || reasons[1] == nil || *reasons[1] != "connect_failed" {
+		t.Errorf("getToken's reasons after the kick: %v, want 4005 then connect_failed", reasons)
+	}
+
 	p.eval("revoked = true", nil)
 	in.rec.conn("tia").Close("kick", false)
 	p.waitJS("the backoff", `c.status === "reconnecting" && clock.pending().some((ms) => ms < 5000)`)
@@ -438,7 +453,7 @@ func TestJSTokenRefresh(t *testing.T) {
 		Sockets      int  `json:"sockets"`
 	}
 	p.eval(`({unauthorized: h.sss.is(c.err, "unauthorized"), sockets: h.sockets.length})`, &final)
-	if !final.Unauthorized || final.Sockets != 2 {
+	if !final.Unauthorized || final.Sockets != 3 {
 		t.Errorf("after the token source refused: unauthorized %t, %d sockets; want true, no new socket", final.Unauthorized, final.Sockets)
 	}
 }

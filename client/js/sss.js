@@ -1802,11 +1802,12 @@ export class Client {
   // _welcomeOwn records a new link's user and session channels. On a link
   // that resumes, a channel that is the previous connection's (same user,
   // same session) continues from its position; any other starts from the
-  // welcome's.
+  // welcome's, as on a link that restores (its channels are not listed:
+  // the previous welcome was that of a failed attempt).
   _welcomeOwn(l) {
     l.ownChannels().forEach((ch, i) => {
       const o = this._own[i];
-      if (l.resuming && ch !== "" && ch === o.channel) {
+      if (l.resuming && !l.restoring && ch !== "" && ch === o.channel) {
         l.ownResume[i] = true;
         l.ownSince[i] = o.pos;
         return;

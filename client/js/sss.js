@@ -1281,7 +1281,8 @@ export class Client {
   }
 
   /**
-   * The client's subscriptions now, by channel.
+   * The client's subscriptions now, by channel: its own, the server's
+   * (sub.server), and those restored from the session store.
    * @returns {Map<string, Subscription>}
    */
   subscriptions() { return new Map(this._subs); }

@@ -289,6 +289,11 @@ func (c *Client) restoreSub(l *link, s *Subscription, since Position, e *subResu
 		}
 		return events
 	}
+	if e != nil && e.Error != nil && e.Error.Code == CodeNotFound && (s.Server() || e.Server) {
+		// A server subscription the server ended while the client was
+		// away: an unsubscription, not a refusal.
+		return c.endedByServer(s, events)
+	}
 	if e == nil || e.Error != nil {
 		var err error = Errorf(CodeInternal, "subscription missing from the resume reply")
 		if e != nil {

@@ -24,6 +24,10 @@ type options struct {
 	httpClient   *http.Client
 	dialTimeout  time.Duration
 	minDelay     time.Duration
+	// backoffDrawn, for tests (export_test.go), sees each backoff delay
+	// as it is drawn, so that jitter is checked on the values and not
+	// on a loaded machine's wall clock.
+	backoffDrawn func(time.Duration)
 	maxDelay     time.Duration
 	maxAttempts  int
 	logger       *slog.Logger

@@ -153,6 +153,9 @@ func (c *Client) reconnect(cause error, lost string, retry int) (*link, int) {
 		if !immediate {
 			d := backoff(retry, c.opts.minDelay, c.opts.maxDelay)
 			retry++
+			if c.opts.backoffDrawn != nil {
+				c.opts.backoffDrawn(d)
+			}
 			t := time.NewTimer(d)
 			select {
 			case <-t.C:

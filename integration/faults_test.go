@@ -37,9 +37,35 @@ import (
 type link struct {
 	tg *target
 
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]bool
+	mu     sync.Mutex
+	cut    bool
+	silent bool
+	conns  map[net.Conn]bool
+}
+
+// silentConn is a connection of a link that can go silent: from then on,
+// what is written to it is dropped and what arrives on it is discarded,
+// while reads still honour their deadlines and nothing reports an error,
+// as when a peer or a middlebox forgets a TCP connection without a reset.
+type silentConn struct {
+	net.Conn
+	dead atomic.Bool
+}
+
+func (c *silentConn) Read(b []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(b)
+		if err != nil || !c.dead.Load() {
+			return n, err
+		}
+	}
+}
+
+func (c *silentConn) Write(b []byte) (int, error) {
+	if c.dead.Load() {
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
 }
 
 func newLink(tg *target) *link { return &link{tg: tg, conns: make(map[net.Conn]bool)} }
@@ -57,12 +83,28 @@ func (l *link) DialContext(ctx context.Context, network, addr string) (net.Conn,
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.cut {
+	if l.cut || l.silent {
 		c.Close()
 		return nil, &net.OpError{Op: "dial", Net: network, Err: errors.New("link cut")}
 	}
-	l.conns[c] = true
-	return c, nil
+	sc := &silentConn{Conn: c}
+	l.conns[sc] = true
+	return sc, nil
+}
+
+// setSilent makes every connection the link made so far silent for ever
+// and, while silent, refuses new ones; afterwards new connections work,
+// as when an instance comes back on the network with another address.
+func (l *link) setSilent(silent bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.silent = silent
+	if silent {
+		for c := range l.conns {
+			c.(*silentConn).dead.Store(true)
+		}
+		clear(l.conns)
+	}
 }
 
 func (l *link) setCut(cut bool) {
@@ -229,6 +271,46 @@ func TestFaultLinkCut(t *testing.T) {
 	}
 	if g := fc.servers[0].Stats().Gaps; g == 0 {
 		t.Fatal("no gap counted: the misses were not noticed")
+	}
+}
+
+// The link between an instance and Redis dies silently (no reset: what
+// the instance writes is lost, nothing comes back, no error), and the
+// instance can connect again afterwards: it notices through its idle ping,
+// which goes unanswered, connects again, and fills what its client missed
+// from history. (It used to wait on the dead connection for ever.)
+func TestFaultLinkSilent(t *testing.T) {
+	b := newBackend(t)
+	fc := newFaultCluster(t, b, 2)
+	c := wstest.Dial(t, fc.urls[0], who("sid", "s"), wstest.Name("sid@0"))
+	c.SendRaw(`{"type":"ready"}`)
+	c.Subscribe("feed")
+	ctx := ctxT(t)
+	if err := fc.servers[1].Publish(ctx, "feed", "e", 1); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitPubs("feed", 1)
+	fc.links[0].setSilent(true)
+	for i := 2; i <= 4; i++ {
+		if err := fc.servers[1].Publish(ctx, "feed", "e", i); err != nil {
+			t.Fatal(err)
+		}
+		if err := fc.servers[1].PublishUser(ctx, "sid", "e", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	fc.links[0].setSilent(false)
+	// The idle check (15s) and the ping's call timeout (2s here), then
+	// the reconnection.
+	poll(t, 40*time.Second, "the publications made while the link was dead", func() bool {
+		return len(c.Pubs("feed")) >= 4 && len(c.Pubs("$u.sid")) >= 3
+	})
+	if got := c.Pubs("feed"); !slices.Equal(got, []string{"1", "2", "3", "4"}) {
+		t.Fatalf("feed: %v, want 1..4 once each, in order", got)
+	}
+	if got := c.Pubs("$u.sid"); !slices.Equal(got, []string{"2", "3", "4"}) {
+		t.Fatalf("user channel: %v, want 2..4 once each, in order", got)
 	}
 }
 

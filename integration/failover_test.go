@@ -882,3 +882,33 @@ func stopContainerAfter(t *testing.T, c testcontainers.Container, timeout time.D
 		t.Fatalf("stop container: %v", err)
 	}
 }
+
+// The checker itself: what it must accept and what it must catch.
+func TestVerifyStream(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		events, acked []int
+		problems      int
+		missing, gaps int
+	}{
+		{"all in order", []int{1, 2, 3}, []int{1, 2, 3}, 0, 0, 0},
+		{"failed publish arrived", []int{1, 2, 3}, []int{1, 3}, 0, 0, 0},
+		{"failed publish arrived late", []int{1, 3, 2}, []int{1, 3}, 0, 0, 0},
+		{"failed publish missing", []int{1, 3}, []int{1, 3}, 0, 0, 0},
+		{"loss reported", []int{1, -1, 4}, []int{1, 2, 3, 4}, 0, 2, 1},
+		{"loss at the end reported", []int{1, -1}, []int{1, 2}, 0, 1, 1},
+		{"silent loss", []int{1, 3}, []int{1, 2, 3}, 1, 1, 0},
+		{"silent loss at the end", []int{1}, []int{1, 2}, 1, 1, 0},
+		{"gap before the wrong publication", []int{1, 2, -1, 4}, []int{1, 2, 3, 4}, 0, 1, 1},
+		{"gap too early", []int{1, -1, 2, 4}, []int{1, 2, 3, 4}, 1, 1, 1},
+		{"duplicate", []int{1, 2, 2, 3}, []int{1, 2, 3}, 1, 0, 0},
+		{"duplicate of a failed one", []int{1, 2, 2, 3}, []int{1, 3}, 1, 0, 0},
+		{"out of order", []int{1, 3, 2}, []int{1, 2, 3}, 2, 1, 0},
+	} {
+		problems, missing, gaps := verifyStream(tc.events, tc.acked)
+		if len(problems) != tc.problems || missing != tc.missing || gaps != tc.gaps {
+			t.Errorf("%s: %d problems %q, %d missing, %d gaps; want %d, %d, %d",
+				tc.name, len(problems), problems, missing, gaps, tc.problems, tc.missing, tc.gaps)
+		}
+	}
+}

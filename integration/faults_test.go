@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	dockerclient "github.com/moby/moby/client"
 	"github.com/redis/go-redis/v9"
 	"github.com/testcontainers/testcontainers-go"
 
@@ -22,6 +21,7 @@ import (
 	"github.com/superscaled/sss/internal/wstest"
 	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/mongoredis"
+	"github.com/superscaled/sss/ssstest/containers"
 )
 
 // Faults injected for real into a cluster of sss.Servers on Redis and a
@@ -636,23 +636,7 @@ func newBackendWith(t *testing.T, redisFlags ...string) *backend {
 // killContainer kills c with SIGKILL, as kill -9 would: no chance to save.
 func killContainer(t testing.TB, c testcontainers.Container) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cli, err := testcontainers.NewDockerClientWithOpts(ctx)
-	if err != nil {
+	if err := containers.Kill(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	defer cli.Close()
-	if _, err := cli.ContainerKill(ctx, c.GetContainerID(), dockerclient.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
-		t.Fatalf("kill container: %v", err)
-	}
-	// Wait until Docker sees it stopped, so that a restart starts it anew.
-	for ctx.Err() == nil {
-		info, err := cli.ContainerInspect(ctx, c.GetContainerID(), dockerclient.ContainerInspectOptions{})
-		if err == nil && !info.Container.State.Running {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("container still running after SIGKILL")
 }

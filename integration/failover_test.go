@@ -109,7 +109,13 @@ func newFailoverCluster(t *testing.T) *fcluster {
 	t.Cleanup(func() { cli.Close() })
 	fc.docker = cli
 	if _, err := cli.ImageInspect(ctx, image); err != nil {
-		t.Fatalf("image %s: %v (build it with integration/images/build.sh, which sets %s)", image, err, serverImageEnv)
+		// No registry has it: it is built from this checkout. Missing, it
+		// skips like a missing Docker, and fails where Docker is required.
+		msg := fmt.Sprintf("image %s: %v (build it with integration/images/build.sh, which sets %s)", image, err, serverImageEnv)
+		if os.Getenv(containers.RequireDockerEnv) == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
 	}
 
 	fc.front, err = tcnetwork.New(ctx)

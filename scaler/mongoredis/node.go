@@ -48,9 +48,10 @@ func (n *node) receive(ps *redis.PubSub, pinged *bool) (any, error) {
 		msg, err := ps.ReceiveTimeout(n.ctx, idleCheck)
 		var ne net.Error
 		if err != nil && errors.As(err, &ne) && ne.Timeout() && n.ctx.Err() == nil {
-			// A failed write makes go-redis replace the connection too.
+			// A failed write makes go-redis replace the connection too;
+			// the error must not read as a timeout, which means idle.
 			if perr := ps.Ping(n.ctx); perr != nil {
-				return nil, perr
+				return nil, fmt.Errorf("%w: ping: %v", errLinkDown, perr)
 			}
 			*pinged = true
 		}
@@ -63,7 +64,10 @@ func (n *node) receive(ps *redis.PubSub, pinged *bool) (any, error) {
 	// of the connection.
 	msg, err := ps.ReceiveTimeout(ctx, 0)
 	*pinged = false
-	if err != nil && n.ctx.Err() == nil && ctx.Err() != nil {
+	var ne net.Error
+	timedOut := ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout()
+	if err != nil && timedOut && n.ctx.Err() == nil {
+		// Not a timeout for the caller: the connection is gone.
 		return nil, fmt.Errorf("%w within %v", errSilentLink, wait)
 	}
 	return msg, err

@@ -351,11 +351,14 @@ func dialFailoverClients(t *testing.T, fc *fcluster, n int) []*fclient {
 	}
 	wg.Wait()
 	t.Cleanup(func() {
+		// Together: each Close waits for the server's close frame.
+		var wg sync.WaitGroup
 		for _, c := range out {
 			if c != nil {
-				c.c.Close()
+				wg.Go(func() { c.c.Close() })
 			}
 		}
+		wg.Wait()
 	})
 	for _, err := range errs {
 		if err != nil {

@@ -156,6 +156,10 @@ func (fc *fcluster) startRedis(t *testing.T) {
 		containers.WithNetwork(fc.back.Name, "redis"), containers.WithNetwork(fc.front.Name))
 }
 
+// startServer starts instance i: sss-server configured by its
+// environment, on both networks, its port bound to fc.ports[i] on the
+// host; ready once it logged that it listens and /readyz answers (Redis
+// and MongoDB reachable).
 func (fc *fcluster) startServer(t *testing.T, image string, i int) testcontainers.Container {
 	t.Helper()
 	port := fc.ports[i]
@@ -276,6 +280,8 @@ func (c *fclient) reconnected() []time.Time {
 	return slices.Clone(c.reconnects)
 }
 
+// dialFailoverClient dials client i: user u<i> on instance i%3 first, in
+// room i%10.
 func dialFailoverClient(ctx context.Context, fc *fcluster, i int) (*fclient, error) {
 	fcl := &fclient{
 		user: fmt.Sprint("u", i), room: fmt.Sprint("room.", i%failoverRooms),

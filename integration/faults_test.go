@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -312,6 +313,64 @@ func TestFaultLinkSilent(t *testing.T) {
 	if got := c.Pubs("$u.sid"); !slices.Equal(got, []string{"2", "3", "4"}) {
 		t.Fatalf("user channel: %v, want 2..4 once each, in order", got)
 	}
+}
+
+// The same with Redis Cluster (sharded pub/sub, one node owning every
+// slot): the node's shard connection goes silent; its idle ping goes
+// unanswered, the shard is retired and its channels subscribed again on
+// a new connection, and the node says the stream may have missed
+// deliveries; live deliveries flow again.
+func TestFaultLinkSilentCluster(t *testing.T) {
+	_, addr := runRedisWith(t, "--cluster-enabled", "yes")
+	tg := newTarget(addr)
+	ctx := ctxT(t)
+	admin := newRedisVia(t, tg)
+	if err := admin.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
+		t.Fatalf("CLUSTER ADDSLOTSRANGE: %v", err)
+	}
+	poll(t, 20*time.Second, "cluster state ok", func() bool {
+		info, err := admin.ClusterInfo(ctx).Result()
+		return err == nil && strings.Contains(info, "cluster_state:ok")
+	})
+	l := newLink(tg)
+	name := randomName("sc")
+	scalerVia := func(dial func(context.Context, string, string) (net.Conn, error)) *mongoredis.Scaler {
+		rdb := redis.NewClusterClient(&redis.ClusterOptions{
+			// The node announces its container address; every address
+			// leads to the one mapped port.
+			Addrs: []string{"redis.test:6379"}, Dialer: dial,
+			DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: -1,
+		})
+		t.Cleanup(func() { rdb.Close() })
+		s, err := mongoredis.New(rdb, nil, mongoredis.WithPrefix(name+":"), mongoredis.WithLogger(testLogger(t)),
+			mongoredis.WithCallTimeout(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, _, rec := joinNode(t, scalerVia(l.DialContext), "a")
+	b, _, _ := joinNode(t, scalerVia(tg.DialContext), "b")
+	if err := a.Subscribe(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, b, "s", 1, 1)
+	poll(t, 10*time.Second, "the first delivery", func() bool { return len(rec.on("s")) == 1 })
+	l.setSilent(true)
+	publishN(t, b, "s", 2, 3)
+	time.Sleep(500 * time.Millisecond)
+	l.setSilent(false)
+	poll(t, 40*time.Second, "the node to say it may have missed deliveries", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return slices.Contains(rec.missed, "s")
+	})
+	publishN(t, b, "s", 4, 4)
+	poll(t, 10*time.Second, "live deliveries again", func() bool {
+		ds := rec.on("s")
+		return len(ds) > 0 && ds[len(ds)-1].Offset == 4
+	})
 }
 
 // received is what one Go client saw on a channel: the publications' data

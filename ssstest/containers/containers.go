@@ -98,8 +98,10 @@ func WithRedisFlags(flags ...string) Option {
 // WithNetwork attaches the container to the Docker network named name
 // (e.g. a testcontainers network.New's Name), reachable there by aliases,
 // so that other containers (your server's) reach it by name. Give it more
-// than once for several networks; the host port is published either way,
-// through the first network that is not internal.
+// than once for several networks. The container is then on these
+// networks only: its host port is published through one that is not
+// internal, so give one (an internal network alone leaves it unreachable
+// from the test, and the start fails).
 func WithNetwork(name string, aliases ...string) Option {
 	return func(c *config) { c.networks = append(c.networks, netAttach{name: name, aliases: aliases}) }
 }

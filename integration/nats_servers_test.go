@@ -221,7 +221,7 @@ func natsRestart(t *testing.T, empty bool) {
 	req := natsRequest()
 	if empty {
 		req.HostConfigModifier = func(hc *container.HostConfig) {
-			bindLoopback(natsPort)(hc)
+			natsLoopback(hc)
 			hc.Tmpfs = map[string]string{"/data": ""}
 		}
 	}

@@ -3,14 +3,17 @@ package integration
 import (
 	"context"
 	"net"
+	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
 	"github.com/nats-io/nats.go"
 	"github.com/testcontainers/testcontainers-go"
-	"github.com/testcontainers/testcontainers-go/network"
+	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/superscaled/sss/scaler"
@@ -45,8 +48,22 @@ func natsRequest(args ...string) testcontainers.ContainerRequest {
 			forLogEachStart("Server is ready"),
 			wait.ForListeningPort(natsPort).SkipInternalCheck(),
 		).WithDeadline(readyTimeout),
-		HostConfigModifier: bindLoopback(natsPort),
+		HostConfigModifier: natsLoopback,
 	}
+}
+
+// natsLoopback publishes the client port on 127.0.0.1 only, when
+// testcontainers is told to reach containers there (as TestMain does).
+func natsLoopback(hc *container.HostConfig) {
+	if os.Getenv("TESTCONTAINERS_HOST_OVERRIDE") != "127.0.0.1" {
+		return
+	}
+	p := network.MustParsePort(natsPort)
+	if hc.PortBindings == nil {
+		hc.PortBindings = network.PortMap{}
+	}
+	// An empty HostPort makes Docker pick a free port on each start.
+	hc.PortBindings[p] = []network.PortBinding{{HostIP: netip.MustParseAddr("127.0.0.1")}}
 }
 
 // runNATSCluster starts three NATS servers with JetStream on a Docker
@@ -58,7 +75,7 @@ func runNATSCluster(t testing.TB) ([]testcontainers.Container, []string) {
 	requireDocker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	nw, err := network.New(ctx)
+	nw, err := tcnetwork.New(ctx)
 	testcontainers.CleanupNetwork(t, nw)
 	if err != nil {
 		t.Fatalf("docker network: %v", err)
@@ -223,7 +240,7 @@ func TestNATSPresenceRestartEmpty(t *testing.T) {
 	requireDocker(t)
 	req := natsRequest()
 	req.HostConfigModifier = func(hc *container.HostConfig) {
-		bindLoopback(natsPort)(hc)
+		natsLoopback(hc)
 		hc.Tmpfs = map[string]string{"/data": ""}
 	}
 	c := runContainer(t, req)

@@ -77,8 +77,13 @@ func (s *Scaler) publishStored(ctx context.Context, channel string, body []byte)
 		return fmt.Errorf("nats scaler: publish: %w", ctx.Err())
 	}
 	defer func() { <-rs.turn }()
+	// The epochs this publication starts streams in, kept across retries:
+	// starting one retires its epoch in the bucket, and a retry that drew
+	// another would move the stream to an epoch its subscribers have not
+	// seen.
+	started := make(map[string]string)
 	for attempt := 0; ; attempt++ {
-		err := s.tryPublish(ctx, rs, streams, subj, body)
+		err := s.tryPublish(ctx, rs, streams, subj, body, started)
 		if err == nil {
 			return nil
 		}
@@ -145,7 +150,7 @@ func (rs *rootState) forget() {
 	clear(rs.last)
 }
 
-func (s *Scaler) tryPublish(ctx context.Context, rs *rootState, streams []string, subj string, body []byte) error {
+func (s *Scaler) tryPublish(ctx context.Context, rs *rootState, streams []string, subj string, body []byte, started map[string]string) error {
 	cctx, cancel := s.call(ctx)
 	defer cancel()
 	if !rs.known {
@@ -165,7 +170,7 @@ func (s *Scaler) tryPublish(ctx context.Context, rs *rootState, streams []string
 	}
 	if len(rs.last) > maxKnownStreams {
 		rs.forget()
-		return s.tryPublish(ctx, rs, streams, subj, body)
+		return s.tryPublish(ctx, rs, streams, subj, body, started)
 	}
 	ps := positions{offsets: make([]uint64, len(streams)), epochs: make([]string, len(streams))}
 	for i, st := range streams {
@@ -185,9 +190,13 @@ func (s *Scaler) tryPublish(ctx context.Context, rs *rootState, streams []string
 			}
 		}
 		if !ok {
-			ep, err := s.startEpoch(cctx, st)
-			if err != nil {
-				return err
+			ep, again := started[st]
+			if !again {
+				var err error
+				if ep, err = s.startEpoch(cctx, st); err != nil {
+					return err
+				}
+				started[st] = ep
 			}
 			ps.offsets[i], ps.epochs[i] = 1, ep
 			continue
@@ -404,12 +413,19 @@ func (n *node) Since(ctx context.Context, stream string, pos scaler.Position, li
 // number).
 const bulkAbove = 8
 
+// bulkTimeout bounds a bulk read; past it, Since reads one at a time.
+const bulkTimeout = time.Second
+
 // readBulk returns up to n stored publications matching filter from
 // sequence from on, through a short-lived consumer. It returns what it
 // could, none on error: the caller reads the rest one at a time. The
 // consumer sends only what its server already has (it may lag behind the
 // leader; the caller then reads on from the leader).
 func (s *Scaler) readBulk(ctx context.Context, filter string, from uint64, n int) []*jetstream.RawStreamMsg {
+	// A bounded share of the call's time: a consumer placed on a server
+	// that is down (a cluster that lost a node) must not use it all up.
+	ctx, cancel := context.WithTimeout(ctx, min(s.o.callTimeout/4, bulkTimeout))
+	defer cancel()
 	cons, err := s.hist.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		FilterSubject: filter, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
 		AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 30 * time.Second, MemoryStorage: true, Replicas: 1,
@@ -418,7 +434,9 @@ func (s *Scaler) readBulk(ctx context.Context, filter string, from uint64, n int
 		return nil
 	}
 	defer func() {
-		dctx, cancel := context.WithTimeout(context.Background(), s.o.callTimeout)
+		// Briefly: should it fail, the server drops the consumer once it
+		// has been idle for its inactive threshold.
+		dctx, cancel := context.WithTimeout(context.Background(), bulkTimeout/4)
 		_ = s.hist.DeleteConsumer(dctx, cons.CachedInfo().Name)
 		cancel()
 	}()

@@ -47,12 +47,6 @@
 //	<prefix>.d.R.<channel>     transient publications go directly
 //	<prefix>.n.<node>          node-to-node messages (Send)
 //
-// On a NATS cluster, Subscribe returns once the node's own server has the
-// interest; the other servers learn of it within a route round trip, and
-// a publication stored in between reaches the node late or not at all.
-// The server notices the jump in offsets at the next delivery and fills
-// it from history.
-//
 // A node subscribes, on its connection, to "<prefix>.d.C.<stream
 // levels>.>" (or the reserved channel's subject) for each stream its
 // local clients want, and to nothing else: NATS sends an instance only
@@ -62,6 +56,12 @@
 // subscribed to, and a pending buffer bounded by nats.go's limits (512k
 // messages, 64 MiB by default; past them it drops, and the node is told
 // with HandleMissed).
+//
+// On a NATS cluster, Subscribe returns once the node's own server has the
+// interest; the other servers learn of it within a route round trip, and
+// a publication stored in between reaches the node late or not at all.
+// The server notices the jump in offsets at the next delivery and fills
+// it from history.
 //
 // # History: offsets and epochs
 //

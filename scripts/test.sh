@@ -17,6 +17,10 @@ export TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1
 if [[ ${SSS_OFFLINE_IMAGES:-1} == 1 && -z ${SSS_REDIS_IMAGE:-} && -z ${SSS_MONGO_IMAGE:-} && -z ${SSS_NATS_IMAGE:-} ]] \
 	&& docker info >/dev/null 2>&1; then
 	eval "$(bash integration/images/build.sh)"
+elif [[ -z ${SSS_SERVER_IMAGE:-} ]] && docker info >/dev/null 2>&1; then
+	# Your own Redis/MongoDB/NATS images: sss-server's, which has no
+	# official image, is still built from this checkout for the failover suite.
+	eval "$(bash integration/images/build.sh server)"
 fi
 
 go vet ./...

@@ -19,7 +19,9 @@
 #
 #   eval "$(bash integration/images/build.sh)"
 #
-# builds what is missing and points the tests at the local images.
+# builds what is missing and points the tests at the local images;
+# `build.sh server` builds only the sss-server image (it has no official
+# image to pull: the failover suite needs it whatever other images you use).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -151,6 +153,14 @@ build_server() {
 	DOCKER_BUILDKIT=0 docker build -q -f "$here/sss-server/Dockerfile" -t "$SERVER_IMAGE" "$ctx" >/dev/null
 	# No smoke run: the failover suite waits for its "listening" line.
 }
+
+if [[ ${1:-all} == server ]]; then
+	old=$(image_id "$SERVER_IMAGE")
+	build_server
+	drop_replaced "$SERVER_IMAGE" "$old"
+	printf 'export SSS_SERVER_IMAGE=%s\n' "$SERVER_IMAGE"
+	exit 0
+fi
 
 if needs_build "$REDIS_IMAGE"; then
 	old=$(image_id "$REDIS_IMAGE")

@@ -106,8 +106,14 @@ func TestHistoryRead(t *testing.T) {
 		t.Fatalf("history request: %+v", r)
 	}
 	r = readHistory(t, w, map[string]any{"channel": "chat.r", "limit": 2, "since": map[string]any{"offset": 10, "epoch": now.Epoch}})
-	if len(r.Publications) != 2 || r.Publications[0].Offset != 11 || r.Position.Offset != 12 {
+	// Cut by its limit: it ends at its last publication, and more is only
+	// about a reply cut to fit the send queue (docs/protocol.md).
+	if len(r.Publications) != 2 || r.Publications[0].Offset != 11 || r.Position.Offset != 12 || r.More {
 		t.Fatalf("history since: %+v", r)
+	}
+	r = readHistory(t, w, map[string]any{"channel": "chat.r", "limit": 2, "since": map[string]any{"offset": 120, "epoch": now.Epoch}})
+	if len(r.Publications) != 0 || r.Position.Offset != 120 || r.More {
+		t.Fatalf("history since the end: %+v", r)
 	}
 	w.Fails(map[string]any{"type": "history", "channel": "secret"}, "forbidden")
 	w.Fails(map[string]any{"type": "history", "channel": "chat.r", "limit": 5000}, "bad_request")

@@ -132,9 +132,19 @@ func TestChatTwoInstances(t *testing.T) {
 	bob.say("from B")
 	alice.waitMessages("lobby", "alice: from A", "bob: from B")
 	bob.waitMessages("lobby", "alice: from A", "bob: from B")
-	// A newcomer on B loads the room's history, from the scaler.
+	// A newcomer on B loads the room's history, from the scaler, and sees
+	// who is there, on either instance.
 	carol := login(t, b, "carol")
 	carol.waitMessages("lobby", "alice: from A", "bob: from B")
+	for _, name := range []string{"alice", "bob", "carol"} {
+		carol.waitJS(name+" online", script(`document.querySelector("#online li[data-name=" + NAME + "]")`, "NAME", name))
+	}
+	alice.waitJS("carol's join", `document.querySelector("#online li[data-name=carol]")`)
+	// Bob signs out on B: his leave reaches the pages on A and B.
+	bob.do(chromedp.Click("#logout"))
+	alice.waitJS("bob's leave", `!document.querySelector("#online li[data-name=bob]") && document.querySelector("#online-count").textContent === "2"`)
+	carol.waitJS("bob's leave", `!document.querySelector("#online li[data-name=bob]")`)
+	alice.screenshot("chat-presence")
 }
 
 // Instance A restarts while the scaler and instance B keep running: the

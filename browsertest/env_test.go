@@ -83,7 +83,8 @@ func freeAddr(t *testing.T) string {
 
 // startInstance starts a test server on m at addr ("" for any port). The
 // session parser names the user and the session from the URL's query
-// (?user=...&sid=...), since a page's script cannot set headers.
+// (?user=...&sid=...&name=..., name the public Info), since a page's script
+// cannot set headers.
 func startInstance(t *testing.T, m *memory.Scaler, addr string, opts ...sss.Option) *instance {
 	t.Helper()
 	if addr == "" {
@@ -97,7 +98,11 @@ func startInstance(t *testing.T, m *memory.Scaler, addr string, opts ...sss.Opti
 		sss.WithOriginPatterns("127.0.0.1:*"),
 		sss.WithSessionParser(func(r *http.Request) (*sss.Session, error) {
 			q := r.URL.Query()
-			return &sss.Session{UserID: q.Get("user"), SessionID: q.Get("sid")}, nil
+			sess := &sss.Session{UserID: q.Get("user"), SessionID: q.Get("sid")}
+			if name := q.Get("name"); name != "" {
+				sess.Info = map[string]string{"name": name} // public: shown in presence
+			}
+			return sess, nil
 		}),
 		sss.WithSubscriptionParser(func(ctx context.Context, c *sss.Conn, channel string, query json.RawMessage) error {
 			rec.mu.Lock()

@@ -124,7 +124,7 @@ func TestAsk(t *testing.T) {
 
 func TestAskTimeout(t *testing.T) {
 	release := make(chan struct{})
-	ts := newServer(t, nil, sss.WithAskTimeout(300*time.Millisecond))
+	ts := newServer(t, nil, sss.WithAskTimeout(2*time.Second))
 	ts.srv.HandleAsk("block", func(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) {
 		select {
 		case <-release:
@@ -143,7 +143,8 @@ func TestAskTimeout(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err %v, want DeadlineExceeded", err)
 	}
-	if d := time.Since(start); d > 250*time.Millisecond {
+	// Well before the server's 2s: a loaded machine has room.
+	if d := time.Since(start); d > 1500*time.Millisecond {
 		t.Fatalf("Ask returned after %v", d)
 	}
 	// The server's ask timeout is the timeout code.

@@ -57,7 +57,9 @@ type Hooks struct {
 	OnSubscribed func(sub *Subscription)
 
 	// OnUnsubscribed runs when the server ended a subscription (sss
-	// Server.Unsubscribe); it is then in status SubUnsubscribed.
+	// Server.Unsubscribe); it is then in status SubUnsubscribed. A server
+	// subscription ended while the client was disconnected is reported
+	// here too, after the reconnect (not to OnRefused).
 	OnUnsubscribed func(sub *Subscription)
 
 	// OnBroadcast receives the server's broadcasts (sss Server.Broadcast),

@@ -56,16 +56,26 @@ func (c *Client) routeUnsubscribed(l *link, f *inFrame) {
 		c.mu.Unlock()
 		return
 	}
-	delete(c.subs, f.Channel)
-	ev := s.setStatus(SubUnsubscribed, nil, nil)
-	hook := c.hooks.OnUnsubscribed
+	events := c.endedByServer(s, nil)
 	c.mu.Unlock()
-	if ev != nil {
+	for _, ev := range events {
 		c.d.push(ev)
 	}
-	if hook != nil {
-		c.d.push(func() { hook(s) })
+}
+
+// endedByServer forgets a subscription the server ended (an unsubscribed
+// frame, or a resume answering not_found for a server subscription ended
+// while the client was away) and appends the events that say so. The
+// caller holds c.mu.
+func (c *Client) endedByServer(s *Subscription, events []func()) []func() {
+	c.forget(s)
+	if ev := s.setStatus(SubUnsubscribed, nil, nil); ev != nil {
+		events = append(events, ev)
 	}
+	if hook := c.hooks.OnUnsubscribed; hook != nil {
+		events = append(events, func() { hook(s) })
+	}
+	return events
 }
 
 // restoreStored is the first connection's resume with WithRestore: without

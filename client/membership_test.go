@@ -104,3 +104,100 @@ func TestRestoreFromStore(t *testing.T) {
 		t.Fatalf("subscriptions %v", got)
 	}
 }
+
+// When the server ends a subscription below one the client holds
+// ("news.uk" under "news"), the offsets of "news" jump over what came
+// through "news.uk": that is no gap.
+func TestServerUnsubscribeChildNoFalseGap(t *testing.T) {
+	m := newMemory(t)
+	defer m.Close()
+	ts := newServer(t, m, sss.WithSessionParser(userSession))
+	onMsg, msgs := messages()
+	subscribed := make(chan *client.Subscription, 2)
+	unsubscribed := make(chan *client.Subscription, 2)
+	gaps := make(chan client.RecoverInfo, 4)
+	c := dial(t, ts.url, asUser("gus"), client.WithHooks(client.Hooks{
+		OnSubscribed: func(s *client.Subscription) {
+			s.HandleMessage(onMsg)
+			subscribed <- s
+		},
+		OnUnsubscribed: func(s *client.Subscription) { unsubscribed <- s },
+		OnGap:          func(info client.RecoverInfo) { gaps <- info },
+	}))
+	ctx := ctxT(t)
+	if _, err := c.Subscribe(ctx, "news", client.WithMessageHandler(onMsg)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.srv.Subscribe(ctx, sss.ToUser("gus"), "news.uk"); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, subscribed)
+	ts.srv.Publish(ctx, "news", "e", 1)    // offset 1 of news
+	ts.srv.Publish(ctx, "news.uk", "e", 2) // through news.uk: offset 2 of news too, unseen there
+	for _, want := range []string{"news:1", "news.uk:2"} {
+		if m := recv(t, msgs); m.Sub+":"+string(m.Data) != want {
+			t.Fatalf("got %s:%s, want %s", m.Sub, m.Data, want)
+		}
+	}
+	if err := ts.srv.Unsubscribe(ctx, sss.ToUser("gus"), "news.uk"); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, unsubscribed)
+	ts.srv.Publish(ctx, "news", "e", 3) // offset 3: news jumps from 1, and loses nothing
+	ts.srv.Publish(ctx, "news.uk", "e", 4)
+	for _, want := range []string{"news:3", "news:4"} {
+		if m := recv(t, msgs); m.Sub+":"+string(m.Data) != want {
+			t.Fatalf("got %s:%s, want %s", m.Sub, m.Data, want)
+		}
+	}
+	select {
+	case info := <-gaps:
+		t.Fatalf("false gap on %s: %s", info.Channel, info.Reason)
+	default:
+	}
+	if st := c.Stats(); st.Gaps != 0 {
+		t.Fatalf("stats %+v, want no gap", st)
+	}
+}
+
+// A server subscription the server ended while the client was away comes
+// back from the resume as not_found: the client reports it unsubscribed
+// by the server (OnUnsubscribed), not refused.
+func TestServerUnsubscribedWhileAway(t *testing.T) {
+	m := newMemory(t)
+	defer m.Close()
+	r := newRestartable(t, nil, sss.WithScaler(m), sss.WithSessionParser(userSession))
+	other := newServer(t, m)
+	subscribed := make(chan *client.Subscription, 4)
+	unsubscribed := make(chan *client.Subscription, 4)
+	refused := make(chan *client.Subscription, 4)
+	ev := newEvents()
+	c := dial(t, r.url, fastRetry, asUser("abe"), client.WithHeader(http.Header{"X-Session": {"s1"}}), hooks(watch(ev), client.Hooks{
+		OnSubscribed:   func(s *client.Subscription) { subscribed <- s },
+		OnUnsubscribed: func(s *client.Subscription) { unsubscribed <- s },
+		OnRefused:      func(s *client.Subscription, err error) { refused <- s },
+	}))
+	ctx := ctxT(t)
+	if err := other.srv.Subscribe(ctx, sss.ToUser("abe"), "team.ops"); err != nil {
+		t.Fatal(err)
+	}
+	sub := recv(t, subscribed)
+	r.stop()
+	ev.waitEvent(t, "status:reconnecting")
+	if err := other.srv.Unsubscribe(ctx, sss.ToUser("abe"), "team.ops"); err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	ev.waitEvent(t, "reconnect")
+	if s := recv(t, unsubscribed); s != sub || s.Status() != client.SubUnsubscribed || s.Err() != nil {
+		t.Fatalf("unsubscribed %q, status %v, err %v", s.Channel(), s.Status(), s.Err())
+	}
+	select {
+	case s := <-refused:
+		t.Fatalf("%q reported refused", s.Channel())
+	default:
+	}
+	if got := c.Subscriptions(); len(got) != 0 {
+		t.Fatalf("subscriptions %v", got)
+	}
+}

@@ -20,10 +20,14 @@ import (
 type Option func(*options) error
 
 type options struct {
-	header       http.Header
-	httpClient   *http.Client
-	dialTimeout  time.Duration
-	minDelay     time.Duration
+	header      http.Header
+	httpClient  *http.Client
+	dialTimeout time.Duration
+	minDelay    time.Duration
+	// backoffDrawn, for tests (export_test.go), sees each backoff delay
+	// as it is drawn, so that jitter is checked on the values and not
+	// on a loaded machine's wall clock.
+	backoffDrawn func(time.Duration)
 	maxDelay     time.Duration
 	maxAttempts  int
 	logger       *slog.Logger

@@ -153,6 +153,9 @@ func (c *Client) reconnect(cause error, lost string, retry int) (*link, int) {
 		if !immediate {
 			d := backoff(retry, c.opts.minDelay, c.opts.maxDelay)
 			retry++
+			if c.opts.backoffDrawn != nil {
+				c.opts.backoffDrawn(d)
+			}
 			t := time.NewTimer(d)
 			select {
 			case <-t.C:
@@ -288,6 +291,11 @@ func (c *Client) restoreSub(l *link, s *Subscription, since Position, e *subResu
 			c.sendUnsubscribe(l, s.channel)
 		}
 		return events
+	}
+	if e != nil && e.Error != nil && e.Error.Code == CodeNotFound && (s.Server() || e.Server) {
+		// A server subscription the server ended while the client was
+		// away: an unsubscription, not a refusal.
+		return c.endedByServer(s, events)
 	}
 	if e == nil || e.Error != nil {
 		var err error = Errorf(CodeInternal, "subscription missing from the resume reply")

@@ -409,16 +409,23 @@ func (c *Client) dropSub(s *Subscription) {
 		c.mu.Unlock()
 		return
 	}
+	c.forget(s)
+	ev := s.setStatus(SubUnsubscribed, nil, nil)
+	c.mu.Unlock()
+	if ev != nil {
+		c.d.push(ev)
+	}
+}
+
+// forget removes s from the subscriptions held, whoever ended it (the
+// client, or the server). The ancestors' offsets may then jump over what
+// came through s. The caller holds c.mu.
+func (c *Client) forget(s *Subscription) {
 	delete(c.subs, s.channel)
 	for ch, a := range c.subs {
 		if isAncestor(ch, s.channel) {
 			a.skips.Store(true)
 		}
-	}
-	ev := s.setStatus(SubUnsubscribed, nil, nil)
-	c.mu.Unlock()
-	if ev != nil {
-		c.d.push(ev)
 	}
 }
 

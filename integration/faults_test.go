@@ -8,12 +8,12 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	dockerclient "github.com/moby/moby/client"
 	"github.com/redis/go-redis/v9"
 	"github.com/testcontainers/testcontainers-go"
 
@@ -22,6 +22,7 @@ import (
 	"github.com/superscaled/sss/internal/wstest"
 	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/mongoredis"
+	"github.com/superscaled/sss/ssstest/containers"
 )
 
 // Faults injected for real into a cluster of sss.Servers on Redis and a
@@ -37,9 +38,35 @@ import (
 type link struct {
 	tg *target
 
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]bool
+	mu     sync.Mutex
+	cut    bool
+	silent bool
+	conns  map[net.Conn]bool
+}
+
+// silentConn is a connection of a link that can go silent: from then on,
+// what is written to it is dropped and what arrives on it is discarded,
+// while reads still honour their deadlines and nothing reports an error,
+// as when a peer or a middlebox forgets a TCP connection without a reset.
+type silentConn struct {
+	net.Conn
+	dead atomic.Bool
+}
+
+func (c *silentConn) Read(b []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(b)
+		if err != nil || !c.dead.Load() {
+			return n, err
+		}
+	}
+}
+
+func (c *silentConn) Write(b []byte) (int, error) {
+	if c.dead.Load() {
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
 }
 
 func newLink(tg *target) *link { return &link{tg: tg, conns: make(map[net.Conn]bool)} }
@@ -57,12 +84,28 @@ func (l *link) DialContext(ctx context.Context, network, addr string) (net.Conn,
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.cut {
+	if l.cut || l.silent {
 		c.Close()
 		return nil, &net.OpError{Op: "dial", Net: network, Err: errors.New("link cut")}
 	}
-	l.conns[c] = true
-	return c, nil
+	sc := &silentConn{Conn: c}
+	l.conns[sc] = true
+	return sc, nil
+}
+
+// setSilent makes every connection the link made so far silent for ever
+// and, while silent, refuses new ones; afterwards new connections work,
+// as when an instance comes back on the network with another address.
+func (l *link) setSilent(silent bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.silent = silent
+	if silent {
+		for c := range l.conns {
+			c.(*silentConn).dead.Store(true)
+		}
+		clear(l.conns)
+	}
 }
 
 func (l *link) setCut(cut bool) {
@@ -230,6 +273,104 @@ func TestFaultLinkCut(t *testing.T) {
 	if g := fc.servers[0].Stats().Gaps; g == 0 {
 		t.Fatal("no gap counted: the misses were not noticed")
 	}
+}
+
+// The link between an instance and Redis dies silently (no reset: what
+// the instance writes is lost, nothing comes back, no error), and the
+// instance can connect again afterwards: it notices through its idle ping,
+// which goes unanswered, connects again, and fills what its client missed
+// from history. (It used to wait on the dead connection for ever.)
+func TestFaultLinkSilent(t *testing.T) {
+	b := newBackend(t)
+	fc := newFaultCluster(t, b, 2)
+	c := wstest.Dial(t, fc.urls[0], who("sid", "s"), wstest.Name("sid@0"))
+	c.SendRaw(`{"type":"ready"}`)
+	c.Subscribe("feed")
+	ctx := ctxT(t)
+	if err := fc.servers[1].Publish(ctx, "feed", "e", 1); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitPubs("feed", 1)
+	fc.links[0].setSilent(true)
+	for i := 2; i <= 4; i++ {
+		if err := fc.servers[1].Publish(ctx, "feed", "e", i); err != nil {
+			t.Fatal(err)
+		}
+		if err := fc.servers[1].PublishUser(ctx, "sid", "e", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	fc.links[0].setSilent(false)
+	// The idle check (15s) and the ping's call timeout (2s here), then
+	// the reconnection.
+	poll(t, 40*time.Second, "the publications made while the link was dead", func() bool {
+		return len(c.Pubs("feed")) >= 4 && len(c.Pubs("$u.sid")) >= 3
+	})
+	if got := c.Pubs("feed"); !slices.Equal(got, []string{"1", "2", "3", "4"}) {
+		t.Fatalf("feed: %v, want 1..4 once each, in order", got)
+	}
+	if got := c.Pubs("$u.sid"); !slices.Equal(got, []string{"2", "3", "4"}) {
+		t.Fatalf("user channel: %v, want 2..4 once each, in order", got)
+	}
+}
+
+// The same with Redis Cluster (sharded pub/sub, one node owning every
+// slot): the node's shard connection goes silent; its idle ping goes
+// unanswered, the shard is retired and its channels subscribed again on
+// a new connection, and the node says the stream may have missed
+// deliveries; live deliveries flow again.
+func TestFaultLinkSilentCluster(t *testing.T) {
+	_, addr := runRedisWith(t, "--cluster-enabled", "yes")
+	tg := newTarget(addr)
+	ctx := ctxT(t)
+	admin := newRedisVia(t, tg)
+	if err := admin.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
+		t.Fatalf("CLUSTER ADDSLOTSRANGE: %v", err)
+	}
+	poll(t, 20*time.Second, "cluster state ok", func() bool {
+		info, err := admin.ClusterInfo(ctx).Result()
+		return err == nil && strings.Contains(info, "cluster_state:ok")
+	})
+	l := newLink(tg)
+	name := randomName("sc")
+	scalerVia := func(dial func(context.Context, string, string) (net.Conn, error)) *mongoredis.Scaler {
+		rdb := redis.NewClusterClient(&redis.ClusterOptions{
+			// The node announces its container address; every address
+			// leads to the one mapped port.
+			Addrs: []string{"redis.test:6379"}, Dialer: dial,
+			DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: -1,
+		})
+		t.Cleanup(func() { rdb.Close() })
+		s, err := mongoredis.New(rdb, nil, mongoredis.WithPrefix(name+":"), mongoredis.WithLogger(testLogger(t)),
+			mongoredis.WithCallTimeout(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, _, rec := joinNode(t, scalerVia(l.DialContext), "a")
+	b, _, _ := joinNode(t, scalerVia(tg.DialContext), "b")
+	if err := a.Subscribe(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, b, "s", 1, 1)
+	poll(t, 10*time.Second, "the first delivery", func() bool { return len(rec.on("s")) == 1 })
+	l.setSilent(true)
+	publishN(t, b, "s", 2, 3)
+	time.Sleep(500 * time.Millisecond)
+	l.setSilent(false)
+	poll(t, 40*time.Second, "the node to say it may have missed deliveries", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return slices.Contains(rec.missed, "s")
+	})
+	publishN(t, b, "s", 4, 4)
+	poll(t, 10*time.Second, "live deliveries again", func() bool {
+		ds := rec.on("s")
+		return len(ds) > 0 && ds[len(ds)-1].Offset == 4
+	})
 }
 
 // received is what one Go client saw on a channel: the publications' data
@@ -554,23 +695,7 @@ func newBackendWith(t *testing.T, redisFlags ...string) *backend {
 // killContainer kills c with SIGKILL, as kill -9 would: no chance to save.
 func killContainer(t testing.TB, c testcontainers.Container) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cli, err := testcontainers.NewDockerClientWithOpts(ctx)
-	if err != nil {
+	if err := containers.Kill(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	defer cli.Close()
-	if _, err := cli.ContainerKill(ctx, c.GetContainerID(), dockerclient.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
-		t.Fatalf("kill container: %v", err)
-	}
-	// Wait until Docker sees it stopped, so that a restart starts it anew.
-	for ctx.Err() == nil {
-		info, err := cli.ContainerInspect(ctx, c.GetContainerID(), dockerclient.ContainerInspectOptions{})
-		if err == nil && !info.Container.State.Running {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("container still running after SIGKILL")
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/mongoredis"
 	"github.com/superscaled/sss/scaler/scalertest"
+	"github.com/superscaled/sss/ssstest/containers"
 )
 
 // freeClusterPort returns a port on 127.0.0.1 that is free, and whose
@@ -64,7 +65,7 @@ func startRedisCluster(t *testing.T, n int) ([]string, []testcontainers.Containe
 		port := freeClusterPort(t, taken)
 		p := strconv.Itoa(port)
 		req := testcontainers.ContainerRequest{
-			Image: envDefault(redisImageEnv, defaultRedisImage),
+			Image: containers.RedisImage(),
 			Cmd: []string{"--protected-mode", "no", "--save", "", "--appendonly", "no",
 				"--bind", "127.0.0.1", "--port", p,
 				"--cluster-enabled", "yes", "--cluster-config-file", "nodes-" + p + ".conf",

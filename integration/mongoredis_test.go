@@ -23,6 +23,7 @@ import (
 	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/mongoredis"
 	"github.com/superscaled/sss/scaler/scalertest"
+	"github.com/superscaled/sss/ssstest/containers"
 )
 
 // Tests of scaler/mongoredis against real servers. They live here, not in
@@ -199,7 +200,7 @@ func skipThroughputOnFerretDB(t *testing.T) {
 }
 
 func onFerretDB() bool {
-	return strings.Contains(strings.ToLower(envDefault(mongoImageEnv, defaultMongoImage)), "ferretdb")
+	return containers.IsFerretDB()
 }
 
 // TestMongoRedisConformanceCluster runs the suite against a one-node Redis

@@ -6,17 +6,21 @@
 #
 # Without a container registry, the integration images are built offline
 # first (integration/images/build.sh). With one, set SSS_OFFLINE_IMAGES=0 to
-# pull the official images instead, or SSS_REDIS_IMAGE / SSS_MONGO_IMAGE to
-# pick your own.
+# pull the official images instead, or SSS_REDIS_IMAGE / SSS_MONGO_IMAGE /
+# SSS_NATS_IMAGE to pick your own.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export TESTCONTAINERS_RYUK_DISABLED=true
 export TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1
 
-if [[ ${SSS_OFFLINE_IMAGES:-1} == 1 && -z ${SSS_REDIS_IMAGE:-} && -z ${SSS_MONGO_IMAGE:-} ]] \
+if [[ ${SSS_OFFLINE_IMAGES:-1} == 1 && -z ${SSS_REDIS_IMAGE:-} && -z ${SSS_MONGO_IMAGE:-} && -z ${SSS_NATS_IMAGE:-} ]] \
 	&& docker info >/dev/null 2>&1; then
 	eval "$(bash integration/images/build.sh)"
+elif [[ -z ${SSS_SERVER_IMAGE:-} ]] && docker info >/dev/null 2>&1; then
+	# Your own Redis/MongoDB/NATS images: sss-server's, which has no
+	# official image, is still built from this checkout for the failover suite.
+	eval "$(bash integration/images/build.sh server)"
 fi
 
 go vet ./...

@@ -10,10 +10,10 @@
 //		...
 //	}
 //
-// Package ssstest/containers starts Redis, MongoDB and NATS with
-// testcontainers-go and returns ready scalers, for tests against the real
-// backends; it is separate so that these helpers do not bring
-// testcontainers into your build.
+// Package ssstest/containers starts Redis and MongoDB with
+// testcontainers-go and returns a ready scaler (WithScaler), for tests
+// against the real backends; it is separate so that these helpers do not
+// bring testcontainers into your build.
 package ssstest
 
 import (

@@ -9,7 +9,10 @@
 // It mirrors the Go client (package client): the same hooks, subscription
 // handlers, positions and catch-up, the `ready` frame on a fresh link, a
 // `resume` with positions on a reconnect, backoff with full jitter over a
-// URL list from a random one, and typed error codes. Where the languages
+// URL list from a random one, and typed error codes; presence and join and
+// leave events, server-made subscriptions and broadcasts, history reads,
+// the restoring of a session's stored subscriptions, and connection tokens
+// refreshed before every connection. Where the languages
 // differ: callbacks run synchronously on the page's event loop, in order
 // (there is no receive queue to overflow), options are plain objects, and
 // requests are bounded by a timeout option instead of a context.
@@ -18,7 +21,8 @@
 //
 // For maintainers, where things are: errors and codes; positions and
 // catch-up (accept, gaps, outcome); Subscription; Link (one WebSocket);
-// Client (life, reconnection, requests, routing, server asks and tells).
+// Client (life, reconnection, requests, presence and history, routing,
+// server subscriptions, server asks and tells).
 
 /** The WebSocket subprotocol of protocol v1. */
 export const SUBPROTOCOL = "sss.v1";
@@ -51,7 +55,7 @@ export const SubStatus = Object.freeze({
   Resubscribing: "resubscribing",
   /** Final: the server refused to restore it after a reconnect (sub.err). */
   Refused: "refused",
-  /** Final: unsubscribe() was called, or the client closed. */
+  /** Final: unsubscribe() was called, the server ended it (onUnsubscribed), or the client closed. */
   Unsubscribed: "unsubscribed",
 });
 
@@ -83,6 +87,8 @@ export const Code = Object.freeze({
   RateLimited: "rate_limited",
   LimitExceeded: "limit_exceeded",
   Unavailable: "unavailable",
+  /** The server or its cluster does not offer this: presence on a channel that keeps none, history in a cluster that keeps none. */
+  NotSupported: "not_supported",
   Internal: "internal",
   /** A request could not complete because the link dropped (it may or may not have run). */
   Disconnected: "disconnected",
@@ -106,7 +112,7 @@ export const Code = Object.freeze({
 // The codes of protocol v1; a server's other codes count as internal.
 const protocolCodes = new Set([
   Code.BadRequest, Code.Unauthorized, Code.Forbidden, Code.NotFound, Code.Conflict, Code.Timeout,
-  Code.TooLarge, Code.RateLimited, Code.LimitExceeded, Code.Unavailable, Code.Internal,
+  Code.TooLarge, Code.RateLimited, Code.LimitExceeded, Code.Unavailable, Code.NotSupported, Code.Internal,
 ]);
 
 /**
@@ -293,9 +299,57 @@ function rotated(list, random) {
  * @property {string} event the name the publisher gave (may be empty)
  * @property {any} data the JSON payload, decoded
  * @property {{user?: string, conn?: string}|null} from the client that published, stamped by the server; null when the server published
+ * @property {number} time when the server accepted it, in ms since the Unix epoch (`new Date(m.time)`); 0 from a server that does not say
  * @property {number} offset position in the stream of `sub` (0 when the server keeps no history)
  * @property {string} epoch
  */
+
+/**
+ * A client present on a channel, as other clients see it (presence lists,
+ * join and leave events).
+ * @typedef {Object} ClientInfo
+ * @property {string} conn its connection id
+ * @property {string} user its user id; "" when anonymous
+ * @property {any} info the public data the application gave it (a display name, ...); null when none
+ */
+
+/**
+ * A channel's presence counts: connections, and distinct user ids among
+ * them (anonymous ones not counted).
+ * @typedef {{clients: number, users: number}} PresenceCounts
+ */
+
+// clientInfo turns a presence entry of the wire into a ClientInfo.
+function clientInfo(c) {
+  const o = c && typeof c === "object" ? c : {};
+  return Object.freeze({
+    conn: typeof o.conn === "string" ? o.conn : "",
+    user: typeof o.user === "string" ? o.user : "",
+    info: o.info === undefined ? null : o.info,
+  });
+}
+
+// counts reads presence counts from the wire.
+function countsOf(c) {
+  const o = c && typeof c === "object" ? c : {};
+  return Object.freeze({ clients: Number(o.clients) || 0, users: Number(o.users) || 0 });
+}
+
+// message turns a pub frame (or a history entry, read through sub) into
+// the Message handlers get.
+function message(f, sub) {
+  const p = typeof f.offset === "number" && typeof f.epoch === "string" && f.epoch !== "" ? { offset: f.offset, epoch: f.epoch } : zeroPosition;
+  return Object.freeze({
+    channel: String(f.channel || ""), sub, event: typeof f.event === "string" ? f.event : "",
+    data: f.data === undefined ? null : f.data,
+    from: f.from && (f.from.user || f.from.conn) ? f.from : null,
+    time: typeof f.time === "number" && f.time > 0 ? f.time : 0,
+    offset: p.offset, epoch: p.epoch,
+  });
+}
+
+// The reserved channel of the server's broadcasts.
+const broadcastChannel = "$all";
 
 /**
  * A subscription's callbacks, given once to subscribe() (SubscribeOptions.hooks).
@@ -306,10 +360,14 @@ function rotated(list, random) {
 
 /**
  * The client's subscription to a channel. It survives reconnects: the client
- * restores it on every new connection until unsubscribe(), a refusal, or
- * close(). Its handlers are given to subscribe() (eventHandlers,
- * messageHandler) so that they are in place for the first publication after
- * the ack, and may be changed later with handleEvent() and handleMessage().
+ * restores it on every new connection until unsubscribe(), a refusal, the
+ * server's end of it, or close(). Its handlers are given to subscribe()
+ * (eventHandlers, messageHandler, joinHandler, leaveHandler) so that they
+ * are in place for the first publication after the ack, and may be changed
+ * later with handleEvent(), handleMessage(), handleJoin() and handleLeave().
+ * A subscription the client did not make (the server's, or one restored
+ * from the session store) is announced by Hooks.onSubscribed: set its
+ * handlers there.
  */
 export class Subscription {
   /** @param {Client} client @param {string} channel @param {any} query @param {SubHooks} hooks */
@@ -324,6 +382,9 @@ export class Subscription {
     this._err = null;
     this._on = new Map();
     this._onAny = null;
+    this._onJoin = null;
+    this._onLeave = null;
+    this._server = false; // the server made it: only the server ends it
     this._pos = zeroPosition;
     this._recovered = true;
     this._leaving = false; // an unsubscribe was sent
@@ -342,6 +403,9 @@ export class Subscription {
   /** False after a gap (a reconnect that lost publications, or a publication from an unexpected epoch), until the next exact catch-up. @type {boolean} */
   get recovered() { return this._recovered; }
 
+  /** True when the server made it (its Subscribe, or channels named at login): the client cannot unsubscribe it. @type {boolean} */
+  get server() { return this._server; }
+
   /**
    * Sets the handler for messages with the given event, replacing any; null removes it.
    * @param {string} event @param {((m: Message) => void)|null} fn
@@ -358,14 +422,31 @@ export class Subscription {
   handleMessage(fn) { this._onAny = fn || null; }
 
   /**
+   * Sets the handler of join events (a client subscribed to the channel,
+   * this one included), on channels where the application turned them on;
+   * null removes it.
+   * @param {((c: ClientInfo) => void)|null} fn
+   */
+  handleJoin(fn) { this._onJoin = fn || null; }
+
+  /**
+   * Sets the handler of leave events (a client unsubscribed, disconnected,
+   * or its server instance died); null removes it.
+   * @param {((c: ClientInfo) => void)|null} fn
+   */
+  handleLeave(fn) { this._onLeave = fn || null; }
+
+  /**
    * Ends the subscription. While disconnected it only forgets it: the next
    * resume does not ask for it. Unsubscribing one that already ended does
-   * nothing.
+   * nothing. A server subscription rejects with "forbidden": only the
+   * server ends it.
    * @param {RequestOptions} [opts]
    * @returns {Promise<void>}
    */
   async unsubscribe(opts = {}) {
     const c = this._c;
+    if (this._server) throw new SSSError(Code.Forbidden, `unsubscribe from "${this.channel}": the server made this subscription: only the server ends it`);
     if (c._subs.get(this.channel) !== this) return;
     if (!c._ready) {
       c._dropSub(this);
@@ -403,6 +484,12 @@ export class Subscription {
     const h = this._on.get(m.event) || this._onAny;
     if (h) this._c._call(h, m);
   }
+
+  _presence(join, ci) {
+    if (this._status === SubStatus.Unsubscribed || this._status === SubStatus.Refused) return;
+    const h = join ? this._onJoin : this._onLeave;
+    if (h) this._c._call(h, ci);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -412,10 +499,13 @@ export class Subscription {
 const defaultMaxMessage = 64 << 10; // batches before the welcome tells the real limit
 
 class Link {
-  constructor(client, url, resuming) {
+  // url is the client's URL (failover, messages); dialURL the one opened,
+  // with the token when there is one: it never appears in messages or logs.
+  constructor(client, url, resuming, restoring, dialURL) {
     this.c = client;
     this.url = url;
     this.resuming = resuming;
+    this.restoring = restoring; // resumes without a list: the session's stored subscriptions
     this.dead = false;
     this.reason = null;
     this.opened = false;
@@ -435,7 +525,7 @@ class Link {
     this.onUp = null; // set by the attempt: the link is ready
     this.onEnd = null; // set by the attempt, then by the client: the link ended
     const WS = client._opts.WebSocket;
-    this.ws = new WS(url, [SUBPROTOCOL]);
+    this.ws = new WS(dialURL || url, [SUBPROTOCOL]);
     this.ws.onopen = () => this._opened();
     this.ws.onmessage = (ev) => this._message(ev);
     this.ws.onclose = (ev) => this._closed(ev);
@@ -620,6 +710,9 @@ class Link {
  * @property {(m: Message) => void} [onSessionMessage] publications to the session's channel (server PublishSession)
  * @property {(info: RecoverInfo) => void} [onRecover] the outcome of each channel's catch-up after a reconnect, before any publication delivered on the new connection
  * @property {(info: RecoverInfo) => void} [onGap] publications were lost on a channel: reload what derives from it; runs after onRecover and the subscription's own onGap, before the publications that follow the gap
+ * @property {(sub: Subscription) => void} [onSubscribed] a subscription the client did not make in this page: one the server made (its Subscribe, or a channel named at login), or one restored from the session store (Options.restore); it runs before any of its publications: set its handlers here (sub.handleMessage, handleEvent, handleJoin, handleLeave)
+ * @property {(sub: Subscription) => void} [onUnsubscribed] the server ended a subscription (its Unsubscribe), also one it ended while the client was disconnected (told after the reconnect); it is then unsubscribed
+ * @property {(m: Message) => void} [onBroadcast] the server's broadcasts to every connection (channel "$all"); transient: one made while the client is disconnected is not caught up
  */
 
 /**
@@ -663,10 +756,26 @@ class Link {
  * @property {number} [maxPending] requests in flight on a link, awaiting their reply; more wait in the send queue; default 256
  * @property {number} [concurrency] server asks handled at once; more are answered "rate_limited"; default 64
  * @property {number} [rateLimitRetries] times an ask or tell refused with "rate_limited" is sent again; default 8
+ * @property {TokenSource} [getToken] the connection's credentials, asked for before every connection attempt (the first and each reconnect) and sent as the query parameter tokenParam, so that an expiring token is replaced before it is needed; when the server closes with 4007 (credentials expired) the client reconnects at once with a fresh one
+ * @property {string} [tokenParam] the query parameter that carries the token; default "token" (sss-server's)
+ * @property {boolean} [restore] the first connection restores the subscriptions the server stored for this session (a reloaded page), each caught up from where the session last stood, instead of starting with none; Hooks.onSubscribed tells of each. The server needs a session store and a session parser that names the session
  * @property {Clock} [clock] timers; default the page's
  * @property {() => number} [random] a random number in [0, 1); default Math.random
  * @property {any} [WebSocket] the WebSocket constructor; default the page's
  * @property {{debug?: Function, info?: Function, warn?: Function}} [logger] where to log connection events, e.g. console; default nowhere
+ */
+
+/**
+ * Gives the token of a connection attempt: a string, or a Promise of one.
+ * Rejecting (or throwing) fails that attempt, and the client retries with
+ * backoff; an SSSError with code "unauthorized" or "forbidden" stops the
+ * client for good (the user must log in again). reason is why the previous
+ * attempt or link ended (null before the first): a browser hides an HTTP
+ * 401 at the handshake, so after repeated "connect_failed" an application
+ * may check its login itself here.
+ * @callback TokenSource
+ * @param {{url: string, reason: SSSError|null}} attempt
+ * @returns {string|Promise<string>}
  */
 
 /**
@@ -683,6 +792,42 @@ class Link {
  * @property {SubHooks} [hooks]
  * @property {Object<string, (m: Message) => void>} [eventHandlers] handlers by event
  * @property {(m: Message) => void} [messageHandler] handler of events without a handler of their own
+ * @property {(c: ClientInfo) => void} [joinHandler] handler of join events (channels where the application turned them on)
+ * @property {(c: ClientInfo) => void} [leaveHandler] handler of leave events
+ * @property {Position} [since] start after this position (from history()) instead of the channel's current one: every publication after it is delivered first, once and in order; when that is impossible the subscription's onGap and the client's say so
+ */
+
+/**
+ * Options of publish(), besides those of every request.
+ * @typedef {Object} PublishOnly
+ * @property {boolean} [exceptSelf] this connection does not receive it (everyone but the sender)
+ */
+
+/** @typedef {RequestOptions & PublishOnly} PublishOptions */
+
+/**
+ * Options of history(), besides those of every request (the timeout bounds the whole read).
+ * @typedef {Object} HistoryOnly
+ * @property {number} [limit] read at most this many publications; default 50 (the server's maximum is 1000)
+ * @property {Position} [since] read the publications after this position (the first `limit` of them) instead of the last ones
+ * @property {any} [query] for the server's subscription parser, which authorises history reads like subscriptions
+ */
+
+/** @typedef {RequestOptions & HistoryOnly} HistoryOptions */
+
+/**
+ * What a history read gives.
+ * @typedef {Object} HistoryResult
+ * @property {Message[]} messages oldest first, each with its offset in the channel read (its `sub`)
+ * @property {Position} position where the read ends: subscribe with `since` set to it to go on with no gap and no duplicate
+ */
+
+/**
+ * A presence list.
+ * @typedef {Object} PresenceResult
+ * @property {ClientInfo[]} clients who is subscribed (a list too large for one reply is cut: fewer than counts.clients)
+ * @property {PresenceCounts} counts
+ * @property {boolean} more the list was cut
  */
 
 /** @typedef {RequestOptions & SubscribeOnly} SubscribeOptions */
@@ -717,6 +862,14 @@ function resolveURL(u) {
   return url.href;
 }
 
+// checkPosition returns a copy of a position given as an option, or throws.
+function checkPosition(name, p) {
+  if (!p || typeof p !== "object" || !Number.isInteger(p.offset) || p.offset < 0 || typeof p.epoch !== "string" || p.epoch === "") {
+    throw invalid(`${name}: ${JSON.stringify(p)}: want a position {offset, epoch} with an epoch`);
+  }
+  return { offset: p.offset, epoch: p.epoch };
+}
+
 function positiveNumber(name, v, dflt, allowZero) {
   if (v === undefined) return dflt;
   if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || (!allowZero && v === 0)) {
@@ -737,7 +890,9 @@ function positiveNumber(name, v, dflt, allowZero) {
  * order, before the live ones; when that is impossible, onGap says so.
  * Requests in flight when the link drops fail with "disconnected"; new ones
  * wait for the next link (bounded by sendQueue and their timeout), or fail
- * fast with failFast.
+ * fast with failFast. Close code 4000 (the server shuts down) and 4007 (the
+ * credentials expired: getToken gives fresh ones) reconnect at once; 4500
+ * to 4999 stop the client for good.
  */
 export class Client {
   /**
@@ -770,7 +925,12 @@ export class Client {
       concurrency: positiveNumber("concurrency", o.concurrency, 64, false),
       rateRetries: positiveNumber("rateLimitRetries", o.rateLimitRetries, 8, true),
       WebSocket: WS,
+      getToken: o.getToken || null,
+      tokenParam: o.tokenParam === undefined ? "token" : o.tokenParam,
+      restore: !!o.restore,
     };
+    if (this._opts.getToken !== null && typeof this._opts.getToken !== "function") throw invalid("getToken is not a function");
+    if (typeof this._opts.tokenParam !== "string" || this._opts.tokenParam === "") throw invalid(`tokenParam ${JSON.stringify(o.tokenParam)}: want a query parameter's name`);
     this._clock = o.clock || defaultClock;
     for (const k of ["setTimeout", "clearTimeout", "now"]) {
       if (typeof this._clock[k] !== "function") throw invalid(`clock.${k} is not a function`);
@@ -779,6 +939,9 @@ export class Client {
     if (typeof this._random !== "function") throw invalid("random is not a function");
     this._log = o.logger || {};
     this._hooks = Object.freeze({ ...(o.hooks || {}) });
+    for (const [name, fn] of Object.entries(this._hooks)) {
+      if (fn !== undefined && fn !== null && typeof fn !== "function") throw invalid(`hooks.${name} is not a function`);
+    }
     this._urls = list;
     this._asks = new Map();
     this._tells = new Map();
@@ -807,6 +970,8 @@ export class Client {
     this._retry = 0; // backoff step; carried over while links do not last
     this._stats = { reconnects: 0, recovered: 0, gaps: 0, duplicates: 0 };
     this._onOnline = null;
+    this._restored = false; // the session's stored subscriptions were restored (Options.restore)
+    this._lastReason = null; // why the last attempt or link ended, for getToken
   }
 
   // ---- life ---------------------------------------------------------------
@@ -832,11 +997,12 @@ export class Client {
     for (const u of order) {
       if (this._closing) break;
       try {
-        await this._connectOnce(u, false, (l) => this._linkUp(l, false));
+        await this._connectOnce(u, this._opts.restore, (l) => this._linkUp(l, false));
         this._watchOnline();
         return;
       } catch (err) {
         last = err;
+        this._lastReason = err;
         this._debug("sss: connection attempt failed", u, err);
         if (this._permanent(err)) break;
       }
@@ -846,37 +1012,84 @@ export class Client {
     throw err;
   }
 
-  // _connectOnce makes one connection attempt: handshake, welcome and, when
-  // resuming, the resume. onUp runs synchronously when the link is ready,
-  // before any frame that follows; the Promise settles then, or with the
-  // error that ended the attempt.
+  // _connectOnce makes one connection attempt: the token, the handshake,
+  // the welcome and, when resuming, the resume (without a list when the
+  // session's stored subscriptions are still to be restored). onUp runs
+  // synchronously when the link is ready, before any frame that follows;
+  // the Promise settles then, or with the error that ended the attempt.
+  // dialTimeout bounds it all, getToken included.
   _connectOnce(url, resuming, onUp) {
     return new Promise((resolve, reject) => {
-      let l;
-      try {
-        l = new Link(this, url, resuming);
-      } catch (e) {
-        reject(new SSSError(Code.ConnectFailed, `cannot connect to ${url}`, { cause: e }));
-        return;
-      }
-      this._attempt = l;
-      const timer = this._clock.setTimeout(() => {
-        l.fail(new SSSError(Code.Timeout, `no welcome${resuming ? " and resume" : ""} from ${url} within ${this._opts.dialTimeout} ms`));
-      }, this._opts.dialTimeout);
-      l.onUp = () => {
+      let l = null;
+      let over = false;
+      const end = (err) => {
+        if (over) return;
+        over = true;
         this._clock.clearTimeout(timer);
-        if (this._attempt === l) this._attempt = null;
-        l.up = true;
-        l.onEnd = (err) => this._linkEnded(l, err);
-        onUp(l);
-        resolve(l);
-      };
-      l.onEnd = (err) => {
-        this._clock.clearTimeout(timer);
-        if (this._attempt === l) this._attempt = null;
-        this._failRequests(l, err);
         reject(err);
       };
+      const timer = this._clock.setTimeout(() => {
+        const err = new SSSError(Code.Timeout, `no welcome${resuming ? " and resume" : ""} from ${url} within ${this._opts.dialTimeout} ms`);
+        if (l) l.fail(err);
+        else end(err);
+      }, this._opts.dialTimeout);
+      const open = (token) => {
+        if (over) return;
+        if (this._closing) {
+          end(new SSSError(Code.Closed, "client closed"));
+          return;
+        }
+        let dialURL = url;
+        if (token !== null) {
+          const u = new URL(url);
+          u.searchParams.set(this._opts.tokenParam, token);
+          dialURL = u.href;
+        }
+        try {
+          l = new Link(this, url, resuming, resuming && this._opts.restore && !this._restored, dialURL);
+        } catch (e) {
+          end(new SSSError(Code.ConnectFailed, `cannot connect to ${url}`, { cause: e }));
+          return;
+        }
+        this._attempt = l;
+        l.onUp = () => {
+          over = true;
+          this._clock.clearTimeout(timer);
+          if (this._attempt === l) this._attempt = null;
+          l.up = true;
+          l.onEnd = (err) => this._linkEnded(l, err);
+          onUp(l);
+          resolve(l);
+        };
+        l.onEnd = (err) => {
+          if (this._attempt === l) this._attempt = null;
+          this._failRequests(l, err);
+          end(err);
+        };
+      };
+      if (!this._opts.getToken) {
+        open(null);
+        return;
+      }
+      let p;
+      try {
+        p = Promise.resolve(this._opts.getToken({ url, reason: this._lastReason }));
+      } catch (e) {
+        p = Promise.reject(e);
+      }
+      p.then(
+        (token) => {
+          if (typeof token !== "string" || token === "") {
+            end(new SSSError(Code.ConnectFailed, `token for ${url}: getToken gave ${token === "" ? "an empty string" : typeof token}, want a string`));
+            return;
+          }
+          open(token);
+        },
+        (e) => {
+          const code = e instanceof SSSError ? e.code : Code.ConnectFailed;
+          end(new SSSError(code, `token for ${url}: ${e && e.message ? e.message.replace(/^sss: /, "") : String(e)}`, { cause: e }));
+        },
+      );
     });
   }
 
@@ -901,6 +1114,7 @@ export class Client {
   // and the client reconnects unless the reason is final.
   _linkEnded(l, err) {
     if (this._ready === l) this._ready = null;
+    this._lastReason = err;
     this._failRequests(l, err);
     if (this._closing || this._status === Status.Closed) return;
     this._info_log("sss: link dropped", l.url, err);
@@ -921,7 +1135,8 @@ export class Client {
   async _reconnect(cause, lost) {
     // 4000: the server is going away and asks for an immediate reconnect,
     // preferably elsewhere, which the order gives.
-    let immediate = cause instanceof CloseError && cause.closeCode === 4000;
+    // 4007: the credentials expired; getToken gives fresh ones at once.
+    let immediate = cause instanceof CloseError && (cause.closeCode === 4000 || cause.closeCode === 4007);
     const others = this._urls.filter((u) => u !== lost);
     const order = rotated(others, this._random);
     if (others.length < this._urls.length) order.push(lost);
@@ -940,6 +1155,7 @@ export class Client {
         return;
       } catch (err) {
         if (this._closing) return;
+        this._lastReason = err;
         this._debug("sss: reconnection attempt failed", u, attempt, err);
         if (this._permanent(err)) {
           this._finish(err);
@@ -978,8 +1194,11 @@ export class Client {
     globalThis.addEventListener("online", this._onOnline);
   }
 
+  // _permanent reports whether err ends the client for good: a close code
+  // 4500–4999, a server that does not speak sss.v1, or credentials refused
+  // (getToken rejected with "unauthorized" or "forbidden").
   _permanent(err) {
-    return (err instanceof CloseError && err.permanent) || is(err, Code.Protocol);
+    return (err instanceof CloseError && err.permanent) || is(err, Code.Protocol) || is(err, Code.Unauthorized) || is(err, Code.Forbidden);
   }
 
   // _finish closes the client for good with reason err. Idempotent.
@@ -1062,7 +1281,8 @@ export class Client {
   }
 
   /**
-   * The client's subscriptions now, by channel.
+   * The client's subscriptions now, by channel: its own, the server's
+   * (sub.server), and those restored from the session store.
    * @returns {Map<string, Subscription>}
    */
   subscriptions() { return new Map(this._subs); }
@@ -1143,15 +1363,18 @@ export class Client {
    * The server must allow client publications (its publish parser), else
    * the Promise rejects with "forbidden". A publication in flight when the
    * link drops rejects with "disconnected": it may or may not have been
-   * accepted.
+   * accepted. With opts.exceptSelf this connection does not receive it
+   * (a catch-up after a reconnect does).
    * @param {string} channel
    * @param {string} event
    * @param {any} [data]
-   * @param {RequestOptions} [opts]
+   * @param {PublishOptions} [opts]
    * @returns {Promise<void>}
    */
   async publish(channel, event, data, opts = {}) {
-    await this._request({ type: "publish", channel, event: event || "", data: data === undefined ? null : data }, {
+    const frame = { type: "publish", channel, event: event || "", data: data === undefined ? null : data };
+    if (opts.exceptSelf) frame.exceptSelf = true;
+    await this._request(frame, {
       label: `publish to "${channel}"`, timeout: opts.timeout, signal: opts.signal,
     });
   }
@@ -1162,14 +1385,21 @@ export class Client {
    * next one (unless failFast). The server may refuse: "forbidden" (parser
    * or reserved channel), "conflict" (already subscribed), "bad_request"
    * (invalid name), "limit_exceeded". Messages are delivered from the ack
-   * on: give the handlers here to see the first ones.
+   * on: give the handlers here to see the first ones. With opts.since (a
+   * position from history()), every publication after it comes first.
    * @param {string} channel
    * @param {SubscribeOptions} [opts]
    * @returns {Promise<Subscription>}
    */
   async subscribe(channel, opts = {}) {
     if (typeof channel !== "string") throw invalid(`subscribe: channel ${JSON.stringify(channel)} is not a string`);
+    const since = opts.since === undefined ? null : checkPosition(`subscribe to "${channel}": since`, opts.since);
     const s = new Subscription(this, channel, opts.query, opts.hooks);
+    for (const k of ["joinHandler", "leaveHandler"]) {
+      if (opts[k] !== undefined && typeof opts[k] !== "function") throw invalid(`subscribe to "${channel}": ${k} is not a function`);
+    }
+    s._onJoin = opts.joinHandler || null;
+    s._onLeave = opts.leaveHandler || null;
     for (const [event, fn] of Object.entries(opts.eventHandlers || {})) {
       if (typeof fn !== "function") throw invalid(`subscribe to "${channel}": eventHandlers["${event}"] is not a function`);
       s._on.set(event, fn);
@@ -1180,6 +1410,7 @@ export class Client {
     }
     const frame = { type: "subscribe", channel };
     if (opts.query !== undefined) frame.query = opts.query;
+    if (since) frame.since = since;
     await this._request(frame, {
       label: `subscribe to "${channel}"`, timeout: opts.timeout, signal: opts.signal, resend: true,
       // On the link, before the frame that follows the ack: the subscription
@@ -1194,9 +1425,91 @@ export class Client {
         const old = this._subs.get(channel);
         this._subs.set(channel, s);
         if (old && old !== s) old._setStatus(SubStatus.Unsubscribed, null);
+        if (since) {
+          // Whether the publications after since could all be delivered.
+          const info = outcome(channel, ChannelKind.Subscription, s, since, result);
+          s._recovered = info.recovered;
+          this._recovery(info);
+        }
       },
     });
     return s;
+  }
+
+  /**
+   * Lists who is subscribed to channel right now, on every instance, with
+   * the counts. By default only the channel's subscribers may read it:
+   * "forbidden" otherwise; "not_supported" when the channel (or the
+   * cluster) keeps no presence.
+   * @param {string} channel
+   * @param {RequestOptions} [opts]
+   * @returns {Promise<PresenceResult>}
+   */
+  async presence(channel, opts = {}) {
+    const r = await this._request({ type: "presence", channel }, {
+      label: `presence of "${channel}"`, timeout: opts.timeout, signal: opts.signal,
+    });
+    const o = r && typeof r === "object" ? r : {};
+    return Object.freeze({
+      clients: Object.freeze((Array.isArray(o.clients) ? o.clients : []).map(clientInfo)),
+      counts: countsOf(o.counts),
+      more: !!o.more,
+    });
+  }
+
+  /**
+   * Counts who is subscribed to channel, at a cost that does not grow with
+   * the channel's size. Errors as presence().
+   * @param {string} channel
+   * @param {RequestOptions} [opts]
+   * @returns {Promise<PresenceCounts>}
+   */
+  async presenceCounts(channel, opts = {}) {
+    const r = await this._request({ type: "presence", channel, counts: true }, {
+      label: `presence counts of "${channel}"`, timeout: opts.timeout, signal: opts.signal,
+    });
+    return countsOf(r && r.counts);
+  }
+
+  /**
+   * Reads a channel's history: its last publications (opts.limit, default
+   * 50), or the first ones after opts.since, oldest first, and the position
+   * where the read ends. To show the last messages and go on live with no
+   * gap and no duplicate:
+   *
+   *     const { messages, position } = await client.history("chat.room1", { limit: 50 });
+   *     messages.forEach(show);
+   *     await client.subscribe("chat.room1", { since: position, messageHandler: show });
+   *
+   * A reply the server cut to fit its send queue is read on from where it
+   * stopped, up to the limit. Errors: "not_supported" (no history kept),
+   * "not_found" (the publications after since are gone), "forbidden" (the
+   * subscription parser refused).
+   * @param {string} channel
+   * @param {HistoryOptions} [opts]
+   * @returns {Promise<HistoryResult>}
+   */
+  async history(channel, opts = {}) {
+    const label = `history of "${channel}"`;
+    const limit = opts.limit === undefined ? 50 : opts.limit;
+    if (!Number.isInteger(limit) || limit <= 0) throw invalid(`${label}: limit ${JSON.stringify(opts.limit)}: want a positive whole number`);
+    let since = opts.since === undefined ? null : checkPosition(`${label}: since`, opts.since);
+    const timeout = opts.timeout === undefined ? this._opts.requestTimeout : opts.timeout;
+    const start = this._clock.now();
+    const messages = [];
+    for (;;) {
+      const frame = { type: "history", channel, limit: limit - messages.length };
+      if (since) frame.since = since;
+      if (opts.query !== undefined) frame.query = opts.query;
+      // The timeout bounds the whole read, its follow-ups included.
+      const left = timeout > 0 ? Math.max(1, timeout - (this._clock.now() - start)) : 0;
+      const r = await this._request(frame, { label, timeout: left, signal: opts.signal });
+      if (!r || !Array.isArray(r.publications)) throw new SSSError(Code.Protocol, `${label}: protocol violation: result without publications`);
+      for (const p of r.publications) messages.push(message(p || {}, channel));
+      const position = positionOf(r.position);
+      if (!r.more || messages.length >= limit || isZero(position)) return Object.freeze({ messages: Object.freeze(messages), position });
+      since = position; // cut to fit: read on from where it stopped
+    }
   }
 
   /**
@@ -1405,11 +1718,28 @@ export class Client {
     l.write(JSON.stringify({ type: "unsubscribe", id: ++this._nextID, channel }));
   }
 
+  // _dropSub forgets s after unsubscribe().
   _dropSub(s) {
     if (this._subs.get(s.channel) !== s) return;
+    this._forget(s);
+    s._setStatus(SubStatus.Unsubscribed, null);
+  }
+
+  // _forget removes s from the subscriptions held, whoever ended it (the
+  // client or the server): the ancestors' offsets may then jump over what
+  // came through s, which is no gap.
+  _forget(s) {
     this._subs.delete(s.channel);
     for (const [ch, a] of this._subs) if (isAncestor(ch, s.channel)) a._skips = true;
+  }
+
+  // _endedByServer forgets a subscription the server ended: an unsubscribed
+  // frame, or a resume that answers not_found for a server subscription
+  // ended while the client was away (an unsubscription, not a refusal).
+  _endedByServer(s) {
+    this._forget(s);
     s._setStatus(SubStatus.Unsubscribed, null);
+    if (this._hooks.onUnsubscribed) this._call(this._hooks.onUnsubscribed, s);
   }
 
   // ---- what the server sends ---------------------------------------------
@@ -1422,7 +1752,8 @@ export class Client {
       }
       l.setWelcome(f);
       this._welcomeOwn(l);
-      if (l.resuming) this._resume(l);
+      if (l.restoring) this._restoreStored(l);
+      else if (l.resuming) this._resume(l);
       else l.onUp(l);
       return;
     }
@@ -1447,6 +1778,16 @@ export class Client {
       case "ask":
         this._serveAsk(l, f);
         return;
+      case "join":
+      case "leave":
+        this._routePresence(f);
+        return;
+      case "subscribed":
+        this._routeSubscribed(f);
+        return;
+      case "unsubscribed":
+        this._routeUnsubscribed(f);
+        return;
       case "ping":
         l.write('{"type":"pong"}');
         return;
@@ -1462,11 +1803,12 @@ export class Client {
   // _welcomeOwn records a new link's user and session channels. On a link
   // that resumes, a channel that is the previous connection's (same user,
   // same session) continues from its position; any other starts from the
-  // welcome's.
+  // welcome's, as on a link that restores (its channels are not listed:
+  // the previous welcome was that of a failed attempt).
   _welcomeOwn(l) {
     l.ownChannels().forEach((ch, i) => {
       const o = this._own[i];
-      if (l.resuming && ch !== "" && ch === o.channel) {
+      if (l.resuming && !l.restoring && ch !== "" && ch === o.channel) {
         l.ownResume[i] = true;
         l.ownSince[i] = o.pos;
         return;
@@ -1485,22 +1827,67 @@ export class Client {
       const e = { channel: s.channel };
       if (s.query !== undefined) e.query = s.query;
       if (!isZero(since[i])) e.since = since[i];
+      if (s._server) e.server = true; // kept by the server: listed to catch up
       return e;
     });
     l.ownChannels().forEach((ch, i) => {
       if (l.ownResume[i] && !isZero(l.ownSince[i])) entries.push({ channel: ch, since: l.ownSince[i] });
     });
+    this._sendResume(l, { subscriptions: entries }, (link, result) => this._applyResume(link, subs, since, result));
+  }
+
+  // _restoreStored sends, as the first frame of the first link with
+  // Options.restore, a resume without a list: the server restores the
+  // subscriptions it stored for the session, each from where the session
+  // last stood.
+  _restoreStored(l) {
+    this._sendResume(l, {}, (link, result) => this._applyRestore(link, result));
+  }
+
+  // _sendResume sends a resume on l; onAck runs at its ack, before any
+  // frame that follows, and the link is up after it (unless it failed).
+  _sendResume(l, body, onAck) {
     const id = ++this._nextID;
     const r = {
       frame: null, label: "resume", counted: false, resend: false, state: "sent", link: l, id, retries: 0, timer: null, retryTimer: null, signal: null, onAbort: null,
-      onAck: (link, result) => this._applyResume(link, subs, since, result),
+      onAck,
       resolve: () => {
-        if (!l.dead) l.onUp(l); // _applyResume may have failed the link
+        if (!l.dead) l.onUp(l); // onAck may have failed the link
       },
       reject: (err) => l.fail(err),
     };
     l.pending.set(id, r);
-    l.write(JSON.stringify({ type: "resume", id, subscriptions: entries }));
+    l.write(JSON.stringify({ type: "resume", id, ...body }));
+  }
+
+  // _applyRestore makes a Subscription of each restored entry, at the ack,
+  // before any of their publications, and tells of each (onSubscribed),
+  // then of its catch-up.
+  _applyRestore(l, result) {
+    const list = result && Array.isArray(result.subscriptions) ? result.subscriptions : null;
+    if (!list) {
+      l.fail(new SSSError(Code.Protocol, "protocol violation: resume result without subscriptions"));
+      return;
+    }
+    this._restored = true;
+    for (const e of list) {
+      if (!e || typeof e.channel !== "string") continue;
+      if (e.error) {
+        this._info_log("sss: stored subscription not restored", e.channel, e.error);
+        continue;
+      }
+      if (this._subs.has(e.channel)) continue;
+      const s = new Subscription(this, e.channel, e.query === null ? undefined : e.query, {});
+      s._server = !!e.server;
+      this._subs.set(e.channel, s);
+      // Caught up from a stored position: its outcome is reported.
+      const since = typeof e.recovered === "boolean" ? positionOf(e) : zeroPosition;
+      const info = outcome(e.channel, ChannelKind.Subscription, s, since, e);
+      s._pos = info.position;
+      s._recovered = info.recovered || isZero(since);
+      if (this._hooks.onSubscribed) this._call(this._hooks.onSubscribed, s);
+      if (!isZero(since)) this._recovery(info);
+    }
   }
 
   // _applyResume runs at the resume's ack, before any publication that
@@ -1522,6 +1909,11 @@ export class Client {
     if (this._subs.get(s.channel) !== s) {
       // Unsubscribed while the resume was in flight: undo the server's.
       if (e && !e.error) this._sendUnsubscribe(l, s.channel);
+      return;
+    }
+    if (e && e.error && e.error.code === Code.NotFound && (s._server || e.server)) {
+      // A server subscription the server ended while the client was away.
+      this._endedByServer(s);
       return;
     }
     if (!e || e.error) {
@@ -1579,13 +1971,13 @@ export class Client {
   // after the gap is reported.
   _routePub(l, f) {
     const sub = typeof f.sub === "string" && f.sub !== "" ? f.sub : String(f.channel || "");
-    const p = typeof f.offset === "number" && typeof f.epoch === "string" && f.epoch !== "" ? { offset: f.offset, epoch: f.epoch } : zeroPosition;
-    const m = Object.freeze({
-      channel: String(f.channel || ""), sub, event: typeof f.event === "string" ? f.event : "",
-      data: f.data === undefined ? null : f.data,
-      from: f.from && (f.from.user || f.from.conn) ? f.from : null,
-      offset: p.offset, epoch: p.epoch,
-    });
+    const m = message(f, sub);
+    const p = m.epoch !== "" ? { offset: m.offset, epoch: m.epoch } : zeroPosition;
+    if (sub === broadcastChannel) {
+      // A broadcast: transient, unnumbered, for every connection.
+      if (this._hooks.onBroadcast) this._call(this._hooks.onBroadcast, m);
+      return;
+    }
     let kind, s = null, own = -1;
     if (sub !== "" && sub === l.info.userChannel) {
       kind = ChannelKind.User;
@@ -1653,6 +2045,38 @@ export class Client {
     if (s._skips) return true;
     for (const ch of this._subs.keys()) if (isAncestor(s.channel, ch)) return true;
     return false;
+  }
+
+  // _routePresence hands a join or leave to its subscription's handler.
+  // They are not numbered: a reconnect does not catch up on them (read
+  // presence() again then).
+  _routePresence(f) {
+    const s = this._subs.get(String(f.channel || ""));
+    if (!s) return;
+    s._presence(f.type === "join", clientInfo(f.client));
+  }
+
+  // _routeSubscribed takes a server subscription, before any of its
+  // publications.
+  _routeSubscribed(f) {
+    const channel = String(f.channel || "");
+    if (channel === "") return;
+    const held = this._subs.get(channel);
+    if (held) {
+      held._server = true; // one of the client's own that the server took over
+      return;
+    }
+    const s = new Subscription(this, channel, undefined, {});
+    s._server = true;
+    s._pos = positionOf(f);
+    this._subs.set(channel, s);
+    if (this._hooks.onSubscribed) this._call(this._hooks.onSubscribed, s);
+  }
+
+  // _routeUnsubscribed ends a subscription the server ended.
+  _routeUnsubscribed(f) {
+    const s = this._subs.get(String(f.channel || ""));
+    if (s) this._endedByServer(s);
   }
 
   _routeTell(f) {

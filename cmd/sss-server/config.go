@@ -16,7 +16,10 @@ type config struct {
 	path  string
 	drain time.Duration
 
-	// Scaler: memory unless redis (and mongo) URLs are given.
+	// Scaler: memory unless redis (and mongo) or nats URLs are given.
+	natsURL    string
+	natsPrefix string
+	natsMsgs   int
 	redisURL   string
 	mongoURL   string
 	mongoDB    string
@@ -86,6 +89,9 @@ Flags:
 	str(&c.mongoURL, "mongo-url", "", "MongoDB URI (mongodb://host:27017) for sessions' subscriptions; requires -redis-url")
 	str(&c.mongoDB, "mongo-db", "sss", "MongoDB database")
 	str(&c.prefix, "redis-prefix", "sss:", "prefix of the Redis keys and channels")
+	str(&c.natsURL, "nats-url", "", "NATS server URLs, comma-separated (nats://host:4222), JetStream enabled: use the NATS scaler instead of the in-memory one")
+	str(&c.natsPrefix, "nats-prefix", "sss", "first token of the NATS subjects and start of the stream and bucket names")
+	num(&c.natsMsgs, "nats-history-messages", 1_000_000, "publications the NATS history stream keeps in all (-history-age bounds them too; -history-size does not apply)")
 	num(&c.history, "history-size", 1000, "publications kept per channel for catch-up (0: no history)")
 	dur(&c.historyAge, "history-age", 5*time.Minute, "how long publications are kept for catch-up")
 	str(&origins, "origins", "", "host patterns of cross-origin browsers allowed to connect (e.g. app.example.com,*.example.com)")
@@ -141,6 +147,12 @@ func (c *config) validate() error {
 	var errs []error
 	if c.mongoURL != "" && c.redisURL == "" {
 		errs = append(errs, errors.New("-mongo-url needs -redis-url"))
+	}
+	if c.natsURL != "" && c.redisURL != "" {
+		errs = append(errs, errors.New("give -nats-url or -redis-url, not both"))
+	}
+	if c.natsURL != "" && c.natsMsgs <= 0 {
+		errs = append(errs, errors.New("-nats-history-messages must be positive"))
 	}
 	if c.jwtSecret != "" && c.jwtKeyFile != "" {
 		errs = append(errs, errors.New("give -jwt-secret or -jwt-public-key, not both"))

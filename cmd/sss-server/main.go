@@ -2,9 +2,11 @@
 // protocol sss.v1 (docs/protocol.md) for browsers and programs in any
 // language, an HTTP API for the application's backend (docs/http-api.md),
 // health and readiness probes and Prometheus metrics. Several instances
-// share a Redis (and MongoDB) to form one cluster.
+// share a Redis (and MongoDB), or a NATS server or cluster, to form one
+// cluster.
 //
 //	sss-server -jwt-secret "$SECRET" -api-key "$KEY" -redis-url redis://localhost:6379/0 -mongo-url mongodb://localhost:27017
+//	sss-server -jwt-secret "$SECRET" -api-key "$KEY" -nats-url nats://localhost:4222
 //
 // Run sss-server -help for every flag; each is also an environment
 // variable (SSS_REDIS_URL, ...).
@@ -36,6 +38,7 @@ import (
 	"github.com/superscaled/sss/scaler"
 	"github.com/superscaled/sss/scaler/memory"
 	"github.com/superscaled/sss/scaler/mongoredis"
+	natsscaler "github.com/superscaled/sss/scaler/nats"
 )
 
 func main() {
@@ -132,6 +135,17 @@ func newLogger(level string) *slog.Logger {
 
 // newScaler returns the configured scaler and what closes it.
 func newScaler(ctx context.Context, cfg *config, log *slog.Logger) (scaler.Scaler, func(), error) {
+	if cfg.natsURL != "" {
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		s, err := natsscaler.Dial(dctx, cfg.natsURL, natsscaler.WithPrefix(cfg.natsPrefix),
+			natsscaler.WithHistory(int64(cfg.natsMsgs), natsscaler.DefaultHistoryBytes, cfg.historyAge))
+		if err != nil {
+			return nil, nil, err
+		}
+		log.Info("sss-server: NATS scaler")
+		return s, func() { s.Close() }, nil
+	}
 	if cfg.redisURL == "" {
 		m, err := memory.New(memory.WithHistory(cfg.history, cfg.historyAge))
 		if err != nil {

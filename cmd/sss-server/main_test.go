@@ -404,6 +404,10 @@ func TestConfig(t *testing.T) {
 	if cfg.addr != ":7777" || cfg.apiKey != "fromenv" || !cfg.anonymous || len(cfg.presence) != 2 || cfg.presence[1] != "lobby" {
 		t.Fatalf("config %+v", cfg)
 	}
+	cfg, err = parseConfig([]string{"-anonymous"}, func(k string) string { return map[string]string{"SSS_NATS_URL": "nats://a:4222,nats://b:4222"}[k] })
+	if err != nil || cfg.natsURL != "nats://a:4222,nats://b:4222" || cfg.natsPrefix != "sss" {
+		t.Fatalf("SSS_NATS_URL: config %+v, %v", cfg, err)
+	}
 	for _, args := range [][]string{
 		{}, // no authentication
 		{"-anonymous", "-mongo-url", "mongodb://x"}, // mongo without redis
@@ -412,6 +416,8 @@ func TestConfig(t *testing.T) {
 		{"-anonymous", "-path", "ws"},
 		{"-anonymous", "-log-level", "loud"},
 		{"-anonymous", "stray"},
+		{"-anonymous", "-nats-url", "nats://x:4222", "-redis-url", "redis://y:6379"}, // two scalers
+		{"-anonymous", "-nats-url", "nats://x:4222", "-nats-history-messages", "0"},
 	} {
 		if _, err := parseConfig(args, func(string) string { return "" }); err == nil {
 			t.Errorf("%q accepted", args)

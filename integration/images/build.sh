@@ -9,6 +9,8 @@
 #                           SQLite backend, a static binary in a scratch image
 #   sss-test/sss-server:dev cmd/sss-server of this checkout, a static binary
 #                           in a scratch image (what the failover suite runs)
+#   sss-test/nats:2         nats-server v2.15.2 (with JetStream), a static
+#                           binary in a scratch image, run with -js -sd /data
 #
 # Idempotent: an image whose tag already exists is not rebuilt unless FORCE=1,
 # except sss-server's, built from the current source every time (Docker's
@@ -17,13 +19,16 @@
 #
 #   eval "$(bash integration/images/build.sh)"
 #
-# builds what is missing and points the tests at the local images.
+# builds what is missing and points the tests at the local images;
+# `build.sh server` builds only the sss-server image (it has no official
+# image to pull: the failover suite needs it whatever other images you use).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 REDIS_IMAGE=${SSS_REDIS_IMAGE_TAG:-sss-test/redis:7}
 MONGO_IMAGE=${SSS_MONGO_IMAGE_TAG:-sss-test/ferretdb:1.24}
 SERVER_IMAGE=${SSS_SERVER_IMAGE_TAG:-sss-test/sss-server:dev}
+NATS_IMAGE=${SSS_NATS_IMAGE_TAG:-sss-test/nats:2}
 FORCE=${FORCE:-0}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -127,6 +132,17 @@ build_ferretdb() {
 	smoke_check "$MONGO_IMAGE" "Listening on TCP"
 }
 
+build_nats() {
+	local ctx=$tmp/nats-ctx go=go
+	command -v go >/dev/null || go=/usr/local/go/bin/go
+	mkdir -p "$ctx/data" "$ctx/tmp"
+	log "building nats-server binary (first build takes about a minute)"
+	(cd "$here/nats" && CGO_ENABLED=0 "$go" build -trimpath -ldflags='-s -w' -o "$ctx/nats-server" .)
+	log "building $NATS_IMAGE"
+	DOCKER_BUILDKIT=0 docker build -q -f "$here/nats/Dockerfile" -t "$NATS_IMAGE" "$ctx" >/dev/null
+	smoke_check "$NATS_IMAGE" "Server is ready"
+}
+
 build_server() {
 	local ctx=$tmp/server-ctx go=go
 	command -v go >/dev/null || go=/usr/local/go/bin/go
@@ -137,6 +153,14 @@ build_server() {
 	DOCKER_BUILDKIT=0 docker build -q -f "$here/sss-server/Dockerfile" -t "$SERVER_IMAGE" "$ctx" >/dev/null
 	# No smoke run: the failover suite waits for its "listening" line.
 }
+
+if [[ ${1:-all} == server ]]; then
+	old=$(image_id "$SERVER_IMAGE")
+	build_server
+	drop_replaced "$SERVER_IMAGE" "$old"
+	printf 'export SSS_SERVER_IMAGE=%s\n' "$SERVER_IMAGE"
+	exit 0
+fi
 
 if needs_build "$REDIS_IMAGE"; then
 	old=$(image_id "$REDIS_IMAGE")
@@ -149,6 +173,12 @@ if needs_build "$MONGO_IMAGE"; then
 	drop_replaced "$MONGO_IMAGE" "$old"
 fi
 
+if needs_build "$NATS_IMAGE"; then
+	old=$(image_id "$NATS_IMAGE")
+	build_nats
+	drop_replaced "$NATS_IMAGE" "$old"
+fi
+
 old=$(image_id "$SERVER_IMAGE")
 build_server
 drop_replaced "$SERVER_IMAGE" "$old"
@@ -156,3 +186,4 @@ drop_replaced "$SERVER_IMAGE" "$old"
 printf 'export SSS_REDIS_IMAGE=%s\n' "$REDIS_IMAGE"
 printf 'export SSS_MONGO_IMAGE=%s\n' "$MONGO_IMAGE"
 printf 'export SSS_SERVER_IMAGE=%s\n' "$SERVER_IMAGE"
+printf 'export SSS_NATS_IMAGE=%s\n' "$NATS_IMAGE"

@@ -294,8 +294,12 @@
 //   - Redis unreachable: Publish, Send and Since return an error wrapping
 //     scaler.ErrUnavailable; nothing is silently dropped. Subscribe records
 //     the interest and returns such an error; Unsubscribe succeeds (the
-//     interest is dropped locally at once). The receive loop retries with
-//     backoff (up to 2s) and, once Redis is back, subscribes every
+//     interest is dropped locally at once). A pub/sub connection that
+//     dies without a reset (a partition, a NAT or firewall that forgot it,
+//     the instance back on the network with another address) is noticed
+//     by its receive loop: after 15s without anything it pings, and a ping
+//     unanswered within the call timeout breaks the connection. The
+//     receive loop retries with backoff (up to 2s) and, once Redis is back, subscribes every
 //     interest again: deliveries resume by themselves. Deliveries published
 //     while a node was cut off are lost for it: once its subscriptions are
 //     back, the node calls Handler.HandleMissed for each of its streams,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,7 +17,8 @@ import (
 
 const (
 	// idleCheck is how long a receive loop waits for anything before it
-	// pings, so that a connection that died silently gets noticed.
+	// pings, so that a connection that died silently gets noticed (see
+	// node.receive).
 	idleCheck = 15 * time.Second
 	// Backoff between attempts to reach Redis again after the link broke.
 	minBackoff = 50 * time.Millisecond
@@ -26,6 +28,50 @@ const (
 // errLinkDown fails Subscribe calls whose confirmation was lost with the
 // connection.
 var errLinkDown = errors.New("pub/sub connection lost")
+
+// errSilentLink: a pub/sub connection stayed silent through a ping.
+var errSilentLink = errors.New("pub/sub connection silent: no answer to a ping")
+
+// receive reads the next message of a receive loop's connection, and
+// checks that a silent one is alive. After idleCheck without anything it
+// pings, sets *pinged and returns the timeout (the loop goes on). The
+// answer, or anything else, must then come within the call timeout: the
+// read is made without go-redis' tolerance of timeouts, so that if it
+// times out go-redis replaces the connection, and receive returns an
+// error wrapping errSilentLink. A connection can die without a reset
+// (its peer or a middlebox between forgot it, the instance came back on
+// the network with another address) and a write to it still succeeds:
+// without the deadline, the loop would wait for ever while the node
+// misses every delivery.
+func (n *node) receive(ps *redis.PubSub, pinged *bool) (any, error) {
+	if !*pinged {
+		msg, err := ps.ReceiveTimeout(n.ctx, idleCheck)
+		var ne net.Error
+		if err != nil && errors.As(err, &ne) && ne.Timeout() && n.ctx.Err() == nil {
+			// A failed write makes go-redis replace the connection too;
+			// the error must not read as a timeout, which means idle.
+			if perr := ps.Ping(n.ctx); perr != nil {
+				return nil, fmt.Errorf("%w: ping: %v", errLinkDown, perr)
+			}
+			*pinged = true
+		}
+		return msg, err
+	}
+	wait := n.s.cfg.callTimeout
+	ctx, cancel := context.WithTimeout(n.ctx, wait)
+	defer cancel()
+	// Timeout 0: the read's deadline is ctx's, and its expiry is an error
+	// of the connection.
+	msg, err := ps.ReceiveTimeout(ctx, 0)
+	*pinged = false
+	var ne net.Error
+	timedOut := ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout()
+	if err != nil && timedOut && n.ctx.Err() == nil {
+		// Not a timeout for the caller: the connection is gone.
+		return nil, fmt.Errorf("%w within %v", errSilentLink, wait)
+	}
+	return msg, err
+}
 
 // node is one server instance. It owns what does not depend on how Redis
 // pub/sub is reached: the node's interests, the handler calls, and the

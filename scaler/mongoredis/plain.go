@@ -78,7 +78,7 @@ func (p *plainPubSub) loop() {
 	n := p.n
 	log := n.s.cfg.logger
 	failures := 0
-	resubscribe := false
+	resubscribe, pinged := false, false
 	for {
 		if n.ctx.Err() != nil {
 			return
@@ -96,16 +96,14 @@ func (p *plainPubSub) loop() {
 			}
 			resubscribe = false
 		}
-		msg, err := p.ps.ReceiveTimeout(n.ctx, idleCheck)
+		msg, err := n.receive(p.ps, &pinged)
 		if err != nil {
 			if n.ctx.Err() != nil {
 				return
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				// Idle: a ping either gets a pong or breaks the connection.
-				p.ps.Ping(n.ctx)
-				continue
+				continue // idle: receive pinged
 			}
 			n.failBarriers(p.ps, errLinkDown)
 			if failures == 0 {

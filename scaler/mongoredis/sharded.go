@@ -323,22 +323,20 @@ func (l *shardedPubSub) repair() (int, error) {
 func (sh *shard) loop() {
 	n := sh.l.n
 	defer sh.l.wg.Done()
+	pinged := false
 	for {
-		msg, err := sh.ps.ReceiveTimeout(n.ctx, idleCheck)
+		msg, err := n.receive(sh.ps, &pinged)
 		if err != nil {
 			if n.ctx.Err() != nil {
 				return
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				// Idle: a ping either gets a pong or breaks the connection.
-				// go-redis would reconnect it by itself, with one SSUBSCRIBE
-				// for all the shard's channels (CROSSSLOT when they span
-				// slots): retire the shard instead.
-				if err := sh.ps.Ping(n.ctx); err == nil || n.ctx.Err() != nil {
-					continue
-				}
+				continue // idle: receive pinged
 			}
+			// A failed ping or an unanswered one: go-redis would reconnect
+			// by itself, with one SSUBSCRIBE for all the shard's channels
+			// (CROSSSLOT when they span slots): retire the shard instead.
 			sh.retire("mongoredis: shard pub/sub failed; resubscribing its channels", err)
 			return
 		}

@@ -12,12 +12,15 @@
 //     query;
 //   - messages are sent with an ask ("send") that the server validates
 //     and publishes with the sender's name, so that nobody can post under
-//     another name; presence and typing are client publications
-//     ("presence.<name>"), allowed by the publish parser to members only,
-//     and lossy (WithLossyChannels);
-//   - a room's recent messages are read from the scaler's history (the
-//     ask "history"), which is the cluster's record: after a server
-//     restart on a scaler that kept it, the page catches up exactly; on a
+//     another name; typing is a client publication ("typing.<name>"),
+//     allowed by the publish parser to members only, and lossy
+//     (WithLossyChannels);
+//   - who is in a room is the server's presence (WithPresence): the page
+//     reads the list when it joins and follows the join and leave events;
+//   - a room's recent messages are a history read of its channel, and the
+//     page subscribes from the position the read ends at: no gap, no
+//     duplicate. History is the cluster's record: after a server restart
+//     on a scaler that kept it, the page catches up exactly; on a
 //     restarted in-memory scaler the page is told messages may have been
 //     missed, and reloads what there is.
 package chatapp
@@ -84,23 +87,18 @@ type Config struct {
 
 // App is one instance of the chat.
 type App struct {
-	cfg    Config
-	rooms  map[string]Room
-	srv    *sss.Server
-	reader scaler.Node    // reads the rooms' history; nil without one
-	hist   scaler.History // reader's History; nil when the scaler keeps none
-	mux    *http.ServeMux
-	log    *slog.Logger
+	cfg   Config
+	rooms map[string]Room
+	srv   *sss.Server
+	mux   *http.ServeMux
+	log   *slog.Logger
 }
 
-// Limits of what people send.
-const (
-	maxText     = 1000 // runes in a message
-	historySize = 50   // messages a page loads when it joins a room
-)
+// maxText bounds a message, in runes.
+const maxText = 1000
 
-// New returns an App on cfg.Scaler. It joins the scaler as a reader node of
-// its own, to read the rooms' history; Shutdown or Close leaves.
+// New returns an App on cfg.Scaler. ctx bounds nothing yet: the server
+// joins the cluster with its first connection.
 func New(ctx context.Context, cfg Config) (*App, error) {
 	if cfg.Scaler == nil {
 		return nil, errors.New("chatapp: no scaler")
@@ -135,7 +133,12 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 		sss.WithSessionParser(a.parseSession),
 		sss.WithSubscriptionParser(a.authorize),
 		sss.WithPublishParser(a.allowPublish),
-		sss.WithLossyChannels(func(ch string) bool { return strings.HasPrefix(ch, "presence.") }),
+		sss.WithLossyChannels(func(ch string) bool { return strings.HasPrefix(ch, "typing.") }),
+		// Who is in each room, on every instance, with join and leave
+		// events for the pages.
+		sss.WithPresence(func(ch string) sss.ChannelPresence {
+			return sss.ChannelPresence{JoinLeave: strings.HasPrefix(ch, "room.")}
+		}),
 		sss.WithAskTimeout(5 * time.Second),
 	}
 	if len(origins) > 0 {
@@ -147,15 +150,6 @@ func New(ctx context.Context, cfg Config) (*App, error) {
 	}
 	a.srv = srv
 	srv.HandleAsk("send", a.send)
-	srv.HandleAsk("history", a.history)
-
-	n, err := cfg.Scaler.Join(ctx, "chat-reader-"+randomID(), nopHandler{})
-	if err != nil {
-		srv.Close()
-		return nil, fmt.Errorf("chatapp: join the scaler: %w", err)
-	}
-	a.reader = n
-	a.hist, _ = n.(scaler.History)
 
 	files, _ := fs.Sub(static, "static")
 	a.mux = http.NewServeMux()
@@ -178,21 +172,10 @@ func (a *App) Server() *sss.Server { return a.srv }
 // Shutdown closes the connections with 4000 (pages reconnect at once,
 // elsewhere if they can), waits for handlers within ctx, and leaves the
 // cluster.
-func (a *App) Shutdown(ctx context.Context) error {
-	return errors.Join(a.srv.Shutdown(ctx), a.reader.Close())
-}
+func (a *App) Shutdown(ctx context.Context) error { return a.srv.Shutdown(ctx) }
 
 // Close drops the connections at once and leaves the cluster.
-func (a *App) Close() error {
-	return errors.Join(a.srv.Close(), a.reader.Close())
-}
-
-// nopHandler is the reader node's: it subscribes to nothing.
-type nopHandler struct{}
-
-func (nopHandler) HandleDelivery(scaler.Delivery) {}
-func (nopHandler) HandleMessage(string, []byte)   {}
-func (nopHandler) HandleMissed(string)            {}
+func (a *App) Close() error { return a.srv.Close() }
 
 // randomID is a random session id, in lower-case base32.
 func randomID() string {
@@ -207,20 +190,20 @@ func writeJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// roomOf returns the room of a channel "room.<name>" or "presence.<name>".
+// roomOf returns the room of a channel "room.<name>" or "typing.<name>".
 func (a *App) roomOf(channel string) (Room, string, bool) {
 	kind, name, ok := strings.Cut(channel, ".")
-	if !ok || (kind != "room" && kind != "presence") {
+	if !ok || (kind != "room" && kind != "typing") {
 		return Room{}, "", false
 	}
 	r, ok := a.rooms[name]
 	return r, kind, ok
 }
 
-// authorize is the subscription parser: a room's messages and presence,
-// and for a locked room only with its password as the query
-// {"password": "..."}. Parents ("room") are refused, since allowing a
-// channel allows its subtree.
+// authorize is the subscription parser, which also authorises history
+// reads: a room's messages and typing, and for a locked room only with its
+// password as the query {"password": "..."}. Parents ("room") are refused,
+// since allowing a channel allows its subtree.
 func (a *App) authorize(ctx context.Context, c *sss.Conn, channel string, query json.RawMessage) error {
 	r, _, ok := a.roomOf(channel)
 	if !ok {
@@ -241,19 +224,17 @@ func (a *App) authorize(ctx context.Context, c *sss.Conn, channel string, query 
 	return nil
 }
 
-// allowPublish is the publish parser: presence events of a room the
-// connection has joined, with no data.
+// allowPublish is the publish parser: "typing" in a room the connection
+// has joined, with no data.
 func (a *App) allowPublish(ctx context.Context, c *sss.Conn, channel, event string, data json.RawMessage) error {
-	if _, kind, ok := a.roomOf(channel); !ok || kind != "presence" {
-		return sss.Errorf(sss.CodeForbidden, "clients publish presence only; send messages with the ask \"send\"")
+	if _, kind, ok := a.roomOf(channel); !ok || kind != "typing" {
+		return sss.Errorf(sss.CodeForbidden, "clients publish typing only; send messages with the ask \"send\"")
 	}
-	switch event {
-	case "hello", "here", "typing", "away":
-	default:
-		return sss.Errorf(sss.CodeBadRequest, "unknown presence event %q", event)
+	if event != "typing" {
+		return sss.Errorf(sss.CodeBadRequest, "unknown event %q", event)
 	}
 	if d := strings.TrimSpace(string(data)); d != "" && d != "null" && d != "{}" {
-		return sss.Errorf(sss.CodeBadRequest, "presence events carry no data")
+		return sss.Errorf(sss.CodeBadRequest, "typing carries no data")
 	}
 	if !joined(c, channel) {
 		return sss.Errorf(sss.CodeForbidden, "join the room first")
@@ -306,64 +287,6 @@ func (a *App) send(ctx context.Context, c *sss.Conn, data json.RawMessage) (any,
 		return nil, err // unavailable: the page says so and keeps the text
 	}
 	return map[string]bool{"ok": true}, nil
-}
-
-// HistoryEntry is one message of a room's history.
-type HistoryEntry struct {
-	Offset uint64 `json:"offset"`
-	Message
-}
-
-// history is the ask "history" {room, upTo: {offset, epoch}}: the last
-// messages of the room at or before upTo (the position the page's
-// subscription stands at: what comes after, the subscription delivers),
-// from the scaler's history. The reply says the epoch they belong to; a
-// page whose position is in another epoch shows none of them.
-func (a *App) history(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) {
-	var req struct {
-		Room string          `json:"room"`
-		UpTo scaler.Position `json:"upTo"`
-	}
-	if err := json.Unmarshal(data, &req); err != nil {
-		return nil, sss.Errorf(sss.CodeBadRequest, "want {room, upTo}")
-	}
-	channel := "room." + req.Room
-	if !joined(c, channel) {
-		return nil, sss.Errorf(sss.CodeForbidden, "join the room first")
-	}
-	out := struct {
-		Epoch    string         `json:"epoch"`
-		Messages []HistoryEntry `json:"messages"`
-	}{Messages: []HistoryEntry{}}
-	if a.hist == nil || req.UpTo.Epoch == "" || req.UpTo.Offset == 0 {
-		return out, nil // no history kept, or nothing before the position
-	}
-	from := scaler.Position{Epoch: req.UpTo.Epoch}
-	if req.UpTo.Offset > historySize {
-		from.Offset = req.UpTo.Offset - historySize
-	}
-	entries, top, err := a.hist.Since(ctx, channel, from, historySize)
-	if errors.Is(err, scaler.ErrPositionLost) && top.Epoch == req.UpTo.Epoch {
-		// Trimmed: what is still kept.
-		entries, top, err = a.hist.Since(ctx, channel, scaler.Position{}, historySize)
-	}
-	if err != nil {
-		if errors.Is(err, scaler.ErrPositionLost) {
-			return out, nil // another epoch: nothing of the page's
-		}
-		return nil, sss.Errorf(sss.CodeUnavailable, "history unavailable")
-	}
-	out.Epoch = top.Epoch
-	for _, e := range entries {
-		if e.Offset > req.UpTo.Offset || e.Pub.Event != "message" {
-			continue
-		}
-		var m Message
-		if json.Unmarshal(e.Pub.Data, &m) == nil {
-			out.Messages = append(out.Messages, HistoryEntry{Offset: e.Offset, Message: m})
-		}
-	}
-	return out, nil
 }
 
 // config tells the page the rooms and the other instances' WebSocket URLs.

@@ -177,7 +177,7 @@ func TestRooms(t *testing.T) {
 	}{
 		{"room.secret", nil},
 		{"room.secret", map[string]string{"password": "guess"}},
-		{"presence.secret", map[string]string{"password": "guess"}},
+		{"typing.secret", map[string]string{"password": "guess"}},
 		{"room", nil}, // the parent would allow every room
 		{"room.nope", nil},
 		{"news", nil},
@@ -190,7 +190,7 @@ func TestRooms(t *testing.T) {
 			t.Errorf("subscribe %s with %v: %v, want forbidden", tc.channel, tc.query, err)
 		}
 	}
-	for _, ch := range []string{"room.secret", "presence.secret"} {
+	for _, ch := range []string{"room.secret", "typing.secret"} {
 		if _, err := c.Subscribe(ctx(t), ch, client.WithQuery(map[string]string{"password": "sesame"})); err != nil {
 			t.Errorf("%s with the password: %v", ch, err)
 		}
@@ -198,7 +198,8 @@ func TestRooms(t *testing.T) {
 }
 
 // Messages go through the ask "send": only to a joined room, under the
-// sender's name; a newcomer loads the room's last messages from history.
+// sender's name; a newcomer reads the room's last messages from history,
+// then subscribes from where they end.
 func TestSendAndHistory(t *testing.T) {
 	e := newEnv(t)
 	ada := e.connect("ada")
@@ -239,78 +240,123 @@ func TestSendAndHistory(t *testing.T) {
 	}
 
 	bo := e.connect("bo")
-	sub, err := bo.Subscribe(ctx(t), "room.lobby")
+	last, pos, err := bo.History(ctx(t), "room.lobby")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pos := sub.Position()
-	var hist struct {
-		Epoch    string                 `json:"epoch"`
-		Messages []chatapp.HistoryEntry `json:"messages"`
+	var first, end chatapp.Message
+	if len(last) != 50 || last[0].Decode(&first) != nil || last[49].Decode(&end) != nil {
+		t.Fatalf("history: %d messages, want the last 50", len(last))
 	}
-	if err := bo.Ask(ctx(t), "history", map[string]any{"room": "lobby", "upTo": pos}, &hist); err != nil {
+	if first.Text != "11" || end.Text != "60" || end.Name != "ada" || last[49].Offset != pos.Offset {
+		t.Errorf("history from %+v to %+v, want 11 to 60 ending at offset %d", first, end, pos.Offset)
+	}
+	live := make(chan client.Message, 1)
+	sub, err := bo.Subscribe(ctx(t), "room.lobby", client.WithSince(pos), client.WithMessageHandler(func(m client.Message) { live <- m }))
+	if err != nil || !sub.Recovered() {
+		t.Fatalf("subscribe from the history's end: %v (recovered %t)", err, err == nil && sub.Recovered())
+	}
+	if err := ada.Ask(ctx(t), "send", map[string]string{"room": "lobby", "text": "61"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if hist.Epoch != pos.Epoch || len(hist.Messages) != 50 {
-		t.Fatalf("history: epoch %q (want %q), %d messages, want the last 50", hist.Epoch, pos.Epoch, len(hist.Messages))
+	select {
+	case m := <-live:
+		if m.Offset != pos.Offset+1 {
+			t.Errorf("the next message at offset %d, want %d", m.Offset, pos.Offset+1)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no live message")
 	}
-	if first, last := hist.Messages[0], hist.Messages[49]; first.Text != "11" || last.Text != "60" || last.Offset != pos.Offset || last.Name != "ada" {
-		t.Errorf("history from %+v to %+v, want 11 to 60 ending at offset %d", first, last, pos.Offset)
+	// The secret room's history needs its password, as its subscription.
+	if _, _, err := bo.History(ctx(t), "room.secret"); !errors.Is(err, client.ErrForbidden) {
+		t.Errorf("history of the locked room: %v, want forbidden", err)
 	}
-	// Up to an earlier position: what the subscription delivers next is left out.
-	if err := bo.Ask(ctx(t), "history", map[string]any{"room": "lobby", "upTo": client.Position{Offset: 3, Epoch: pos.Epoch}}, &hist); err != nil {
-		t.Fatal(err)
-	}
-	if len(hist.Messages) != 3 || hist.Messages[2].Offset != 3 {
-		t.Errorf("history up to 3: %+v", hist.Messages)
-	}
-	// Another epoch (the server lost its history): nothing of the page's.
-	if err := bo.Ask(ctx(t), "history", map[string]any{"room": "lobby", "upTo": client.Position{Offset: 3, Epoch: "gone"}}, &hist); err != nil {
-		t.Fatal(err)
-	}
-	if len(hist.Messages) != 0 {
-		t.Errorf("history of another epoch: %+v", hist.Messages)
-	}
-	if err := bo.Ask(ctx(t), "history", map[string]any{"room": "random", "upTo": pos}, nil); !errors.Is(err, client.ErrForbidden) {
-		t.Errorf("history of a room not joined: %v, want forbidden", err)
+	if _, _, err := bo.History(ctx(t), "room.secret", client.HistoryQuery(map[string]string{"password": "sesame"})); err != nil {
+		t.Errorf("history of the locked room with its password: %v", err)
 	}
 }
 
-// Clients publish presence events, with no data, to rooms they joined, and
+// Clients publish "typing", with no data, to rooms they joined, and
 // nothing else.
-func TestPresence(t *testing.T) {
+func TestTyping(t *testing.T) {
 	e := newEnv(t)
 	c := e.connect("ada")
-	if err := c.Publish(ctx(t), "presence.lobby", "here", nil); !errors.Is(err, client.ErrForbidden) {
-		t.Errorf("presence before joining: %v, want forbidden", err)
+	if err := c.Publish(ctx(t), "typing.lobby", "typing", nil); !errors.Is(err, client.ErrForbidden) {
+		t.Errorf("typing before joining: %v, want forbidden", err)
 	}
 	seen := make(chan client.Message, 10)
-	if _, err := c.Subscribe(ctx(t), "presence.lobby", client.WithMessageHandler(func(m client.Message) { seen <- m })); err != nil {
+	if _, err := c.Subscribe(ctx(t), "typing.lobby", client.WithMessageHandler(func(m client.Message) { seen <- m })); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Publish(ctx(t), "presence.lobby", "typing", nil); err != nil {
+	if err := c.Publish(ctx(t), "typing.lobby", "typing", nil); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case m := <-seen:
 		if m.Event != "typing" || m.From.User != "ada" {
-			t.Errorf("presence %+v", m)
+			t.Errorf("typing %+v", m)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("no presence event")
+		t.Fatal("no typing event")
 	}
 	for _, tc := range []struct {
 		channel, event string
 		data           any
 		want           error
 	}{
-		{"presence.lobby", "message", nil, client.ErrBadRequest},
-		{"presence.lobby", "here", map[string]string{"name": "mallory"}, client.ErrBadRequest},
+		{"typing.lobby", "message", nil, client.ErrBadRequest},
+		{"typing.lobby", "typing", map[string]string{"name": "mallory"}, client.ErrBadRequest},
 		{"room.lobby", "message", map[string]string{"text": "forged"}, client.ErrForbidden},
 	} {
 		if err := c.Publish(ctx(t), tc.channel, tc.event, tc.data); !errors.Is(err, tc.want) {
 			t.Errorf("publish %s %s %v: %v, want %v", tc.channel, tc.event, tc.data, err, tc.want)
 		}
+	}
+}
+
+// Who is in a room is the server's presence: a member reads the list, and
+// sees others join and leave.
+func TestPresence(t *testing.T) {
+	e := newEnv(t)
+	ada, bo := e.connect("ada"), e.connect("bo")
+	joins, leaves := make(chan string, 4), make(chan string, 4)
+	if _, err := ada.Subscribe(ctx(t), "room.lobby",
+		client.WithJoinHandler(func(ci client.ClientInfo) { joins <- ci.User }),
+		client.WithLeaveHandler(func(ci client.ClientInfo) { leaves <- ci.User })); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := bo.Presence(ctx(t), "room.lobby"); !errors.Is(err, client.ErrForbidden) {
+		t.Errorf("presence of a room not joined: %v, want forbidden", err)
+	}
+	sub, err := bo.Subscribe(ctx(t), "room.lobby")
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, counts, err := bo.Presence(ctx(t), "room.lobby")
+	if err != nil || len(list) != 2 || counts.Users != 2 {
+		t.Fatalf("presence %v %+v: %v, want ada and bo", list, counts, err)
+	}
+	for _, want := range []string{"ada", "bo"} {
+		if got := recv(t, joins); got != want {
+			t.Errorf("join of %q, want %q", got, want)
+		}
+	}
+	if err := sub.Unsubscribe(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv(t, leaves); got != "bo" {
+		t.Errorf("leave of %q, want bo", got)
+	}
+}
+
+func recv(t *testing.T, ch <-chan string) string {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing received")
+		return ""
 	}
 }
 

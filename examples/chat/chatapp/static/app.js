@@ -1,15 +1,16 @@
 // The chat page. It talks to the server with the sss browser client
 // (/sss.js): rooms are subscriptions to "room.<name>" (a locked room sends
-// its password as the subscription's query), messages go out with the ask
-// "send", presence and typing are publications on "presence.<name>", and a
-// room's recent messages come from the ask "history". The client reconnects
-// by itself and catches up; when it cannot (the server lost its history),
-// onGap tells the page, which says so and reloads what the server has.
+// its password as the subscription's query). Joining one reads its last
+// messages from history, then subscribes from where they end: no gap, no
+// duplicate. Who is there is the server's presence: the list, then join
+// and leave events. Messages go out with the ask "send"; typing is a
+// publication on "typing.<name>". The client reconnects by itself and
+// catches up; when it cannot (the server lost its history), onGap tells
+// the page, which says so and reloads what the server has.
 import { dial, is, Code } from "/sss.js";
 
 const $ = (sel) => document.querySelector(sel);
-const HEARTBEAT = 15000; // ms between "here" in each joined room
-const GONE = 40000; // ms without a sign of life before someone leaves the list
+const HISTORY = 50; // messages shown when joining a room
 const TYPING = 4000; // ms a "typing" shows
 const LOCK = '<svg class="lock" viewBox="0 0 16 16" aria-label="locked"><path fill="currentColor" d="M4 7V5a4 4 0 1 1 8 0v2h.5A1.5 1.5 0 0 1 14 8.5v5a1.5 1.5 0 0 1-1.5 1.5h-9A1.5 1.5 0 0 1 2 13.5v-5A1.5 1.5 0 0 1 3.5 7H4zm2 0h4V5a2 2 0 1 0-4 0v2z"/></svg>';
 
@@ -25,15 +26,16 @@ const state = {
 
 // Room is a joined room: its subscriptions, its message list, who is there.
 class Room {
-  constructor(info) {
+  constructor(info, password) {
     this.info = info;
     this.name = info.name;
-    this.sub = null; // room.<name>
-    this.presence = null; // presence.<name>
-    this.loading = true; // history is being read: live messages wait in buffer
+    this.query = password === undefined ? undefined : { password };
+    this.sub = null; // room.<name>: messages, and join and leave events
+    this.typingSub = null; // typing.<name>
+    this.loading = false; // history is being read again: live messages wait in buffer
     this.buffer = [];
     this.shown = new Set(); // "epoch:offset" of the messages shown
-    this.people = new Map(); // name → last sign of life (ms)
+    this.people = new Map(); // connection id → user: a person may have two tabs
     this.typing = new Map(); // name → until (ms)
     this.unread = 0;
     this.lastAuthor = "";
@@ -89,7 +91,7 @@ async function onLogin(ev) {
 }
 
 async function onLogout() {
-  for (const room of state.joined.values()) state.client?.publish("presence." + room.name, "away").catch(() => {});
+  await state.client?.close(); // the others see us leave
   await fetch("/api/logout", { method: "POST" });
   location.reload();
 }
@@ -111,10 +113,7 @@ async function start() {
   }
   if (!state.joined.size) await join(state.rooms[0]);
   select(sessionStorage.getItem("current") || "lobby");
-  state.timers.push(setInterval(heartbeat, HEARTBEAT), setInterval(sweep, 1000));
-  addEventListener("pagehide", () => {
-    for (const room of state.joined.values()) state.client.publish("presence." + room.name, "away").catch(() => {});
-  });
+  state.timers.push(setInterval(sweep, 1000));
 }
 
 // connect dials the server: this page's own instance first, then the peers
@@ -131,7 +130,8 @@ async function connect() {
           onGap: onGap,
           onReconnect: () => {
             banner("");
-            for (const room of state.joined.values()) sayHere(room);
+            // Join and leave events are not caught up: read the lists again.
+            for (const room of state.joined.values()) loadPresence(room);
           },
           onRefused: (sub, err) => {
             const room = [...state.joined.values()].find((r) => r.sub === sub);
@@ -250,20 +250,30 @@ async function onPassword(ev) {
   }
 }
 
-// join subscribes to a room and its presence, then loads its recent
-// messages. Live messages that arrive meanwhile wait, so that the list stays
-// in order.
+// join reads a room's last messages and shows them, then subscribes from
+// the position the read ended at (the subscription delivers what was
+// published since, once), then reads who is there.
 async function join(info, password) {
-  const room = new Room(info);
-  const query = password === undefined ? undefined : { password };
+  const room = new Room(info, password);
   try {
+    let since;
+    try {
+      const last = await state.client.history(room.channel(), { limit: HISTORY, query: room.query });
+      for (const m of last.messages) render(room, m);
+      since = last.position;
+    } catch (e) {
+      if (!is(e, Code.NotSupported)) throw e; // no history kept: live only
+    }
     room.sub = await state.client.subscribe(room.channel(), {
-      query,
+      query: room.query,
+      since,
       eventHandlers: { message: (m) => onMessage(room, m) },
+      joinHandler: (c) => setPresent(room, c, true),
+      leaveHandler: (c) => setPresent(room, c, false),
     });
-    room.presence = await state.client.subscribe("presence." + info.name, {
-      query,
-      messageHandler: (m) => onPresence(room, m),
+    room.typingSub = await state.client.subscribe("typing." + info.name, {
+      query: room.query,
+      eventHandlers: { typing: (m) => onTypingEvent(room, m) },
     });
   } catch (e) {
     room.list.remove();
@@ -272,9 +282,7 @@ async function join(info, password) {
   }
   state.joined.set(info.name, room);
   remember();
-  room.people.set(state.me, Date.now());
-  await loadHistory(room, room.sub.position, false);
-  state.client.publish("presence." + info.name, "hello").catch(() => {});
+  await loadPresence(room);
   paintRooms();
   return room;
 }
@@ -282,9 +290,8 @@ async function join(info, password) {
 async function leave(room, why) {
   state.joined.delete(room.name);
   remember();
-  state.client.publish("presence." + room.name, "away").catch(() => {});
   room.sub.unsubscribe().catch(() => {});
-  room.presence.unsubscribe().catch(() => {});
+  room.typingSub.unsubscribe().catch(() => {});
   room.list.remove();
   if (state.current === room.name) select("lobby");
   if (why) banner(why);
@@ -317,17 +324,25 @@ function select(name) {
 
 // ---- messages ---------------------------------------------------------------
 
-// loadHistory reads the room's messages up to the subscription's position
-// (what comes after, the subscription delivers), shows those not shown yet,
-// then the live ones that waited.
-async function loadHistory(room, upTo, afterGap) {
+function onMessage(room, m) {
+  if (room.loading) room.buffer.push(m);
+  else render(room, m);
+}
+
+// onGap: the client could not catch up exactly (the server restarted
+// without its history, or history was trimmed). Say so, and show what the
+// server still has; live messages wait meanwhile, so the list stays in
+// order, and those shown already are not shown twice.
+async function onGap(info) {
+  const room = [...state.joined.values()].find((r) => r.sub === info.sub);
+  if (!room) return;
+  notice(room, "Connection restored, but the server could not replay everything: messages may have been missed here.", "gap").title = info.reason;
   room.loading = true;
   try {
-    const res = await state.client.ask("history", { room: room.name, upTo });
-    if (res.epoch === upTo.epoch) {
-      for (const m of res.messages) render(room, { ...m, epoch: res.epoch });
-      if (afterGap && res.messages.length) notice(room, `Reloaded ${res.messages.length} message${res.messages.length > 1 ? "s" : ""} the server still has.`);
-    }
+    const { messages } = await state.client.history(room.channel(), { limit: HISTORY, query: room.query });
+    const fresh = messages.filter((m) => !room.shown.has(m.epoch + ":" + m.offset));
+    for (const m of fresh) render(room, m);
+    if (fresh.length) notice(room, `Reloaded ${fresh.length} message${fresh.length > 1 ? "s" : ""} the server still has.`);
   } catch (e) {
     notice(room, `Could not load earlier messages: ${e.detail || e.code}.`);
   }
@@ -335,30 +350,18 @@ async function loadHistory(room, upTo, afterGap) {
   for (const m of room.buffer.splice(0)) render(room, m);
 }
 
-function onMessage(room, m) {
-  const msg = { ...m.data, offset: m.offset, epoch: m.epoch };
-  if (room.loading) room.buffer.push(msg);
-  else render(room, msg);
-}
-
-// onGap: the client could not catch up exactly (the server restarted
-// without its history, or history was trimmed). Say so, and reload.
-function onGap(info) {
-  const room = [...state.joined.values()].find((r) => r.sub === info.sub);
-  if (!room) return;
-  notice(room, "Connection restored, but the server could not replay everything: messages may have been missed here.", "gap").title = info.reason;
-  loadHistory(room, info.position, true);
-}
-
-function render(room, m) {
-  if (m.epoch) {
-    const key = m.epoch + ":" + m.offset;
+// render shows a message (from history or live): m.data is the server's
+// {name, text, at}.
+function render(room, msg) {
+  if (msg.epoch) {
+    const key = msg.epoch + ":" + msg.offset;
     if (room.shown.has(key)) return;
     room.shown.add(key);
   }
+  const m = { ...msg.data, at: msg.data.at || msg.time };
   const li = document.createElement("li");
   li.className = "msg";
-  li.dataset.offset = m.offset;
+  li.dataset.offset = msg.offset;
   li.dataset.author = m.name;
   const grouped = room.lastAuthor === m.name && m.at - room.lastAt < 5 * 60000;
   if (!grouped) {
@@ -436,41 +439,33 @@ async function onSend(ev) {
 
 // ---- presence and typing ----------------------------------------------------
 
-function onPresence(room, m) {
-  const who = m.from && m.from.user;
-  if (!who || who === state.me) return;
-  const now = Date.now();
-  switch (m.event) {
-    case "hello": // someone joined: say we are here too, soon
-      room.people.set(who, now);
-      setTimeout(() => sayHere(room), Math.random() * 1500);
-      break;
-    case "here":
-      room.people.set(who, now);
-      break;
-    case "typing":
-      room.people.set(who, now);
-      room.typing.set(who, now + TYPING);
-      break;
-    case "away":
-      room.people.delete(who);
-      room.typing.delete(who);
-      break;
+// loadPresence reads who is in the room; the join and leave events that
+// follow keep it current.
+async function loadPresence(room) {
+  try {
+    const { clients } = await state.client.presence(room.channel());
+    room.people = new Map(clients.map((c) => [c.conn, c.user]));
+  } catch (e) {
+    room.people = new Map(); // no presence kept: nobody shown
   }
+  if (room.name === state.current) paintOnline();
+}
+
+function setPresent(room, c, here) {
+  if (here) room.people.set(c.conn, c.user);
+  else room.people.delete(c.conn);
+  if (!here && ![...room.people.values()].includes(c.user)) room.typing.delete(c.user);
   if (room.name === state.current) {
     paintOnline();
     paintTyping();
   }
 }
 
-function sayHere(room) {
-  if (state.joined.get(room.name) === room && state.client.status === "connected") {
-    state.client.publish("presence." + room.name, "here").catch(() => {});
-  }
-}
-
-function heartbeat() {
-  for (const room of state.joined.values()) sayHere(room);
+function onTypingEvent(room, m) {
+  const who = m.from && m.from.user;
+  if (!who || who === state.me) return;
+  room.typing.set(who, Date.now() + TYPING);
+  if (room.name === state.current) paintTyping();
 }
 
 let lastTyping = 0;
@@ -478,18 +473,15 @@ function onTyping() {
   const now = Date.now();
   if (now - lastTyping < 2500 || !$("#text").value || state.client.status !== "connected") return;
   lastTyping = now;
-  state.client.publish("presence." + state.current, "typing").catch(() => {});
+  state.client.publish("typing." + state.current, "typing", null, { exceptSelf: true }).catch(() => {});
 }
 
-// sweep forgets who went quiet and typing that ended.
+// sweep forgets typing that ended.
 function sweep() {
   const now = Date.now();
   for (const room of state.joined.values()) {
-    room.people.set(state.me, now);
-    for (const [who, at] of room.people) if (now - at > GONE) room.people.delete(who);
     for (const [who, until] of room.typing) if (until < now) room.typing.delete(who);
   }
-  paintOnline();
   paintTyping();
 }
 
@@ -497,7 +489,8 @@ function paintOnline() {
   const room = state.joined.get(state.current);
   const ul = $("#online");
   ul.replaceChildren();
-  const people = room ? [...room.people.keys()].sort((a, b) => (a === state.me ? -1 : b === state.me ? 1 : a.localeCompare(b))) : [];
+  const names = room ? new Set(room.people.values()) : new Set();
+  const people = [...names].sort((a, b) => (a === state.me ? -1 : b === state.me ? 1 : a.localeCompare(b)));
   for (const who of people) {
     const li = document.createElement("li");
     const av = document.createElement("span");

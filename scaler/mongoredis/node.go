@@ -251,10 +251,12 @@ func (n *node) dispatch(m *redis.Message, carries func(ch string) bool) {
 
 // sendBarrier writes a barrier on conn, after a subscription made on it.
 // The reader of conn completes it with releaseBarrier when the PONG comes.
-func (n *node) sendBarrier(ctx context.Context, conn *redis.PubSub) (*barrier, error) {
+func (n *node) sendBarrier(ctx context.Context, conn *redis.PubSub, missed []string) (*barrier, error) {
 	n.bmu.Lock()
 	n.bseq++
-	b := &barrier{token: "sss-barrier-" + strconv.FormatUint(n.bseq, 10), conn: conn, done: make(chan error, 1)}
+	// missed is set before the barrier is registered: its release may
+	// come before sendBarrier returns.
+	b := &barrier{token: "sss-barrier-" + strconv.FormatUint(n.bseq, 10), conn: conn, done: make(chan error, 1), missed: missed}
 	n.barriers[b.token] = b
 	n.bmu.Unlock()
 	if err := conn.Ping(ctx, b.token); err != nil {
@@ -291,14 +293,8 @@ func (n *node) releaseBarrier(token string) {
 // subscriptions, the handler is told that their streams may have missed
 // deliveries (scaler.Handler.HandleMissed).
 func (n *node) resubscribed(ctx context.Context, conn *redis.PubSub, channels []string) error {
-	b, err := n.sendBarrier(ctx, conn)
-	if err != nil {
-		return err
-	}
-	n.bmu.Lock()
-	b.missed = channels
-	n.bmu.Unlock()
-	return nil
+	_, err := n.sendBarrier(ctx, conn, channels)
+	return err
 }
 
 // reportMissed calls HandleMissed for the streams of channels the node

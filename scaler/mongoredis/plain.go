@@ -58,7 +58,7 @@ func (p *plainPubSub) subscribe(ctx context.Context, ch string) (*barrier, error
 	if err := p.ps.Subscribe(ctx, ch); err != nil {
 		return nil, err
 	}
-	return p.n.sendBarrier(ctx, p.ps)
+	return p.n.sendBarrier(ctx, p.ps, nil)
 }
 
 func (p *plainPubSub) unsubscribe(ctx context.Context, ch string) error {

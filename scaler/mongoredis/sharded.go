@@ -97,7 +97,7 @@ func (l *shardedPubSub) subscribe(ctx context.Context, ch string) (*barrier, err
 		l.kickRepair()
 		return nil, err
 	}
-	b, err := l.n.sendBarrier(ctx, sh.ps)
+	b, err := l.n.sendBarrier(ctx, sh.ps, nil)
 	if err != nil {
 		l.retireLocked(sh)
 		return nil, err

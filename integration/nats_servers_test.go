@@ -11,13 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/moby/api/types/container"
 	"github.com/nats-io/nats.go"
 
 	"github.com/superscaled/sss"
 	"github.com/superscaled/sss/client"
 	"github.com/superscaled/sss/scaler"
 	natsscaler "github.com/superscaled/sss/scaler/nats"
+	"github.com/superscaled/sss/ssstest/containers"
 )
 
 // natsCluster is n sss.Servers, each with its own NATS Scaler (its own
@@ -217,17 +217,13 @@ func TestNATSRestart(t *testing.T) { natsRestart(t, false) }
 func TestNATSRestartEmpty(t *testing.T) { natsRestart(t, true) }
 
 func natsRestart(t *testing.T, empty bool) {
-	requireDocker(t)
-	req := natsRequest()
+	var opts []containers.Option
 	if empty {
-		req.HostConfigModifier = func(hc *container.HostConfig) {
-			natsLoopback(hc)
-			hc.Tmpfs = map[string]string{"/data": ""}
-		}
+		opts = append(opts, containers.WithNATSTmpfs())
 	}
-	c := runContainer(t, req)
-	tg := newTarget(containerAddr(t, c, natsPort))
-	cl := newNATSCluster(t, 3, func(int) string { return "nats://nats.test:4222" }, natsDialer{tg})
+	srv := containers.StartNATS(t, opts...)
+	// The scalers' connections follow the server to its new host port.
+	cl := newNATSCluster(t, 3, func(int) string { return "nats://nats.test:4222" }, srv)
 	var rs []*received
 	for i := range 9 {
 		_, r := dialReceiver(t, cl.urls, i%3, fmt.Sprint("r", i), "feed.x")
@@ -239,8 +235,8 @@ func natsRestart(t *testing.T, empty bool) {
 	rival := startPublisher(func() []*sss.Server { return reversed(cl.servers) }, "feed.y", 5*time.Millisecond)
 	poll(t, 20*time.Second, "100 publications", func() bool { return p.count() >= 100 })
 
-	stopContainer(t, c)
-	tg.set(startContainer(t, c, natsPort))
+	srv.Stop(t)
+	srv.Start(t)
 	before := p.count()
 	poll(t, 30*time.Second, "publications to flow again", func() bool { return p.count() >= before+100 })
 	acked, rivalAcked := p.finish(), rival.finish()

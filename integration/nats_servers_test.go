@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -315,4 +316,74 @@ func checkStreams(t *testing.T, h scaler.History, kept bool, x, y int) {
 			t.Errorf("stream %q keeps %d publications, fewer than the %d acknowledged", stream, n, acked)
 		}
 	}
+}
+
+// natsLinkDialer dials through a link, as nats.go's custom dialer.
+type natsLinkDialer struct{ l *link }
+
+func (d natsLinkDialer) Dial(network, _ string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return d.l.DialContext(ctx, network, "")
+}
+
+// The connection between a node and NATS dies silently (no reset: what
+// the node writes is lost, nothing comes back, no error), and it can
+// connect again afterwards: with Dial's ping settings it notices within
+// seconds, reconnects and is told that its stream may have missed
+// deliveries, which flow again. (With nats.go's defaults, a ping every
+// two minutes, it stayed deaf for 4 to 6 minutes.)
+func TestNATSLinkSilent(t *testing.T) {
+	srv := containers.StartNATS(t)
+	l := newLink(newTarget(srv.Addr()))
+	prefix := randomName("ls")
+	// Only the connection options every test uses: the ping settings are
+	// Dial's own.
+	a := dialNATS(t, "nats://nats.test:4222", natsscaler.WithPrefix(prefix),
+		natsscaler.WithNATSOptions(natsOpts(nats.SetCustomDialer(natsLinkDialer{l}))...))
+	b := dialNATS(t, srv.URL(), natsscaler.WithPrefix(prefix), natsscaler.WithNATSOptions(natsOpts()...))
+	ctx := ctxT(t)
+	rec := &recorder{}
+	na, err := a.Join(ctx, "a", rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { na.Close() })
+	if err := na.(scaler.Broker).Subscribe(ctx, "feed"); err != nil {
+		t.Fatal(err)
+	}
+	nb, err := b.Join(ctx, "b", &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nb.Close() })
+	publish := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return nb.(scaler.Broker).Publish(ctx, &scaler.Publication{Channel: "feed", Event: "e", Data: []byte("1")})
+	}
+	if err := publish(); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 10*time.Second, "the first delivery", func() bool { return len(rec.on("feed")) == 1 })
+
+	l.setSilent(true)
+	died := time.Now()
+	time.Sleep(500 * time.Millisecond)
+	l.setSilent(false)
+	// Up to three ping intervals, then the reconnection.
+	poll(t, 40*time.Second, "deliveries to flow again", func() bool {
+		if err := publish(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		return len(rec.on("feed")) > 1
+	})
+	rec.mu.Lock()
+	missed := slices.Contains(rec.missed, "feed")
+	rec.mu.Unlock()
+	if !missed {
+		t.Error("no HandleMissed(feed) after the reconnection")
+	}
+	t.Logf("connection died silently; deliveries again %v later", time.Since(died).Round(time.Millisecond))
 }

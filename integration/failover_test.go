@@ -912,7 +912,7 @@ func failover(t *testing.T, backend fbackend) {
 			t.Logf("instance %d (%d clients) cut from %v for 5s, back on the network with the same address %s", cut, most, backend, ip)
 			return
 		}
-		poll(t, 2*time.Minute, "the instance to notice its dead connection and replace it", restoredSince)
+		poll(t, time.Minute, "the instance to notice its dead connection and replace it", restoredSince)
 		t.Logf("instance %d (%d clients) cut from %v for 5s, back on the network as %s (was %s): its link restored %v later",
 			cut, most, backend, fc.backIP(t, cut), ip, time.Since(restored).Round(time.Millisecond))
 	})

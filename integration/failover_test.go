@@ -47,14 +47,23 @@ import (
 // from Redis and from nothing else. The servers' host ports are picked
 // once and bound fixed, so the clients' URL list stays valid across
 // restarts, as a DNS name or a load balancer's would.
+//
+// TestFailoverNATS runs the same clients, publisher, checks and instance
+// faults with the servers on one NATS server with JetStream ("nats" on
+// "back", its storage in the container) instead of Redis and MongoDB: the
+// link cut is between one instance and NATS, and NATS is killed and
+// restarted with its storage, then replaced by an empty one.
 
 const (
 	serverImageEnv     = "SSS_SERVER_IMAGE"
 	defaultServerImage = "sss-test/sss-server:dev"
-	// failoverClientsEnv sets the number of Go clients (default
-	// defaultFailoverClients).
-	failoverClientsEnv     = "SSS_FAILOVER_CLIENTS"
-	defaultFailoverClients = 300
+	// failoverClientsEnv sets the number of Go clients of both runs
+	// (default defaultFailoverClients on Redis, defaultNATSFailoverClients
+	// on NATS: half, to keep CI time down; the instance faults are the
+	// same for both backends, and their cost is in the clients).
+	failoverClientsEnv         = "SSS_FAILOVER_CLIENTS"
+	defaultFailoverClients     = 300
+	defaultNATSFailoverClients = 150
 
 	serverPort    = "8000/tcp"
 	failoverJWT   = "failover-secret"
@@ -65,16 +74,32 @@ const (
 	publishEvery = 40 * time.Millisecond
 )
 
+// fbackend is what the servers scale on.
+type fbackend int
+
+const (
+	onRedis fbackend = iota // Redis + a MongoDB-wire server
+	onNATS                  // NATS with JetStream
+)
+
+func (b fbackend) String() string { return [...]string{"Redis", "NATS"}[b] }
+
 // fcluster is the cluster under test.
 type fcluster struct {
 	t           *testing.T
+	backend     fbackend
 	front, back *testcontainers.DockerNetwork
 	redis       *containers.Redis
 	redisFlags  []string
 	mongo       *containers.Mongo
-	servers     []testcontainers.Container
-	ports       []int
-	docker      *testcontainers.DockerClient
+	nats        *containers.NATSServer
+	// spare is a container on front only, that takes the back address of
+	// the instance whose link is cut (MongoDB on Redis; on NATS, a NATS
+	// server of its own that nothing uses).
+	spare   testcontainers.Container
+	servers []testcontainers.Container
+	ports   []int
+	docker  *testcontainers.DockerClient
 }
 
 func (fc *fcluster) wsURL(i int) string  { return fmt.Sprintf("ws://127.0.0.1:%d/ws", fc.ports[i]) }
@@ -95,11 +120,11 @@ func freePorts(t *testing.T, n int) []int {
 	return ports
 }
 
-func newFailoverCluster(t *testing.T) *fcluster {
+func newFailoverCluster(t *testing.T, backend fbackend) *fcluster {
 	t.Helper()
 	requireDocker(t)
 	image := envDefault(serverImageEnv, defaultServerImage)
-	fc := &fcluster{t: t, redisFlags: []string{"--appendonly", "yes", "--appendfsync", "always"}}
+	fc := &fcluster{t: t, backend: backend, redisFlags: []string{"--appendonly", "yes", "--appendfsync", "always"}}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	cli, err := testcontainers.NewDockerClientWithOpts(ctx)
@@ -128,8 +153,15 @@ func newFailoverCluster(t *testing.T) *fcluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fc.startRedis(t)
-	fc.mongo = containers.StartMongo(t, containers.WithNetwork(fc.front.Name, "mongo"))
+	switch backend {
+	case onRedis:
+		fc.startRedis(t)
+		fc.mongo = containers.StartMongo(t, containers.WithNetwork(fc.front.Name, "mongo"))
+		fc.spare = fc.mongo.Container
+	case onNATS:
+		fc.startNATS(t)
+		fc.spare = containers.StartNATS(t, containers.WithNetwork(fc.front.Name)).Container
+	}
 
 	fc.ports = freePorts(t, 3)
 	for i := range 3 {
@@ -156,10 +188,19 @@ func (fc *fcluster) startRedis(t *testing.T) {
 		containers.WithNetwork(fc.back.Name, "redis"), containers.WithNetwork(fc.front.Name))
 }
 
+// startNATS starts NATS with JetStream, its storage in the container's
+// filesystem (kept across a kill and a start), as "nats" on the back
+// network, and on the front one for its published port. Like Redis, it
+// is removed when the whole suite ends.
+func (fc *fcluster) startNATS(t *testing.T) {
+	fc.nats = containers.StartNATS(outliving{TB: t, owner: fc.t},
+		containers.WithNetwork(fc.back.Name, "nats"), containers.WithNetwork(fc.front.Name))
+}
+
 // startServer starts instance i: sss-server configured by its
 // environment, on both networks, its port bound to fc.ports[i] on the
 // host; ready once it logged that it listens and /readyz answers (Redis
-// and MongoDB reachable).
+// and MongoDB, or NATS, reachable).
 func (fc *fcluster) startServer(t *testing.T, image string, i int) testcontainers.Container {
 	t.Helper()
 	port := fc.ports[i]
@@ -170,9 +211,6 @@ func (fc *fcluster) startServer(t *testing.T, image string, i int) testcontainer
 			"SSS_ADDR":          ":8000",
 			"SSS_JWT_SECRET":    failoverJWT,
 			"SSS_API_KEY":       failoverKey,
-			"SSS_REDIS_URL":     "redis://redis:6379/0",
-			"SSS_MONGO_URL":     "mongodb://mongo:27017/",
-			"SSS_MONGO_DB":      "failover",
 			"SSS_DRAIN_TIMEOUT": "5s",
 		},
 		// front first: the container is created on it, then joins back.
@@ -186,6 +224,14 @@ func (fc *fcluster) startServer(t *testing.T, image string, i int) testcontainer
 				{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: strconv.Itoa(port)},
 			}}
 		},
+	}
+	switch fc.backend {
+	case onRedis:
+		req.Env["SSS_REDIS_URL"] = "redis://redis:6379/0"
+		req.Env["SSS_MONGO_URL"] = "mongodb://mongo:27017/"
+		req.Env["SSS_MONGO_DB"] = "failover"
+	case onNATS:
+		req.Env["SSS_NATS_URL"] = "nats://nats:4222"
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
@@ -708,15 +754,15 @@ func on(fc *fcluster, clients []*fclient, i int) ([]*fclient, map[*fclient]int) 
 	return out, before
 }
 
-// flowing waits until publications are acknowledged again after Redis
-// was killed, and logs how long that took.
-func flowing(t *testing.T, p *hpublisher, killed time.Time) {
+// flowing waits until publications are acknowledged again after the
+// backend (Redis or NATS) was killed, and logs how long that took.
+func flowing(t *testing.T, fc *fcluster, p *hpublisher, killed time.Time) {
 	t.Helper()
 	back := time.Now()
 	start := p.ackedCount()
 	poll(t, time.Minute, "publications to be accepted again", func() bool { return p.ackedCount() > start })
-	t.Logf("Redis killed, started again %v later; publications accepted again %v after it was up",
-		back.Sub(killed).Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
+	t.Logf("%v killed, started again %v later; publications accepted again %v after it was up",
+		fc.backend, back.Sub(killed).Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
 }
 
 // publishFor lets the publisher run until n more feed publications were
@@ -764,7 +810,7 @@ func (fc *fcluster) backIP(t *testing.T, i int) string {
 	return "none"
 }
 
-func failoverClients(t *testing.T) int {
+func failoverClients(t *testing.T, def int) int {
 	if s := os.Getenv(failoverClientsEnv); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 3 {
@@ -772,20 +818,26 @@ func failoverClients(t *testing.T) int {
 		}
 		return n
 	}
-	return defaultFailoverClients
+	return def
 }
 
-func TestFailover(t *testing.T) {
+// TestFailover runs the suite on Redis and a MongoDB-wire server.
+func TestFailover(t *testing.T) { failover(t, onRedis) }
+
+// TestFailoverNATS runs it on NATS.
+func TestFailoverNATS(t *testing.T) { failover(t, onNATS) }
+
+func failover(t *testing.T, backend fbackend) {
 	began := time.Now()
-	fc := newFailoverCluster(t)
-	n := failoverClients(t)
+	fc := newFailoverCluster(t, backend)
+	n := failoverClients(t, map[fbackend]int{onRedis: defaultFailoverClients, onNATS: defaultNATSFailoverClients}[backend])
 	clients := dialFailoverClients(t, fc, n)
 	var users []string
 	for _, c := range clients {
 		users = append(users, c.user)
 	}
 	p := newPublisher(t, fc, users)
-	t.Logf("setup: 3 sss-server containers, Redis, MongoDB-wire server, %d clients: %v", n, time.Since(began).Round(time.Millisecond))
+	t.Logf("setup: 3 sss-server containers on %v, %d clients: %v", backend, n, time.Since(began).Round(time.Millisecond))
 
 	// Each phase starts with the publisher running and ends with settle.
 	phase := func(name string, fault func(t *testing.T)) {
@@ -804,7 +856,7 @@ func TestFailover(t *testing.T) {
 			fault(t)
 			publishFor(t, p, 25)
 			missing, gaps := settle(t, p, clients)
-			if name != "RedisReplacedEmpty" && missing > 0 {
+			if !strings.HasSuffix(name, "ReplacedEmpty") && missing > 0 {
 				t.Errorf("%d publications missing (reported as %d gaps) although history kept them", missing, gaps)
 			}
 			t.Logf("%s took %v", name, time.Since(began).Round(time.Millisecond))
@@ -833,7 +885,7 @@ func TestFailover(t *testing.T) {
 		}
 	})
 
-	phase("RedisLinkCut", func(t *testing.T) {
+	phase(backend.String()+"LinkCut", func(t *testing.T) {
 		// The instance with the most clients.
 		cut, most := 0, -1
 		for i := range fc.servers {
@@ -841,58 +893,122 @@ func TestFailover(t *testing.T) {
 				cut, most = i, len(v)
 			}
 		}
-		ups := fc.countLog(cut, "Redis pub/sub link restored")
-		defer func() {
-			if t.Failed() {
-				t.Logf("instance %d's log, about Redis:\n%s", cut, fc.grepLog(cut, "mongoredis"))
-			}
-		}()
+		restoredSince := fc.linkWatch(t, p, cut)
 		ip := fc.backIP(t, cut)
 		fc.setBack(t, cut, false)
-		// MongoDB takes the address the instance had on the back network
-		// meanwhile, so that the instance comes back with another one: its
-		// TCP connections to Redis do not resume when the network does,
-		// they are dead without a reset, as behind a NAT or firewall that
-		// forgot them; only the instance's own checks can tell.
-		fc.setNetwork(t, fc.mongo.Container, fc.back, true)
+		// The spare container takes the address the instance had on the
+		// back network meanwhile, so that the instance comes back with
+		// another one: its TCP connections to the backend do not resume
+		// when the network does, they are dead without a reset, as behind
+		// a NAT or firewall that forgot them; only the instance's own
+		// checks can tell.
+		fc.setNetwork(t, fc.spare, fc.back, true)
 		time.Sleep(5 * time.Second)
 		fc.setBack(t, cut, true)
-		fc.setNetwork(t, fc.mongo.Container, fc.back, false)
+		fc.setNetwork(t, fc.spare, fc.back, false)
 		restored := time.Now()
 		if now := fc.backIP(t, cut); now == ip {
 			// Docker gave the address back: the connections resume.
-			t.Logf("instance %d (%d clients) cut from Redis for 5s, back on the network with the same address %s", cut, most, ip)
+			t.Logf("instance %d (%d clients) cut from %v for 5s, back on the network with the same address %s", cut, most, backend, ip)
 			return
 		}
-		poll(t, time.Minute, "the instance to notice its dead pub/sub connection and replace it", func() bool {
-			return fc.countLog(cut, "Redis pub/sub link restored") > ups
+		poll(t, time.Minute, "the instance to notice its dead connection and replace it", restoredSince)
+		t.Logf("instance %d (%d clients) cut from %v for 5s, back on the network as %s (was %s): its link restored %v later",
+			cut, most, backend, fc.backIP(t, cut), ip, time.Since(restored).Round(time.Millisecond))
+	})
+
+	switch backend {
+	case onRedis:
+		phase("RedisRestartAOF", func(t *testing.T) {
+			killed := time.Now()
+			fc.redis.Kill(t)
+			time.Sleep(time.Second)
+			fc.redis.Start(t)
+			flowing(t, fc, p, killed)
 		})
-		t.Logf("instance %d (%d clients) cut from Redis for 5s, back on the network as %s (was %s): its pub/sub link restored %v later",
-			cut, most, fc.backIP(t, cut), ip, time.Since(restored).Round(time.Millisecond))
-	})
 
-	phase("RedisRestartAOF", func(t *testing.T) {
-		killed := time.Now()
-		fc.redis.Kill(t)
-		time.Sleep(time.Second)
-		fc.redis.Start(t)
-		flowing(t, p, killed)
-	})
+		phase("RedisReplacedEmpty", func(t *testing.T) {
+			// Killed and replaced by a new container with the same name on the
+			// network and nothing in it, as an orchestrator reschedules a Redis
+			// without a volume.
+			killed := time.Now()
+			fc.redis.Kill(t)
+			if err := testcontainers.TerminateContainer(fc.redis.Container); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second)
+			fc.startRedis(t)
+			flowing(t, fc, p, killed)
+		})
+	case onNATS:
+		phase("NATSRestart", func(t *testing.T) {
+			// SIGKILL: JetStream's files are in the container, written
+			// (not necessarily synced) before each publication is
+			// acknowledged; a killed process loses nothing the kernel has.
+			killed := time.Now()
+			fc.nats.Kill(t)
+			time.Sleep(time.Second)
+			fc.nats.Start(t)
+			flowing(t, fc, p, killed)
+		})
 
-	phase("RedisReplacedEmpty", func(t *testing.T) {
-		// Killed and replaced by a new container with the same name on the
-		// network and nothing in it, as an orchestrator reschedules a Redis
-		// without a volume.
-		killed := time.Now()
-		fc.redis.Kill(t)
-		if err := testcontainers.TerminateContainer(fc.redis.Container); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Second)
-		fc.startRedis(t)
-		flowing(t, p, killed)
-	})
+		phase("NATSReplacedEmpty", func(t *testing.T) {
+			// A new container under the same name, without the stream and
+			// buckets: the scalers create them again.
+			killed := time.Now()
+			fc.nats.Kill(t)
+			if err := testcontainers.TerminateContainer(fc.nats.Container); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second)
+			fc.startNATS(t)
+			flowing(t, fc, p, killed)
+		})
+	}
 	t.Logf("the failover suite took %v", time.Since(began).Round(time.Millisecond))
+}
+
+// linkWatch returns what tells that instance cut has a working link to
+// the backend again, once it was cut. On Redis: its log says "Redis
+// pub/sub link restored" once more than now (the mongoredis scaler logs
+// it when it replaced its pub/sub connection). The NATS scaler logs
+// nothing: a publication to a channel no client reads, through the
+// instance's HTTP API, is acknowledged again (a JetStream publish needs
+// the connection both ways). On failure it logs what the instance said.
+func (fc *fcluster) linkWatch(t *testing.T, p *hpublisher, cut int) func() bool {
+	switch fc.backend {
+	case onRedis:
+		ups := fc.countLog(cut, "Redis pub/sub link restored")
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("instance %d's log, about Redis:\n%s", cut, fc.grepLog(cut, "mongoredis"))
+			}
+		})
+		return func() bool { return fc.countLog(cut, "Redis pub/sub link restored") > ups }
+	default:
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("instance %d's log, about NATS:\n%s", cut, fc.grepLog(cut, "nats"))
+			}
+		})
+		return func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, fc.apiURL(cut)+"publish",
+				strings.NewReader(`{"channel":"probe","event":"n","data":0}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "apikey "+failoverKey)
+			resp, err := p.hc.Do(req)
+			if err != nil {
+				return false
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		}
+	}
 }
 
 // stopContainerAfter stops c with SIGTERM, and SIGKILL after timeout.

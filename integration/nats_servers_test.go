@@ -6,18 +6,19 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/moby/moby/api/types/container"
 	"github.com/nats-io/nats.go"
 
 	"github.com/superscaled/sss"
 	"github.com/superscaled/sss/client"
 	"github.com/superscaled/sss/scaler"
 	natsscaler "github.com/superscaled/sss/scaler/nats"
+	"github.com/superscaled/sss/ssstest/containers"
 )
 
 // natsCluster is n sss.Servers, each with its own NATS Scaler (its own
@@ -217,17 +218,13 @@ func TestNATSRestart(t *testing.T) { natsRestart(t, false) }
 func TestNATSRestartEmpty(t *testing.T) { natsRestart(t, true) }
 
 func natsRestart(t *testing.T, empty bool) {
-	requireDocker(t)
-	req := natsRequest()
+	var opts []containers.Option
 	if empty {
-		req.HostConfigModifier = func(hc *container.HostConfig) {
-			natsLoopback(hc)
-			hc.Tmpfs = map[string]string{"/data": ""}
-		}
+		opts = append(opts, containers.WithNATSTmpfs())
 	}
-	c := runContainer(t, req)
-	tg := newTarget(containerAddr(t, c, natsPort))
-	cl := newNATSCluster(t, 3, func(int) string { return "nats://nats.test:4222" }, natsDialer{tg})
+	srv := containers.StartNATS(t, opts...)
+	// The scalers' connections follow the server to its new host port.
+	cl := newNATSCluster(t, 3, func(int) string { return "nats://nats.test:4222" }, srv)
 	var rs []*received
 	for i := range 9 {
 		_, r := dialReceiver(t, cl.urls, i%3, fmt.Sprint("r", i), "feed.x")
@@ -239,8 +236,8 @@ func natsRestart(t *testing.T, empty bool) {
 	rival := startPublisher(func() []*sss.Server { return reversed(cl.servers) }, "feed.y", 5*time.Millisecond)
 	poll(t, 20*time.Second, "100 publications", func() bool { return p.count() >= 100 })
 
-	stopContainer(t, c)
-	tg.set(startContainer(t, c, natsPort))
+	srv.Stop(t)
+	srv.Start(t)
 	before := p.count()
 	poll(t, 30*time.Second, "publications to flow again", func() bool { return p.count() >= before+100 })
 	acked, rivalAcked := p.finish(), rival.finish()
@@ -319,4 +316,74 @@ func checkStreams(t *testing.T, h scaler.History, kept bool, x, y int) {
 			t.Errorf("stream %q keeps %d publications, fewer than the %d acknowledged", stream, n, acked)
 		}
 	}
+}
+
+// natsLinkDialer dials through a link, as nats.go's custom dialer.
+type natsLinkDialer struct{ l *link }
+
+func (d natsLinkDialer) Dial(network, _ string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return d.l.DialContext(ctx, network, "")
+}
+
+// The connection between a node and NATS dies silently (no reset: what
+// the node writes is lost, nothing comes back, no error), and it can
+// connect again afterwards: with Dial's ping settings it notices within
+// seconds, reconnects and is told that its stream may have missed
+// deliveries, which flow again. (With nats.go's defaults, a ping every
+// two minutes, it stayed deaf for 4 to 6 minutes.)
+func TestNATSLinkSilent(t *testing.T) {
+	srv := containers.StartNATS(t)
+	l := newLink(newTarget(srv.Addr()))
+	prefix := randomName("ls")
+	// Only the connection options every test uses: the ping settings are
+	// Dial's own.
+	a := dialNATS(t, "nats://nats.test:4222", natsscaler.WithPrefix(prefix),
+		natsscaler.WithNATSOptions(natsOpts(nats.SetCustomDialer(natsLinkDialer{l}))...))
+	b := dialNATS(t, srv.URL(), natsscaler.WithPrefix(prefix), natsscaler.WithNATSOptions(natsOpts()...))
+	ctx := ctxT(t)
+	rec := &recorder{}
+	na, err := a.Join(ctx, "a", rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { na.Close() })
+	if err := na.(scaler.Broker).Subscribe(ctx, "feed"); err != nil {
+		t.Fatal(err)
+	}
+	nb, err := b.Join(ctx, "b", &recorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nb.Close() })
+	publish := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return nb.(scaler.Broker).Publish(ctx, &scaler.Publication{Channel: "feed", Event: "e", Data: []byte("1")})
+	}
+	if err := publish(); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 10*time.Second, "the first delivery", func() bool { return len(rec.on("feed")) == 1 })
+
+	l.setSilent(true)
+	died := time.Now()
+	time.Sleep(500 * time.Millisecond)
+	l.setSilent(false)
+	// Up to three ping intervals, then the reconnection.
+	poll(t, 40*time.Second, "deliveries to flow again", func() bool {
+		if err := publish(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		return len(rec.on("feed")) > 1
+	})
+	rec.mu.Lock()
+	missed := slices.Contains(rec.missed, "feed")
+	rec.mu.Unlock()
+	if !missed {
+		t.Error("no HandleMissed(feed) after the reconnection")
+	}
+	t.Logf("connection died silently; deliveries again %v later", time.Since(died).Round(time.Millisecond))
 }

@@ -2,68 +2,26 @@ package integration
 
 import (
 	"context"
-	"net"
-	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/network"
 	"github.com/nats-io/nats.go"
 	"github.com/testcontainers/testcontainers-go"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
-	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/superscaled/sss/scaler"
 	natsscaler "github.com/superscaled/sss/scaler/nats"
 	"github.com/superscaled/sss/scaler/scalertest"
-)
-
-const (
-	natsImageEnv     = "SSS_NATS_IMAGE"
-	defaultNATSImage = "nats:2"
-	natsPort         = "4222/tcp"
+	"github.com/superscaled/sss/ssstest/containers"
 )
 
 // runNATS starts a NATS server with JetStream (storage in the container,
 // so it survives a stop and start) and returns it and its host:port.
 func runNATS(t testing.TB, args ...string) (testcontainers.Container, string) {
 	t.Helper()
-	requireDocker(t)
-	req := natsRequest(args...)
-	c := runContainer(t, req)
-	return c, containerAddr(t, c, natsPort)
-}
-
-func natsRequest(args ...string) testcontainers.ContainerRequest {
-	return testcontainers.ContainerRequest{
-		Image:        envDefault(natsImageEnv, defaultNATSImage),
-		ExposedPorts: []string{natsPort},
-		// Arguments only: both the official image's entrypoint and the
-		// local one are the server binary.
-		Cmd: append([]string{"-js", "-sd", "/data"}, args...),
-		WaitingFor: wait.ForAll(
-			forLogEachStart("Server is ready"),
-			wait.ForListeningPort(natsPort).SkipInternalCheck(),
-		).WithDeadline(readyTimeout),
-		HostConfigModifier: natsLoopback,
-	}
-}
-
-// natsLoopback publishes the client port on 127.0.0.1 only, when
-// testcontainers is told to reach containers there (as TestMain does).
-func natsLoopback(hc *container.HostConfig) {
-	if os.Getenv("TESTCONTAINERS_HOST_OVERRIDE") != "127.0.0.1" {
-		return
-	}
-	p := network.MustParsePort(natsPort)
-	if hc.PortBindings == nil {
-		hc.PortBindings = network.PortMap{}
-	}
-	// An empty HostPort makes Docker pick a free port on each start.
-	hc.PortBindings[p] = []network.PortBinding{{HostIP: netip.MustParseAddr("127.0.0.1")}}
+	n := containers.StartNATS(t, containers.WithNATSFlags(args...))
+	return n.Container, n.Addr()
 }
 
 // runNATSCluster starts three NATS servers with JetStream on a Docker
@@ -88,26 +46,13 @@ func runNATSCluster(t testing.TB) ([]testcontainers.Container, []string) {
 	var cs []testcontainers.Container
 	var addrs []string
 	for _, n := range names {
-		req := natsRequest("-n", n, "--cluster_name", "sss", "--cluster", "nats://0.0.0.0:6222",
-			"--routes", strings.Join(routes, ","), "--no_advertise")
-		req.Networks = []string{nw.Name}
-		req.NetworkAliases = map[string][]string{nw.Name: {n}}
-		c := runContainer(t, req)
-		cs = append(cs, c)
-		addrs = append(addrs, containerAddr(t, c, natsPort))
+		s := containers.StartNATS(t, containers.WithNetwork(nw.Name, n),
+			containers.WithNATSFlags("-n", n, "--cluster_name", "sss", "--cluster", "nats://0.0.0.0:6222",
+				"--routes", strings.Join(routes, ","), "--no_advertise"))
+		cs = append(cs, s.Container)
+		addrs = append(addrs, s.Addr())
 	}
 	return cs, addrs
-}
-
-// natsDialer dials a target whatever address nats.go asks for, so that a
-// connection follows its server across restarts (a new host port each
-// time).
-type natsDialer struct{ tg *target }
-
-func (d natsDialer) Dial(network, _ string) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	return d.tg.DialContext(ctx, network, "")
 }
 
 // natsOpts are the connection options of every scaler in these tests:
@@ -237,16 +182,8 @@ func natsHistory(t *testing.T, s *natsscaler.Scaler) scaler.History {
 // finds their key gone), so the list is whole again without any client
 // doing anything.
 func TestNATSPresenceRestartEmpty(t *testing.T) {
-	requireDocker(t)
-	req := natsRequest()
-	req.HostConfigModifier = func(hc *container.HostConfig) {
-		natsLoopback(hc)
-		hc.Tmpfs = map[string]string{"/data": ""}
-	}
-	c := runContainer(t, req)
-	tg := newTarget(containerAddr(t, c, natsPort))
-	s := dialNATS(t, "nats://nats.test:4222", natsscaler.WithPrefix(randomName("p")), natsscaler.WithPresenceTTL(time.Second),
-		natsscaler.WithNATSOptions(natsOpts(nats.SetCustomDialer(natsDialer{tg}))...))
+	s, srv := containers.NATS(t, containers.WithNATSTmpfs(), containers.WithNATSScalerOptions(
+		natsscaler.WithPresenceTTL(time.Second), natsscaler.WithCallTimeout(3*time.Second)))
 	var ps []scaler.Presence
 	for _, id := range []string{"a", "b"} {
 		n, err := s.Join(ctxT(t), id, &recorder{})
@@ -260,8 +197,8 @@ func TestNATSPresenceRestartEmpty(t *testing.T) {
 	if err := ps[0].Join(ctxT(t), "room", want); err != nil {
 		t.Fatal(err)
 	}
-	stopContainer(t, c)
-	tg.set(startContainer(t, c, natsPort))
+	srv.Stop(t)
+	srv.Start(t)
 	start := time.Now()
 	poll(t, 20*time.Second, "node a's entry to be written again", func() bool {
 		list, err := ps[1].Present(ctxT(t), "room")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test the way CI does: vet, the race-enabled tests of every
-# package (integration tests against Redis and a MongoDB-wire server in
+# package (integration tests against Redis, a MongoDB-wire server and NATS in
 # containers included), the browser tests in Chromium (browsertest/), and
 # short fuzzing of the frame decoder and of what the server writes.
 #

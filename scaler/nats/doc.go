@@ -186,13 +186,21 @@
 //     context); nothing is acknowledged that was not stored. A Publish
 //     that failed may still have been stored (NATS stored it, then its
 //     acknowledgement was lost): published again, it is stored twice,
-//     with two offsets (never one offset twice). nats.go
+//     with two offsets (never one offset twice). That includes a
+//     publication made while the connection was down: nats.go keeps what
+//     is written meanwhile in its reconnect buffer and sends it once
+//     connected, so it may be stored after the call failed. nats.go
 //     reconnects by itself (Dial: forever) and sends the node's
 //     subscriptions again; the Scaler then calls HandleMissed for every
 //     stream each node is subscribed to, and the server fills what it
 //     missed from history (exact when JetStream kept it, a reported gap
 //     otherwise). A subscription whose pending buffer overflowed (nats.go
 //     dropped deliveries) is reported the same way.
+//   - The connection dies without a reset (a NAT or firewall forgot it,
+//     the instance left the network and came back with another address):
+//     nothing fails on writing; calls time out until nats.go's ping goes
+//     unanswered twice (Dial: within 10 to 15 s; New: as the caller's
+//     connection is set), then it reconnects as above.
 //   - NATS restarted with its storage: history, sessions and presence are
 //     as they were; catch-up is exact. Without it: the stream and buckets
 //     are gone; the first call that finds them missing (a publication, a

@@ -17,6 +17,9 @@ const (
 	DefaultSessionTTL      = 24 * time.Hour
 	DefaultPresenceTTL     = 15 * time.Second
 	DefaultCallTimeout     = 5 * time.Second
+	// DefaultPingInterval is how often a connection made by Dial pings
+	// its server; two pings unanswered and it reconnects.
+	DefaultPingInterval = 5 * time.Second
 )
 
 // Option configures a Scaler.

@@ -1,10 +1,12 @@
 // Package containers starts the backends of an sss cluster in Docker with
 // testcontainers-go, for tests of applications built on sss against the
 // real thing: Redis and a MongoDB-wire server, and a ready
-// *mongoredis.Scaler on them. Everything is removed through t.Cleanup.
+// *mongoredis.Scaler on them (MongoRedis); or NATS with JetStream, and a
+// ready *nats.Scaler from scaler/nats on it (NATS). Everything is removed
+// through t.Cleanup.
 //
 //	func TestChatOnRedis(t *testing.T) {
-//		sc := containers.MongoRedis(t)
+//		sc, _ := containers.MongoRedis(t) // or: sc, _ := containers.NATS(t)
 //		cl := ssstest.NewCluster(t, 2, ssstest.WithScaler(sc), ssstest.WithServerOptions(myapp.Options()...))
 //		...
 //	}
@@ -12,8 +14,8 @@
 // It is a package of its own so that the in-memory helpers of package
 // ssstest do not bring testcontainers into an application's build.
 //
-// Images: SSS_REDIS_IMAGE and SSS_MONGO_IMAGE choose them (defaults: the
-// official redis:7 and mongo:7), the variables sss's own integration tests
+// Images: SSS_REDIS_IMAGE, SSS_MONGO_IMAGE and SSS_NATS_IMAGE choose them
+// (defaults: the official redis:7, mongo:7 and nats:2), the variables sss's own integration tests
 // honour; any image whose name contains "ferretdb" is taken for FerretDB
 // (it announces readiness differently). When Docker cannot be reached the
 // test is skipped, or fails if SSS_REQUIRE_DOCKER=1 (set it in CI, so that
@@ -22,7 +24,8 @@
 // Containers can be stopped, killed and started again (Server.Stop, Kill,
 // Start), to test what an application does while a backend is down. Docker
 // maps a new host port on every start: Server.Addr follows it, and the
-// scaler from MongoRedis dials the current address, as a DNS name would.
+// scalers from MongoRedis and NATS dial the current address, as a DNS
+// name would.
 package containers
 
 import (
@@ -73,13 +76,17 @@ const (
 	stopTimeout = 5 * time.Second
 )
 
-// Option configures StartRedis, StartMongo and MongoRedis.
+// Option configures StartRedis, StartMongo, MongoRedis, StartNATS and
+// NATS; each takes the options that concern it and ignores the others.
 type Option func(*config)
 
 type config struct {
 	redisFlags []string
 	networks   []netAttach
 	scaler     []scalerOption
+	natsFlags  []string
+	natsTmpfs  bool
+	natsScaler []natsScalerOption
 }
 
 type netAttach struct {
@@ -363,8 +370,8 @@ func run(t testing.TB, req testcontainers.ContainerRequest, port string) *Server
 	// failed to become ready must be removed too.
 	testcontainers.CleanupContainer(t, c)
 	if err != nil {
-		t.Fatalf("start %s: %v (without a registry, build local images and set %s/%s)",
-			req.Image, err, RedisImageEnv, MongoImageEnv)
+		t.Fatalf("start %s: %v (without a registry, build local images and set %s/%s/%s)",
+			req.Image, err, RedisImageEnv, MongoImageEnv, NATSImageEnv)
 	}
 	s := &Server{Container: c, port: port}
 	s.refresh(t)

@@ -13,9 +13,13 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/superscaled/sss/scaler/mongoredis"
+	natsscaler "github.com/superscaled/sss/scaler/nats"
 )
 
-type scalerOption = mongoredis.Option
+type (
+	scalerOption     = mongoredis.Option
+	natsScalerOption = natsscaler.Option
+)
 
 // WithScalerOptions configures the scaler MongoRedis returns (history,
 // presence TTL, call timeout...). It has its own key prefix and database
@@ -111,7 +115,3 @@ func MongoRedis(t testing.TB, opts ...Option) (*mongoredis.Scaler, *Backend) {
 	}
 	return sc, b
 }
-
-// NATS: a StartNATS helper and a scaler on it belong here, next to
-// MongoRedis, once scaler/nats lands (it is being written separately; its
-// image variable will be SSS_NATS_IMAGE). Not written yet on purpose.

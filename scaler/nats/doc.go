@@ -186,10 +186,11 @@
 //     context); nothing is acknowledged that was not stored. A Publish
 //     that failed may still have been stored (NATS stored it, then its
 //     acknowledgement was lost): published again, it is stored twice,
-//     with two offsets (never one offset twice). That includes a
-//     publication made while the connection was down: nats.go keeps what
-//     is written meanwhile in its reconnect buffer and sends it once
-//     connected, so it may be stored after the call failed. nats.go
+//     with two offsets (never one offset twice). A call made while the
+//     connection is down fails at once: Dial turns nats.go's reconnect
+//     buffer off, so nothing written then is sent later, once its call
+//     has failed (a connection given to New keeps its own setting:
+//     nats.ReconnectBufSize(-1) does the same). nats.go
 //     reconnects by itself (Dial: forever) and sends the node's
 //     subscriptions again; the Scaler then calls HandleMissed for every
 //     stream each node is subscribed to, and the server fills what it

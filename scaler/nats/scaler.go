@@ -77,7 +77,12 @@ func Dial(ctx context.Context, urls string, opts ...Option) (*Scaler, error) {
 		// Writes do not fail on such a connection; only an unanswered ping
 		// tells, here within 10 to 15 s, at the cost of one small frame
 		// each way every 5 s.
-		nats.PingInterval(DefaultPingInterval), nats.MaxPingsOutstanding(2)}
+		nats.PingInterval(DefaultPingInterval), nats.MaxPingsOutstanding(2),
+		// No reconnect buffer: what is written while the connection is down
+		// fails at once (ErrUnavailable) instead of waiting in nats.go's
+		// buffer to be sent on reconnect, maybe minutes after its call
+		// failed: a chat message reported unsent must not appear later.
+		nats.ReconnectBufSize(-1)}
 	if dl, ok := ctx.Deadline(); ok {
 		nopts = append(nopts, nats.Timeout(time.Until(dl)))
 	}

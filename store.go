@@ -290,6 +290,12 @@ func (w *storeWriter) write(ctx context.Context, key string, sc *sessionChanges,
 		}
 		return true
 	}
+	if ctx.Err() != nil {
+		// The writer is stopping (shutdown): its last flush is cut short,
+		// which is no store failure.
+		w.putBack(key, sc)
+		return false
+	}
 	w.s.stats.scalerErrors.Add(1)
 	if !w.failing.Swap(true) {
 		w.s.log.Warn("sss: session store write failed; retrying", "err", err)

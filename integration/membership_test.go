@@ -15,8 +15,20 @@ import (
 // their position lose nothing; a client with no state restores its
 // session's subscriptions from MongoDB, caught up.
 func TestMongoRedisMembershipAndHistory(t *testing.T) {
-	b := newBackend(t)
-	cl := newCluster(t, b, 3)
+	cl := newCluster(t, newBackend(t), 3)
+	membershipAndHistory(t, cl.servers, cl.urls)
+}
+
+// The same on NATS: JetStream history, sessions in a key-value bucket.
+func TestNATSMembershipAndHistory(t *testing.T) {
+	_, addr := runNATS(t)
+	cl := newNATSCluster(t, 3, func(int) string { return natsURLs(addr) }, nil)
+	membershipAndHistory(t, cl.servers, cl.urls)
+}
+
+// membershipAndHistory runs on three instances, servers[i] at urls[i],
+// whose session parser is sessionFromHeaders.
+func membershipAndHistory(t *testing.T, servers []*sss.Server, urls []string) {
 	ctx := ctxT(t)
 	type got struct {
 		subscribed chan string
@@ -25,7 +37,7 @@ func TestMongoRedisMembershipAndHistory(t *testing.T) {
 	}
 	dialAs := func(i int, user, session string, opts ...client.Option) (*client.Client, got) {
 		g := got{make(chan string, 8), make(chan client.Message, 64), make(chan client.Message, 8)}
-		c, err := client.Dial(ctx, cl.urls[i], append([]client.Option{
+		c, err := client.Dial(ctx, urls[i], append([]client.Option{
 			client.WithHeader(http.Header{"X-User": {user}, "X-Session": {session}}),
 			client.WithHooks(client.Hooks{
 				OnSubscribed: func(s *client.Subscription) {
@@ -53,7 +65,7 @@ func TestMongoRedisMembershipAndHistory(t *testing.T) {
 	}
 	_, a0 := dialAs(0, "ann", "phone")
 	_, a1 := dialAs(1, "ann", "laptop")
-	if err := cl.servers[2].Subscribe(ctx, sss.ToUser("ann"), "team.ops"); err != nil {
+	if err := servers[2].Subscribe(ctx, sss.ToUser("ann"), "team.ops"); err != nil {
 		t.Fatal(err)
 	}
 	for _, g := range []got{a0, a1} {
@@ -61,12 +73,12 @@ func TestMongoRedisMembershipAndHistory(t *testing.T) {
 			t.Fatalf("subscribed to %s", ch)
 		}
 	}
-	poll(t, 10*time.Second, "the server subscription to be stored", func() bool { return cl.servers[2].Stats().StoreBacklog == 0 })
+	poll(t, 10*time.Second, "the server subscription to be stored", func() bool { return servers[2].Stats().StoreBacklog == 0 })
 	_, a2 := dialAs(2, "ann", "tablet") // a later connection of the user
 	if ch := wait("subscribed", a2.subscribed); ch != "team.ops" {
 		t.Fatalf("later connection subscribed to %s", ch)
 	}
-	cl.servers[0].Publish(ctx, "team.ops", "e", "hi")
+	servers[0].Publish(ctx, "team.ops", "e", "hi")
 	for _, g := range []got{a0, a1, a2} {
 		select {
 		case m := <-g.msgs:
@@ -77,7 +89,7 @@ func TestMongoRedisMembershipAndHistory(t *testing.T) {
 			t.Fatal("no message on the server subscription")
 		}
 	}
-	cl.servers[1].Broadcast(ctx, "notice", 1)
+	servers[1].Broadcast(ctx, "notice", 1)
 	for _, g := range []got{a0, a1, a2} {
 		select {
 		case <-g.broadcasts:
@@ -88,7 +100,7 @@ func TestMongoRedisMembershipAndHistory(t *testing.T) {
 
 	// History then live, from another instance than the publisher's.
 	for i := 1; i <= 20; i++ {
-		cl.servers[i%3].Publish(ctx, "feed", "n", i)
+		servers[i%3].Publish(ctx, "feed", "n", i)
 	}
 	reader, _ := dialAs(1, "rob", "r")
 	msgs, pos, err := reader.History(ctx, "feed", client.HistoryLimit(5))
@@ -96,7 +108,7 @@ func TestMongoRedisMembershipAndHistory(t *testing.T) {
 		t.Fatalf("History: %v %v %v", msgs, pos, err)
 	}
 	live := make(chan client.Message, 4)
-	cl.servers[0].Publish(ctx, "feed", "n", 21)
+	servers[0].Publish(ctx, "feed", "n", 21)
 	if _, err := reader.Subscribe(ctx, "feed", client.WithSince(pos), client.WithMessageHandler(func(m client.Message) { live <- m })); err != nil {
 		t.Fatal(err)
 	}
@@ -116,10 +128,10 @@ func TestMongoRedisMembershipAndHistory(t *testing.T) {
 	}
 	first.Close()
 	poll(t, 10*time.Second, "the session's position to be stored", func() bool {
-		st := cl.servers[0].Stats()
+		st := servers[0].Stats()
 		return st.Connections == 1 && st.StoreBacklog == 0 // a0 is left
 	})
-	cl.servers[1].Publish(ctx, "room.x", "e", "while away")
+	servers[1].Publish(ctx, "room.x", "e", "while away")
 	_, again := dialAs(2, "cy", "tab", client.WithRestore())
 	if ch := wait("restored", again.subscribed); ch != "room.x" {
 		t.Fatalf("restored %s", ch)

@@ -649,36 +649,23 @@ func decodeFast(b []byte, raw *rawFrame) bool {
 		i = skipSpace(b, i+1)
 		var bit uint8
 		switch string(key) {
-		case "type":
-			bit = 1
+		case "type", "channel", "name", "event":
 			v, j, ok := plainString(b, i)
 			if !ok {
 				return false
 			}
-			raw.Type, i = string(v), j
-		case "channel":
-			bit = 2
-			v, j, ok := plainString(b, i)
-			if !ok {
-				return false
+			str := string(v)
+			switch key[0] {
+			case 't':
+				bit, raw.Type = 1, str
+			case 'c':
+				bit, raw.Channel = 2, &str
+			case 'n':
+				bit, raw.Name = 4, &str
+			default:
+				bit, raw.Event = 8, str
 			}
-			ch := string(v)
-			raw.Channel, i = &ch, j
-		case "name":
-			bit = 4
-			v, j, ok := plainString(b, i)
-			if !ok {
-				return false
-			}
-			name := string(v)
-			raw.Name, i = &name, j
-		case "event":
-			bit = 8
-			v, j, ok := plainString(b, i)
-			if !ok {
-				return false
-			}
-			raw.Event, i = string(v), j
+			i = j
 		case "id":
 			bit = 16
 			j := i

@@ -917,54 +917,34 @@ func failover(t *testing.T, backend fbackend) {
 			cut, most, backend, fc.backIP(t, cut), ip, time.Since(restored).Round(time.Millisecond))
 	})
 
-	switch backend {
-	case onRedis:
-		phase("RedisRestartAOF", func(t *testing.T) {
-			killed := time.Now()
-			fc.redis.Kill(t)
-			time.Sleep(time.Second)
-			fc.redis.Start(t)
-			flowing(t, fc, p, killed)
-		})
-
-		phase("RedisReplacedEmpty", func(t *testing.T) {
-			// Killed and replaced by a new container with the same name on the
-			// network and nothing in it, as an orchestrator reschedules a Redis
-			// without a volume.
-			killed := time.Now()
-			fc.redis.Kill(t)
-			if err := testcontainers.TerminateContainer(fc.redis.Container); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(time.Second)
-			fc.startRedis(t)
-			flowing(t, fc, p, killed)
-		})
-	case onNATS:
-		phase("NATSRestart", func(t *testing.T) {
-			// SIGKILL: JetStream's files are in the container, written
-			// (not necessarily synced) before each publication is
-			// acknowledged; a killed process loses nothing the kernel has.
-			killed := time.Now()
-			fc.nats.Kill(t)
-			time.Sleep(time.Second)
-			fc.nats.Start(t)
-			flowing(t, fc, p, killed)
-		})
-
-		phase("NATSReplacedEmpty", func(t *testing.T) {
-			// A new container under the same name, without the stream and
-			// buckets: the scalers create them again.
-			killed := time.Now()
-			fc.nats.Kill(t)
-			if err := testcontainers.TerminateContainer(fc.nats.Container); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(time.Second)
-			fc.startNATS(t)
-			flowing(t, fc, p, killed)
-		})
+	// The backend killed and started again with what it stored (Redis's
+	// append-only file, every write synced; JetStream's files, written
+	// before each publication is acknowledged, which a killed process
+	// does not lose), then killed and replaced by a new container with the
+	// same name on the network and nothing in it, as an orchestrator
+	// reschedules one without a volume (the scalers create what they need
+	// again).
+	server, start := &fc.redis.Server, fc.startRedis
+	if backend == onNATS {
+		server, start = &fc.nats.Server, fc.startNATS
 	}
+	phase(backend.String()+"Restart", func(t *testing.T) {
+		killed := time.Now()
+		server.Kill(t)
+		time.Sleep(time.Second)
+		server.Start(t)
+		flowing(t, fc, p, killed)
+	})
+	phase(backend.String()+"ReplacedEmpty", func(t *testing.T) {
+		killed := time.Now()
+		server.Kill(t)
+		if err := testcontainers.TerminateContainer(server.Container); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		start(t)
+		flowing(t, fc, p, killed)
+	})
 	t.Logf("the failover suite took %v", time.Since(began).Round(time.Millisecond))
 }
 

@@ -154,6 +154,25 @@ func (l *killableListener) kill() {
 	}
 }
 
+// serveKillable serves srv on a killable listener on loopback and returns
+// its WebSocket URL; the server, its HTTP server and the listener close
+// when the test ends.
+func serveKillable(t *testing.T, srv *sss.Server) (string, *killableListener) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kl := &killableListener{Listener: ln}
+	hs := &http.Server{Handler: srv}
+	go hs.Serve(kl)
+	t.Cleanup(func() {
+		srv.Close()
+		hs.Close()
+		kl.kill()
+	})
+	return "ws://" + ln.Addr().String() + "/", kl
+}
+
 // faultCluster is n instances, each with its own Redis client through its
 // own link, its own scaler, and its own killable listener.
 type faultCluster struct {
@@ -201,21 +220,10 @@ func newFaultClusterWith(t *testing.T, b *backend, n int, sopts []sss.Option, op
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		kl := &killableListener{Listener: ln}
-		hs := &http.Server{Handler: srv}
-		go hs.Serve(kl)
-		t.Cleanup(func() {
-			srv.Close()
-			hs.Close()
-			kl.kill()
-			sc.Close()
-		})
+		t.Cleanup(func() { sc.Close() }) // after the server's
+		url, kl := serveKillable(t, srv)
 		fc.servers, fc.scalers, fc.links, fc.listeners = append(fc.servers, srv), append(fc.scalers, sc), append(fc.links, l), append(fc.listeners, kl)
-		fc.urls = append(fc.urls, "ws://"+ln.Addr().String()+"/")
+		fc.urls = append(fc.urls, url)
 	}
 	return fc
 }

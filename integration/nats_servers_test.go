@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -48,20 +47,9 @@ func newNATSCluster(t *testing.T, n int, natsURL func(i int) string, dial nats.C
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		kl := &killableListener{Listener: ln}
-		hs := &http.Server{Handler: srv}
-		go hs.Serve(kl)
-		t.Cleanup(func() {
-			srv.Close()
-			hs.Close()
-			kl.kill()
-		})
+		url, kl := serveKillable(t, srv)
 		nc.servers, nc.scalers, nc.listeners = append(nc.servers, srv), append(nc.scalers, sc), append(nc.listeners, kl)
-		nc.urls = append(nc.urls, "ws://"+ln.Addr().String()+"/")
+		nc.urls = append(nc.urls, url)
 	}
 	return nc
 }
@@ -225,31 +213,15 @@ func natsRestart(t *testing.T, empty bool) {
 	srv := containers.StartNATS(t, opts...)
 	// The scalers' connections follow the server to its new host port.
 	cl := newNATSCluster(t, 3, func(int) string { return "nats://nats.test:4222" }, srv)
-	var rs []*received
-	for i := range 9 {
-		_, r := dialReceiver(t, cl.urls, i%3, fmt.Sprint("r", i), "feed.x")
-		rs = append(rs, r)
-	}
-	// Two publishers on two channels of one root stream, through the
-	// instances in turn: they contend for the root's offsets.
-	p := startPublisher(func() []*sss.Server { return cl.servers }, "feed.x", 5*time.Millisecond)
-	rival := startPublisher(func() []*sss.Server { return reversed(cl.servers) }, "feed.y", 5*time.Millisecond)
-	poll(t, 20*time.Second, "100 publications", func() bool { return p.count() >= 100 })
+	c := startContention(t, cl)
 
 	srv.Stop(t)
 	srv.Start(t)
-	before := p.count()
-	poll(t, 30*time.Second, "publications to flow again", func() bool { return p.count() >= before+100 })
-	acked, rivalAcked := p.finish(), rival.finish()
-	last := acked[len(acked)-1]
-	var missing, gaps int
-	for i, r := range rs {
-		poll(t, 20*time.Second, fmt.Sprintf("client %d to get the last publication", i), func() bool { return r.last() == last })
-		m, g := r.check(t, fmt.Sprint("client ", i), acked)
-		missing, gaps = missing+m, gaps+g
-	}
+	before := c.p.count()
+	poll(t, 30*time.Second, "publications to flow again", func() bool { return c.p.count() >= before+100 })
+	acked, rivalAcked, missing, gaps := c.finish(t)
 	t.Logf("empty=%v: %d acknowledged (%d publishes failed during the restart); over %d clients %d missing, %d gaps reported",
-		empty, len(acked), p.fails.Load(), len(rs), missing, gaps)
+		empty, len(acked), c.p.fails.Load(), len(c.rs), missing, gaps)
 	if !empty && missing > 0 {
 		t.Errorf("%d publications missing although JetStream kept them", missing)
 	}
@@ -268,33 +240,52 @@ func TestNATSClusterNodeKill(t *testing.T) {
 	cl := newNATSCluster(t, 3, func(i int) string {
 		return natsURLs(append(append([]string{}, addrs[i:]...), addrs[:i]...)...)
 	}, nil)
-	var rs []*received
-	for i := range 9 {
-		_, r := dialReceiver(t, cl.urls, i%3, fmt.Sprint("r", i), "feed.x")
-		rs = append(rs, r)
-	}
-	// Two publishers on two channels of one root stream, through the
-	// instances in turn: they contend for the root's offsets.
-	p := startPublisher(func() []*sss.Server { return cl.servers }, "feed.x", 5*time.Millisecond)
-	rival := startPublisher(func() []*sss.Server { return reversed(cl.servers) }, "feed.y", 5*time.Millisecond)
-	poll(t, 20*time.Second, "100 publications", func() bool { return p.count() >= 100 })
+	c := startContention(t, cl)
 	killContainer(t, cs[0])
-	before := p.count()
-	poll(t, 30*time.Second, "publications after the kill", func() bool { return p.count() >= before+100 })
-	acked, rivalAcked := p.finish(), rival.finish()
-	last := acked[len(acked)-1]
-	var missing, gaps int
-	for i, r := range rs {
-		poll(t, 20*time.Second, fmt.Sprintf("client %d to get the last publication", i), func() bool { return r.last() == last })
-		m, g := r.check(t, fmt.Sprint("client ", i), acked)
-		missing, gaps = missing+m, gaps+g
-	}
+	before := c.p.count()
+	poll(t, 30*time.Second, "publications after the kill", func() bool { return c.p.count() >= before+100 })
+	acked, rivalAcked, missing, gaps := c.finish(t)
 	t.Logf("%d acknowledged (%d publishes failed during the failover); over %d clients %d missing, %d gaps reported",
-		len(acked), p.fails.Load(), len(rs), missing, gaps)
+		len(acked), c.p.fails.Load(), len(c.rs), missing, gaps)
 	if missing > 0 {
 		t.Errorf("%d publications missing although the stream is replicated", missing)
 	}
 	checkStreams(t, natsHistory(t, cl.scalers[1]), true, len(acked), len(rivalAcked))
+}
+
+// contention is nine clients on feed.x, three per instance, and two
+// publishers on two channels of one root stream (feed.x and feed.y),
+// through the instances in turn: they contend for the root's offsets.
+type contention struct {
+	rs       []*received
+	p, rival *publisher
+}
+
+// startContention starts it and waits for 100 publications.
+func startContention(t *testing.T, cl *natsCluster) *contention {
+	c := &contention{}
+	for i := range 9 {
+		_, r := dialReceiver(t, cl.urls, i%3, fmt.Sprint("r", i), "feed.x")
+		c.rs = append(c.rs, r)
+	}
+	c.p = startPublisher(func() []*sss.Server { return cl.servers }, "feed.x", 5*time.Millisecond)
+	c.rival = startPublisher(func() []*sss.Server { return reversed(cl.servers) }, "feed.y", 5*time.Millisecond)
+	poll(t, 20*time.Second, "100 publications", func() bool { return c.p.count() >= 100 })
+	return c
+}
+
+// finish stops the publishers, waits for every client to get the last
+// acknowledged publication and checks what each received: every
+// acknowledged one once, in order, or a reported gap.
+func (c *contention) finish(t *testing.T) (acked, rivalAcked []int, missing, gaps int) {
+	acked, rivalAcked = c.p.finish(), c.rival.finish()
+	last := acked[len(acked)-1]
+	for i, r := range c.rs {
+		poll(t, 20*time.Second, fmt.Sprintf("client %d to get the last publication", i), func() bool { return r.last() == last })
+		m, g := r.check(t, fmt.Sprint("client ", i), acked)
+		missing, gaps = missing+m, gaps+g
+	}
+	return acked, rivalAcked, missing, gaps
 }
 
 func reversed(s []*sss.Server) []*sss.Server {

@@ -465,8 +465,11 @@ func (s *Scaler) findOffset(ctx context.Context, filter string, d int, want, las
 		return nil, nil
 	}
 	lo, hi := uint64(1), lastSeq-(lastOff-want)
-	probe, step := hi, uint64(1)
-	for {
+	probe, step, galloping := hi, uint64(1), true
+	for lo <= hi {
+		if !galloping {
+			probe = lo + (hi-lo)/2
+		}
 		m, err := s.nextIn(ctx, filter, probe)
 		if err != nil || m == nil {
 			return nil, err
@@ -478,36 +481,13 @@ func (s *Scaler) findOffset(ctx context.Context, filter string, d int, want, las
 		switch {
 		case p.Offset == want:
 			return m, nil
-		case p.Offset < want:
-			lo = m.Sequence + 1
+		case p.Offset < want: // below it: bisect what is left
+			lo, galloping = m.Sequence+1, false
 		default:
 			hi = probe - 1
-			if probe == 1 {
-				return nil, nil
+			if galloping {
+				probe, step = max(1, probe-step), step*2
 			}
-			probe = max(1, probe-step)
-			step *= 2
-			continue
-		}
-		break
-	}
-	for lo <= hi {
-		mid := lo + (hi-lo)/2
-		m, err := s.nextIn(ctx, filter, mid)
-		if err != nil || m == nil {
-			return nil, err
-		}
-		p, err := positionOf(m, d)
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case p.Offset == want:
-			return m, nil
-		case p.Offset < want:
-			lo = m.Sequence + 1
-		default:
-			hi = mid - 1
 		}
 	}
 	return nil, nil

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/testcontainers/testcontainers-go"
-	tclog "github.com/testcontainers/testcontainers-go/log"
 	"go.uber.org/goleak"
 
 	"github.com/superscaled/sss/ssstest/containers"
@@ -20,12 +19,10 @@ import (
 // mongo:7, integration/images/build.sh builds offline stand-ins) and the
 // same skip-or-fail rule when Docker is missing (SSS_REQUIRE_DOCKER=1
 // fails, as CI wants). This file keeps what only these tests need: the
-// handles and addresses in the shape the tests use, restarts, and
-// containers of other shapes (a Redis Cluster on host networking).
+// handles and addresses in the shape the tests use, and restarts; other
+// containers (a Redis Cluster on host networking) start with
+// containers.Run.
 const (
-	redisImageEnv = containers.RedisImageEnv
-	mongoImageEnv = containers.MongoImageEnv
-
 	redisPort = containers.RedisPort
 	mongoPort = containers.MongoPort
 
@@ -101,28 +98,6 @@ func startMongo(t testing.TB) (uri string) {
 }
 
 func mongoURI(addr string) string { return "mongodb://" + addr + "/" }
-
-// runContainer starts what the helpers above do not (e.g. a Redis
-// Cluster node on host networking).
-func runContainer(t testing.TB, req testcontainers.ContainerRequest) testcontainers.Container {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-
-	c, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
-		ContainerRequest: req,
-		Started:          true,
-		Logger:           tclog.TestLogger(t),
-	})
-	// Registered before the error check: a container that was created but
-	// failed to become ready must be removed too.
-	testcontainers.CleanupContainer(t, c)
-	if err != nil {
-		t.Fatalf("start %s: %v (without a registry, build local images with integration/images/build.sh and set %s/%s)",
-			req.Image, err, redisImageEnv, mongoImageEnv)
-	}
-	return c
-}
 
 // stopContainer stops c (SIGTERM, then SIGKILL after stopTimeout) without
 // removing it, e.g. to cut a server off mid-stream.

@@ -73,7 +73,7 @@ func startRedisCluster(t *testing.T, n int) ([]string, []testcontainers.Containe
 			WaitingFor:         forLogEachStart("Ready to accept connections"),
 			HostConfigModifier: func(hc *container.HostConfig) { hc.NetworkMode = "host" },
 		}
-		cs[i] = runContainer(t, req)
+		cs[i] = containers.Run(t, req)
 		addrs[i] = "127.0.0.1:" + p
 		admins[i] = redis.NewClient(&redis.Options{Addr: addrs[i], DialTimeout: time.Second, MaxRetries: -1})
 		t.Cleanup(func() { admins[i].Close() })

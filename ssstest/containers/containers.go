@@ -356,7 +356,11 @@ func (cfg *config) attach(req *testcontainers.ContainerRequest) {
 	}
 }
 
-func run(t testing.TB, req testcontainers.ContainerRequest, port string) *Server {
+// Run starts any container (one the Start functions do not cover, such
+// as a Redis Cluster node) as they do: Docker required (RequireDocker),
+// logs through t, removed when the test ends, even if it never became
+// ready.
+func Run(t testing.TB, req testcontainers.ContainerRequest) testcontainers.Container {
 	t.Helper()
 	RequireDocker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
@@ -373,7 +377,12 @@ func run(t testing.TB, req testcontainers.ContainerRequest, port string) *Server
 		t.Fatalf("start %s: %v (without a registry, build local images and set %s/%s/%s)",
 			req.Image, err, RedisImageEnv, MongoImageEnv, NATSImageEnv)
 	}
-	s := &Server{Container: c, port: port}
+	return c
+}
+
+func run(t testing.TB, req testcontainers.ContainerRequest, port string) *Server {
+	t.Helper()
+	s := &Server{Container: Run(t, req), port: port}
 	s.refresh(t)
 	return s
 }

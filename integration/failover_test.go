@@ -924,8 +924,12 @@ func failover(t *testing.T, backend fbackend) {
 	// same name on the network and nothing in it, as an orchestrator
 	// reschedules one without a volume (the scalers create what they need
 	// again).
-	server, start := &fc.redis.Server, fc.startRedis
-	if backend == onNATS {
+	var server *containers.Server
+	var start func(*testing.T)
+	switch backend {
+	case onRedis:
+		server, start = &fc.redis.Server, fc.startRedis
+	case onNATS:
 		server, start = &fc.nats.Server, fc.startNATS
 	}
 	phase(backend.String()+"Restart", func(t *testing.T) {

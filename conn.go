@@ -3,7 +3,6 @@ package sss
 import (
 	"context"
 	"fmt"
-	"net"
 	"runtime"
 	"slices"
 	"strings"
@@ -28,7 +27,7 @@ type Conn struct {
 	session *Session
 	persist bool // the session parser named the session: store its subscriptions
 	ws      *websocket.Conn
-	raw     net.Conn // under ws, to cut a close handshake short
+	sock    *socket // under ws (nil in tests that build a Conn on another net.Conn)
 	remote  string
 
 	// ctx is cancelled when the connection ends; handlers derive from it.
@@ -98,6 +97,7 @@ type Conn struct {
 	askSeq uint64
 	asks   map[uint64]pendingAsk
 
+	rmu      sync.Mutex   // the reader's look at coder/websocket's buffer, against the close handshake's
 	lastRead atomic.Int64 // unix nanos of the last frame read
 	busy     atomic.Int32 // the read loop is inside a parser: don't reap
 
@@ -107,7 +107,7 @@ type Conn struct {
 	closeCause error
 }
 
-func newConn(s *Server, sess *Session, persist bool, ws *websocket.Conn, raw net.Conn, remote string) *Conn {
+func newConn(s *Server, sess *Session, persist bool, ws *websocket.Conn, sock *socket, remote string) *Conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Conn{
 		srv:     s,
@@ -115,7 +115,7 @@ func newConn(s *Server, sess *Session, persist bool, ws *websocket.Conn, raw net
 		session: sess,
 		persist: persist,
 		ws:      ws,
-		raw:     raw,
+		sock:    sock,
 		remote:  remote,
 		ctx:     ctx,
 		cancel:  cancel,
@@ -392,40 +392,16 @@ func (c *Conn) writer() {
 }
 
 // write writes one message within the write timeout: the socket's write
-// deadline (deadlineConn), so that a write costs no context, timer or
+// deadline (socket.go), so that a write costs no context, timer or
 // AfterFunc of its own (coder/websocket registers one per write for a
 // context that can be cancelled). Writer only.
 func (c *Conn) write(msg []byte) error {
-	if _, ok := c.raw.(*deadlineConn); !ok {
+	if c.sock == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
 		defer cancel()
 		return c.ws.Write(ctx, websocket.MessageText, msg)
 	}
 	return c.ws.Write(context.Background(), websocket.MessageText, msg)
-}
-
-// deadlineConn is the hijacked connection under a WebSocket: every write
-// to the socket, the writer's and those coder/websocket makes itself
-// (pongs, the close frame), has between three quarters of the write
-// timeout and all of it. The deadline moves forward only when a quarter of
-// it has passed, not per write, and is never left behind while idle (a
-// pong after a long silence gets a fresh one). coder/websocket serialises
-// its writes, which serialises Write.
-type deadlineConn struct {
-	net.Conn
-	timeout  time.Duration
-	deadline int64 // unix nanos
-}
-
-func (d *deadlineConn) Write(p []byte) (int, error) {
-	now := time.Now().UnixNano()
-	if now+int64(d.timeout)-d.deadline > int64(d.timeout/4) {
-		d.deadline = now + int64(d.timeout)
-		if err := d.Conn.SetWriteDeadline(time.Unix(0, d.deadline)); err != nil {
-			return 0, err
-		}
-	}
-	return d.Conn.Write(p)
 }
 
 // fits reports whether n frames of size bytes fit in the send queue now.
@@ -456,6 +432,25 @@ func (c *Conn) waitRoom() error {
 		case <-room:
 		}
 	}
+}
+
+// awaitMessage parks the reader until the client sends something, on a
+// shallow stack when coder/websocket has nothing buffered (socket.wait),
+// and reports false once the connection is closing: from then on only the
+// close handshake (finish) reads, so that the look at coder/websocket's
+// buffer, which is not safe against concurrent reads, never overlaps it.
+func (c *Conn) awaitMessage() bool {
+	c.rmu.Lock()
+	if c.ctx.Err() != nil {
+		c.rmu.Unlock()
+		return false
+	}
+	empty := c.sock != nil && c.sock.br.Buffered() == 0
+	c.rmu.Unlock()
+	if empty {
+		c.sock.wait()
+	}
+	return true
 }
 
 // Liveness.
@@ -546,6 +541,10 @@ func (c *Conn) finish() {
 		}
 		<-c.idle
 	}
+	// The close handshake reads coder/websocket's buffer: the reader
+	// checks it no more (awaitMessage).
+	c.rmu.Lock()
+	c.rmu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
 	// A dead peer would hold the close handshake for 5s or more.
 	t := time.AfterFunc(closeGrace, c.abort)
 	c.ws.Close(websocket.StatusCode(c.closeCode), c.closeWhy)
@@ -554,8 +553,8 @@ func (c *Conn) finish() {
 
 // abort closes the network connection at once.
 func (c *Conn) abort() {
-	if c.raw != nil {
-		c.raw.Close()
+	if c.sock != nil {
+		c.sock.Close()
 	} else {
 		c.ws.CloseNow()
 	}

@@ -1,12 +1,10 @@
 package sss
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -74,7 +72,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // Accept answered the request
 	}
 	ws.SetReadLimit(s.cfg.maxMessage)
-	c := newConn(s, sess, named && s.store != nil, ws, hj.conn, r.RemoteAddr)
+	c := newConn(s, sess, named && s.store != nil, ws, hj.sock, r.RemoteAddr)
 	// Serve on a fresh goroutine and let this one return: net/http's
 	// request, its buffers and this goroutine's grown stack are freed,
 	// which halves what an idle connection costs. The server still owns
@@ -85,47 +83,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serve(c)
 	}()
 }
-
-// hijackRecorder keeps the connection coder/websocket hijacks, so that a
-// close handshake with a dead peer can be cut short, gives its writes a
-// deadline (deadlineConn), and hands the library smaller buffers than
-// net/http's 4 KB + 4 KB, which it keeps for the connection's whole life:
-// most frames are small, a read larger than the buffer goes straight to
-// the caller, and a write larger than it costs one more system call, not
-// a copy.
-type hijackRecorder struct {
-	http.ResponseWriter
-	writeTimeout time.Duration
-	conn         net.Conn // a *deadlineConn (conn.go)
-}
-
-// Buffer sizes of a hijacked connection.
-const (
-	hijackReadBuffer  = 512
-	hijackWriteBuffer = 1024
-)
-
-func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	c := &deadlineConn{Conn: nc, timeout: h.writeTimeout}
-	h.conn = c
-	// What net/http read ahead must stay buffered in the reader handed on
-	// (coder/websocket takes only what is buffered): a client may send its
-	// first frame as soon as it has the 101, which is written before the
-	// hijack.
-	ahead, _ := rw.Reader.Peek(rw.Reader.Buffered())
-	ahead = bytes.Clone(ahead)
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(ahead), c), max(hijackReadBuffer, len(ahead)))
-	if len(ahead) > 0 {
-		br.Peek(len(ahead))
-	}
-	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(c, hijackWriteBuffer)), nil
-}
-
-func (h *hijackRecorder) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 
 // originAllowed reports whether a browser page may connect: no Origin
 // header (not a browser), the same host, or a host matching one of the
@@ -231,11 +188,12 @@ func (s *Server) run(c *Conn) error {
 	if h := s.cfg.hooks.OnConnect; h != nil {
 		s.hook("OnConnect", func() { h(c) })
 	}
-	for {
+	for c.awaitMessage() {
 		if err := s.readMessage(c); err != nil {
 			return readError(err)
 		}
 	}
+	return net.ErrClosed // closed by the server: serve reports why
 }
 
 // readBuffers holds the buffers messages are read into: an idle connection

@@ -1,0 +1,187 @@
+package sss_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/superscaled/sss"
+)
+
+// An idle connection's reader waits for its client on a shallow stack
+// (socket.go), not under coder/websocket's reader, whose depth would keep
+// an 8 KB stack per idle connection.
+func TestIdleReaderWaitsShallow(t *testing.T) {
+	cl := newCluster(t, 1)
+	c := cl.dial(0, nil)
+	c.Subscribe("news")
+	var stack string
+	eventually(t, "the reader to wait in socket.wait", func() bool {
+		stack = goroutineRunning("sss.(*Server).run(")
+		return strings.Contains(stack, "(*socket).wait")
+	})
+	if strings.Contains(stack, "coder/websocket") {
+		t.Fatalf("the idle reader waits inside coder/websocket:\n%s", stack)
+	}
+	// And it still reads.
+	c.Subscribe("sport")
+}
+
+// goroutineRunning returns the stack of a goroutine with fn on it.
+func goroutineRunning(fn string) string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			return g
+		}
+	}
+	return ""
+}
+
+// Whatever way the client's bytes are cut, the server reads every frame:
+// a frame sent with the upgrade request (read ahead by net/http), several
+// in one write, one cut inside its header, and one larger than a read
+// ahead, cut in three with pauses between.
+func TestFramesCutAnyWay(t *testing.T) {
+	srv, err := sss.New(sss.WithScaler(newMemory(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.HandleAsk("echo", func(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) {
+		return data, nil
+	})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Close()
+
+	nc, err := net.Dial("tcp", hs.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	ask := func(id int, data string) []byte {
+		return maskedFrame(fmt.Sprintf(`{"type":"ask","id":%d,"name":"echo","data":%q}`, id, data))
+	}
+	upgrade := "GET / HTTP/1.1\r\nHost: " + hs.Listener.Addr().String() + "\r\n" +
+		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: " + sss.Subprotocol + "\r\n\r\n"
+	if _, err := nc.Write(append([]byte(upgrade), ask(1, "with the upgrade")...)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %s", resp.Status)
+	}
+
+	want := map[int]string{1: "with the upgrade"}
+	var three []byte
+	for id := 2; id <= 4; id++ {
+		want[id] = fmt.Sprintf("together %d", id)
+		three = append(three, ask(id, want[id])...)
+	}
+	write := func(b []byte) {
+		if _, err := nc.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // the reader waits again
+	}
+	write(three)
+	want[5] = "cut in its header"
+	f := ask(5, want[5])
+	write(f[:1])
+	write(f[1:])
+	want[6] = strings.Repeat("large ", 3000) // 18 KB
+	f = ask(6, want[6])
+	write(f[:100])
+	write(f[100:9000])
+	write(f[9000:])
+
+	got := map[int]string{}
+	for len(got) < len(want) {
+		msg := readServerMessage(t, br)
+		for _, line := range bytes.Split(msg, []byte("\n")) {
+			var fr struct {
+				Type   string
+				ID     int
+				Result string
+			}
+			if err := json.Unmarshal(line, &fr); err != nil {
+				t.Fatalf("frame %q: %v", line, err)
+			}
+			if fr.Type == "ack" {
+				got[fr.ID] = fr.Result
+			}
+		}
+	}
+	for id, data := range want {
+		if got[id] != data {
+			t.Errorf("ask %d: echoed %.40q, want %.40q", id, got[id], data)
+		}
+	}
+}
+
+// maskedFrame is a client's text message of one frame.
+func maskedFrame(payload string) []byte {
+	b := []byte{0x81}
+	switch n := len(payload); {
+	case n < 126:
+		b = append(b, 0x80|byte(n))
+	case n < 1<<16:
+		b = append(b, 0x80|126)
+		b = binary.BigEndian.AppendUint16(b, uint16(n))
+	default:
+		b = append(b, 0x80|127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	key := [4]byte{0x12, 0x34, 0x56, 0x78}
+	b = append(b, key[:]...)
+	for i := range len(payload) {
+		b = append(b, payload[i]^key[i%4])
+	}
+	return b
+}
+
+// readServerMessage reads one unfragmented, unmasked message.
+func readServerMessage(t *testing.T, br *bufio.Reader) []byte {
+	t.Helper()
+	var h [2]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	if h[0] != 0x81 {
+		t.Fatalf("frame header %#x: want a final text frame", h[0])
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var x [2]byte
+		io.ReadFull(br, x[:])
+		n = uint64(binary.BigEndian.Uint16(x[:]))
+	case 127:
+		var x [8]byte
+		io.ReadFull(br, x[:])
+		n = binary.BigEndian.Uint64(x[:])
+	}
+	msg := make([]byte, n)
+	if _, err := io.ReadFull(br, msg); err != nil {
+		t.Fatal(err)
+	}
+	return msg
+}

@@ -368,7 +368,7 @@ func (c *Conn) halfEmptyLocked() bool {
 func (c *Conn) writer() {
 	defer c.wwg.Done()
 	bp := batches.Get().(*[]byte)
-	buf := (*bp)[:0]
+	buf := slices.Grow((*bp)[:0], frameHeaderRoom)
 	defer func() {
 		if cap(buf) <= 2*maxBatch {
 			*bp = buf[:0]
@@ -376,10 +376,11 @@ func (c *Conn) writer() {
 		}
 	}()
 	for {
-		buf = c.take(buf[:0], false)
-		if len(buf) == 0 {
+		// The batch follows room for its frame header (socket.writeMessage).
+		buf = c.take(buf[:frameHeaderRoom], false)
+		if len(buf) == frameHeaderRoom {
 			runtime.Gosched()
-			if buf = c.take(buf[:0], true); len(buf) == 0 {
+			if buf = c.take(buf[:frameHeaderRoom], true); len(buf) == frameHeaderRoom {
 				return
 			}
 		}
@@ -391,17 +392,16 @@ func (c *Conn) writer() {
 	}
 }
 
-// write writes one message within the write timeout: the socket's write
-// deadline (socket.go), so that a write costs no context, timer or
-// AfterFunc of its own (coder/websocket registers one per write for a
-// context that can be cancelled). Writer only.
-func (c *Conn) write(msg []byte) error {
+// write writes one message, whose payload follows frameHeaderRoom bytes of
+// b, within the write timeout: the socket frames and writes it in one
+// system call (socket.writeMessage). Writer only.
+func (c *Conn) write(b []byte) error {
 	if c.sock == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.writeTimeout)
 		defer cancel()
-		return c.ws.Write(ctx, websocket.MessageText, msg)
+		return c.ws.Write(ctx, websocket.MessageText, b[frameHeaderRoom:])
 	}
-	return c.ws.Write(context.Background(), websocket.MessageText, msg)
+	return c.sock.writeMessage(b)
 }
 
 // fits reports whether n frames of size bytes fit in the send queue now.

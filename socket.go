@@ -3,6 +3,7 @@ package sss
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"net"
 	"net/http"
 	"sync"
@@ -16,21 +17,23 @@ import (
 // (reads parked on a shallow stack).
 
 // hijackRecorder keeps the connection coder/websocket hijacks, so that a
-// close handshake with a dead peer can be cut short, and hands the library
-// a socket with smaller buffers than net/http's 4 KB + 4 KB, which it keeps
-// for the connection's whole life: most frames are small, a read larger
-// than the buffer goes straight to the caller, and a write larger than it
-// costs one more system call, not a copy.
+// close handshake with a dead peer can be cut short and sss can write its
+// messages itself, and hands the library smaller buffers than net/http's
+// 4 KB + 4 KB, which it keeps for the connection's whole life: most frames
+// are small and a read larger than the buffer goes straight to the caller;
+// coder/websocket writes only control frames (writeMessage).
 type hijackRecorder struct {
 	http.ResponseWriter
 	writeTimeout time.Duration
 	sock         *socket
 }
 
-// Buffer sizes of a hijacked connection.
+// Buffer sizes of a hijacked connection. Control frames, all that
+// coder/websocket writes, are at most 127 bytes: each fits the write
+// buffer, so reaches the socket in one Write.
 const (
 	hijackReadBuffer  = 512
-	hijackWriteBuffer = 1024
+	hijackWriteBuffer = 256
 )
 
 func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -60,12 +63,15 @@ func (h *hijackRecorder) Unwrap() http.ResponseWriter { return h.ResponseWriter 
 
 // socket is the hijacked connection under a WebSocket.
 //
-// Writes: every write to the socket, the writer's and those coder/websocket
-// makes itself (pongs, the close frame), has between three quarters of the
-// write timeout and all of it. The deadline moves forward only when a
-// quarter of it has passed, not per write, and is never left behind while
-// idle (a pong after a long silence gets a fresh one). coder/websocket
-// serialises its writes, which serialises Write.
+// Writes: sss frames its messages itself and writes each in one system
+// call (writeMessage), with no copy into coder/websocket's buffer and no
+// locks or context of the library's per message; coder/websocket writes
+// only control frames (pongs, the close frame), each in one Write. A
+// net.Conn serialises whole Writes, so the two never interleave within a
+// frame; wmu guards the deadline. Every write has between three quarters
+// of the write timeout and all of it: the deadline moves forward only when
+// a quarter of it has passed, not per write, and is never left behind
+// while idle (a pong after a long silence gets a fresh one).
 //
 // Reads: a goroutine parked inside coder/websocket's reader sits under
 // twenty frames, and keeps an 8 KB stack for the connection's whole idle
@@ -78,7 +84,9 @@ func (h *hijackRecorder) Unwrap() http.ResponseWriter { return h.ResponseWriter 
 // terminated by net/http) reads as usual.
 type socket struct {
 	net.Conn
-	br       *bufio.Reader // coder/websocket's reader, over this socket
+	br *bufio.Reader // coder/websocket's reader, over this socket
+
+	wmu      sync.Mutex
 	timeout  time.Duration
 	deadline int64 // unix nanos
 
@@ -92,7 +100,36 @@ type socket struct {
 // none.
 var aheadBuffers = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
+// frameHeaderRoom is the room writeMessage needs before a payload: the
+// longest header of an unmasked frame.
+const frameHeaderRoom = 10
+
+// writeMessage writes a text message of one frame, whose payload follows
+// frameHeaderRoom bytes of b that it may overwrite.
+func (s *socket) writeMessage(b []byte) error {
+	p := b[frameHeaderRoom:]
+	h := frameHeaderRoom
+	switch n := len(p); {
+	case n < 126:
+		h -= 2
+		b[h+1] = byte(n)
+	case n < 1<<16:
+		h -= 4
+		b[h+1] = 126
+		binary.BigEndian.PutUint16(b[h+2:], uint16(n))
+	default:
+		h = 0
+		b[h+1] = 127
+		binary.BigEndian.PutUint64(b[h+2:], uint64(n))
+	}
+	b[h] = 0x81 // final text frame
+	_, err := s.Write(b[h:])
+	return err
+}
+
 func (s *socket) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	now := time.Now().UnixNano()
 	if now+int64(s.timeout)-s.deadline > int64(s.timeout/4) {
 		s.deadline = now + int64(s.timeout)

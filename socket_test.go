@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/superscaled/sss"
 )
 
@@ -184,4 +186,73 @@ func readServerMessage(t *testing.T, br *bufio.Reader) []byte {
 		t.Fatal(err)
 	}
 	return msg
+}
+
+// coder/websocket's control frames and sss's own messages share the socket
+// without interleaving: a client pinging while it receives a stream of
+// publications gets every pong and every publication intact.
+func TestPongsBetweenMessages(t *testing.T) {
+	const n = 3000
+	cl := newCluster(t, 1, sss.WithSendQueue(2*n, 16<<20))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, cl.url(0), &websocket.DialOptions{Subprotocols: []string{sss.Subprotocol}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(1 << 24)
+	pubs := make(chan int, n)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			_, msg, err := ws.Read(ctx)
+			if err != nil {
+				readErr <- err
+				return
+			}
+			for _, line := range bytes.Split(msg, []byte("\n")) {
+				var f struct{ Type string }
+				if err := json.Unmarshal(line, &f); err != nil {
+					readErr <- fmt.Errorf("frame %.80q: %w", line, err)
+					return
+				}
+				if f.Type == "pub" {
+					pubs <- 1
+				}
+			}
+		}
+	}()
+	if err := ws.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe","id":1,"channel":"room"}`)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	pinged := make(chan error, 1)
+	go func() {
+		for range 200 {
+			if err := ws.Ping(ctx); err != nil {
+				pinged <- err
+				return
+			}
+		}
+		pinged <- nil
+	}()
+	pad := strings.Repeat("p", 100)
+	for i := range n {
+		if err := cl.servers[0].Publish(ctx, "room", "e", map[string]any{"i": i, "pad": pad}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for got := 0; got < n; got++ {
+		select {
+		case <-pubs:
+		case err := <-readErr:
+			t.Fatalf("after %d publications: %v", got, err)
+		case <-ctx.Done():
+			t.Fatalf("%d publications of %d arrived", got, n)
+		}
+	}
+	if err := <-pinged; err != nil {
+		t.Fatalf("ping: %v", err)
+	}
 }

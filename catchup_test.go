@@ -497,12 +497,15 @@ func (n downNode) TouchSession(ctx context.Context, s string) error {
 // Unsubscribing while a long catch-up is under way stops it: nothing of the
 // channel arrives after the unsubscribe's ack.
 func TestUnsubscribeStopsCatchUp(t *testing.T) {
-	cl := newClusterWith(t, newMemory(t, memory.WithHistory(5000, time.Minute)), 1)
+	// Long enough that the worker serves the unsubscribe before the
+	// catch-up's goroutine is through, however the two are scheduled.
+	const n = 20000
+	cl := newClusterWith(t, newMemory(t, memory.WithHistory(n, time.Minute)), 1)
 	ctx := context.Background()
 	w := cl.dial(0, nil)
 	ack := ackResult(t, w.Ack(map[string]any{"type": "subscribe", "channel": "feed"}))
 	w.CloseNow()
-	for i := 0; i < 3000; i++ {
+	for i := range n {
 		cl.servers[0].Publish(ctx, "feed", "n", i)
 	}
 	w = cl.dial(0, nil)
@@ -520,7 +523,7 @@ func TestUnsubscribeStopsCatchUp(t *testing.T) {
 			break
 		}
 	}
-	if pubs >= 3000 {
+	if pubs >= n {
 		t.Fatalf("the whole catch-up (%d) came before the unsubscribe was served", pubs)
 	}
 	w.Nothing(200 * time.Millisecond)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/maphash"
+	"iter"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -68,7 +70,11 @@ type channel struct {
 	name string
 	refs int // connections subscribed or subscribing; guarded by shard.mu
 
+	// The subscribers: one inline (a user's or a session's stream, and
+	// most of any instance's streams, have one local subscriber), a map
+	// from the second on.
 	mu   sync.RWMutex
+	one  *sub
 	subs map[*Conn]*sub
 
 	// last is the position of the last delivery, to notice deliveries the
@@ -158,7 +164,7 @@ func (h *hub) acquire(name string) *channel {
 	defer sh.mu.Unlock()
 	ch := sh.m[name]
 	if ch == nil {
-		ch = &channel{name: name, subs: make(map[*Conn]*sub)}
+		ch = &channel{name: name}
 		sh.m[name] = ch
 	}
 	ch.refs++
@@ -204,7 +210,7 @@ func (s *Server) attach(ctx context.Context, sb *sub) error {
 		return Errorf(CodeUnavailable, "the cluster is unavailable")
 	}
 	ch.mu.Lock()
-	ch.subs[sb.c] = sb
+	ch.put(sb)
 	ch.mu.Unlock()
 	return nil
 }
@@ -217,8 +223,7 @@ func (s *Server) detach(ctx context.Context, c *Conn, name string) {
 		return
 	}
 	ch.mu.Lock()
-	_, ok := ch.subs[c]
-	delete(ch.subs, c)
+	ok := ch.take(c)
 	ch.mu.Unlock()
 	if !ok {
 		return
@@ -315,7 +320,8 @@ func (s *Server) deliver(d scaler.Delivery) {
 	nested := pub.Channel != d.Stream
 	ch.mu.RLock()
 	defer ch.mu.RUnlock()
-	for c, sb := range ch.subs {
+	for sb := range ch.all() {
+		c := sb.c
 		// A held subscription buffers everything, to see its offsets
 		// without holes; the filter below applies when it is released.
 		if sb.held.Load() && sb.hold(d) {
@@ -342,11 +348,62 @@ func (s *Server) deliver(d scaler.Delivery) {
 func (ch *channel) conns() []*Conn {
 	ch.mu.RLock()
 	defer ch.mu.RUnlock()
-	out := make([]*Conn, 0, len(ch.subs))
-	for c := range ch.subs {
-		out = append(out, c)
+	var out []*Conn
+	for sb := range ch.all() {
+		out = append(out, sb.c)
 	}
 	return out
+}
+
+// put adds a subscriber, or replaces the connection's. Callers hold mu.
+func (ch *channel) put(sb *sub) {
+	switch {
+	case ch.subs != nil:
+		ch.subs[sb.c] = sb
+	case ch.one == nil || ch.one.c == sb.c:
+		ch.one = sb
+	default:
+		ch.subs = map[*Conn]*sub{ch.one.c: ch.one, sb.c: sb}
+		ch.one = nil
+	}
+}
+
+// take removes c's subscription, and reports whether it had one. Callers
+// hold mu.
+func (ch *channel) take(c *Conn) bool {
+	if ch.subs == nil {
+		if ch.one == nil || ch.one.c != c {
+			return false
+		}
+		ch.one = nil
+		return true
+	}
+	if _, ok := ch.subs[c]; !ok {
+		return false
+	}
+	delete(ch.subs, c)
+	if len(ch.subs) == 1 {
+		for _, sb := range ch.subs {
+			ch.one = sb
+		}
+		ch.subs = nil
+	}
+	return true
+}
+
+// all yields the subscribers. Callers hold mu.
+func (ch *channel) all() iter.Seq[*sub] {
+	return func(yield func(*sub) bool) {
+		if ch.one != nil {
+			yield(ch.one)
+			return
+		}
+		for _, sb := range ch.subs {
+			if !yield(sb) {
+				return
+			}
+		}
+	}
 }
 
 // noteStart records the position a client is given on a stream (its
@@ -405,10 +462,7 @@ func (s *Server) repair(ch *channel, from scaler.Position, epoch string, now uin
 	reset := from.Epoch != epoch
 	s.log.Warn("sss: missed deliveries", "channel", ch.name, "after", from.Offset, "now", now, "epoch_changed", reset)
 	ch.mu.RLock()
-	subs := make([]*sub, 0, len(ch.subs))
-	for _, sb := range ch.subs {
-		subs = append(subs, sb)
-	}
+	subs := slices.Collect(ch.all())
 	ch.mu.RUnlock()
 	for _, sb := range subs {
 		if reset {

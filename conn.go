@@ -59,7 +59,8 @@ type Conn struct {
 	own      []ownSub
 	ownOnce  sync.Once
 	ownTimer *time.Timer
-	spoke    bool // the reader saw the client's first frame (reader only)
+	expiry   *time.Timer // closes the connection when its session expires
+	spoke    bool        // the reader saw the client's first frame (reader only)
 
 	// Server subscriptions held since the connection began, until the
 	// client's first frame (membership.go; worker only).
@@ -97,7 +98,11 @@ type Conn struct {
 	askSeq uint64
 	asks   map[uint64]pendingAsk
 
-	rmu      sync.Mutex   // the reader's look at coder/websocket's buffer, against the close handshake's
+	// The reader's look at coder/websocket's buffer, against the close
+	// handshake's; and the reader's wait, against shed.
+	rmu      sync.Mutex
+	waiting  bool         // in socket.wait
+	shedding bool         // shed woke the wait: the reader moves to a fresh goroutine
 	lastRead atomic.Int64 // unix nanos of the last frame read
 	busy     atomic.Int32 // the read loop is inside a parser: don't reap
 
@@ -435,22 +440,50 @@ func (c *Conn) waitRoom() error {
 }
 
 // awaitMessage parks the reader until the client sends something, on a
-// shallow stack when coder/websocket has nothing buffered (socket.wait),
-// and reports false once the connection is closing: from then on only the
-// close handshake (finish) reads, so that the look at coder/websocket's
-// buffer, which is not safe against concurrent reads, never overlaps it.
-func (c *Conn) awaitMessage() bool {
+// shallow stack when coder/websocket has nothing buffered (socket.wait).
+// It reports closing once the connection is closing: from then on only
+// the close handshake (finish) reads, so that the look at coder/websocket's
+// buffer, which is not safe against concurrent reads, never overlaps it;
+// and move when shed woke it to go on in a fresh goroutine.
+func (c *Conn) awaitMessage() (closing, move bool) {
 	c.rmu.Lock()
 	if c.ctx.Err() != nil {
 		c.rmu.Unlock()
-		return false
+		return true, false
 	}
-	empty := c.sock != nil && c.sock.br.Buffered() == 0
+	if c.sock == nil || c.sock.br.Buffered() > 0 {
+		c.rmu.Unlock()
+		return false, false
+	}
+	c.waiting = true
 	c.rmu.Unlock()
-	if empty {
-		c.sock.wait()
+	c.sock.wait()
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.waiting = false
+	if c.shedding {
+		// What wait read, if anything, stays in the socket for the next.
+		c.shedding = false
+		c.sock.SetReadDeadline(time.Time{})
+		return false, true
 	}
-	return true
+	return false, false
+}
+
+// shed asks the reader, if it is waiting for its client, to go on in a
+// fresh goroutine: the stack it grew handling requests (the welcome,
+// subscriptions, catch-up, a pong) stays at 8 KB until garbage collections
+// halve it, never below 4 KB once grown, while a fresh goroutine waits in
+// 2 KB. A read deadline in the past wakes the wait; nothing else reads
+// before awaitMessage clears it. The connection's timers call it once
+// the client has gone quiet: after the setup, and after each pong.
+func (c *Conn) shed() {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.waiting && !c.shedding && c.ctx.Err() == nil && c.sock.rc != nil {
+		c.shedding = true
+		c.sock.SetReadDeadline(time.Unix(1, 0))
+	}
 }
 
 // Liveness.
@@ -474,6 +507,7 @@ func (c *Conn) ping() {
 		}
 		c.pingSent.Store(0)
 		next = max(0, cfg.pingInterval-cfg.pongTimeout)
+		c.shed() // the pong was read on a stack it grew
 	} else {
 		c.sweepAsks(now)
 		c.pingSent.Store(now.UnixNano())
@@ -522,6 +556,8 @@ func (c *Conn) close(code CloseCode, why string, cause error) {
 		c.qmu.Unlock()
 		c.cancel()
 		c.endAsks() // their contexts end with the connection's
+		c.wwg.Add(1)
+		go c.finish() // the goodbye; serve waits for it
 	})
 }
 
@@ -530,7 +566,9 @@ func (c *Conn) close(code CloseCode, why string, cause error) {
 func (c *Conn) finish() {
 	defer c.wwg.Done()
 	c.qmu.Lock()
-	c.pingTimer.Stop()
+	if c.pingTimer != nil {
+		c.pingTimer.Stop()
+	}
 	c.qmu.Unlock()
 	for {
 		c.qmu.Lock()

@@ -78,10 +78,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// which halves what an idle connection costs. The server still owns
 	// the goroutine: Shutdown waits for it through admit/done.
 	upgraded = true
-	go func() {
-		defer s.done()
-		s.serve(c)
-	}()
+	go s.serve(c)
 }
 
 // originAllowed reports whether a browser page may connect: no Origin
@@ -124,36 +121,22 @@ func offers(r *http.Request, proto string) bool {
 	return false
 }
 
-// serve runs a connection from its welcome to its end, then removes every
-// trace of it.
+// serve runs a connection from its welcome to its end.
 func (s *Server) serve(c *Conn) {
 	s.stats.connections.Add(1)
 	s.stats.accepted.Add(1)
 	c.qmu.Lock()
 	c.pingTimer = time.AfterFunc(s.cfg.pingInterval, c.ping)
 	c.qmu.Unlock()
-	c.wwg.Add(1)
-	context.AfterFunc(c.ctx, c.finish) // the goodbye, whoever closes
-	reason := s.run(c)
-	c.close(CloseServerError, "", reason) // no-op if already closed
-	c.ownOnce.Do(func() {})               // no catch-up starts from now on
-	if c.ownTimer != nil {
-		c.ownTimer.Stop()
+	if err := s.welcome(c); err != nil {
+		s.end(c, err)
+		return
 	}
-	c.endGoroutines() // handlers see c.ctx cancelled
-	s.cleanup(c)
-	c.wwg.Wait()
-	if c.closeCause != nil {
-		reason = c.closeCause
-	}
-	s.stats.connections.Add(-1)
-	if h := s.cfg.hooks.OnDisconnect; h != nil {
-		s.hook("OnDisconnect", func() { h(c, reason) })
-	}
+	s.read(c)
 }
 
-// run registers c, welcomes it and reads until the connection fails.
-func (s *Server) run(c *Conn) error {
+// welcome registers c and welcomes it.
+func (s *Server) welcome(c *Conn) error {
 	if !s.hub.add(c) {
 		c.close(CloseShutdown, "server shutting down", ErrServerClosed)
 		return ErrServerClosed
@@ -177,23 +160,67 @@ func (s *Server) run(c *Conn) error {
 	// and session channels (membership.go).
 	c.enqueueControl(func() { s.restoreServerSubs(c) })
 	c.send(encodeWelcome(c), false)
-	// A client that says nothing gets its held channels soon.
-	c.ownTimer = time.AfterFunc(ownHold, func() { s.startHeld(c) })
+	// A client that says nothing gets its held channels soon; either way
+	// the connection's setup is over by then, and its reader sheds the
+	// stack that setup grew.
+	c.ownTimer = time.AfterFunc(ownHold, func() {
+		s.startHeld(c)
+		c.shed()
+	})
 	if exp := c.session.ExpiresAt; !exp.IsZero() {
-		t := time.AfterFunc(time.Until(exp), func() {
+		c.expiry = time.AfterFunc(time.Until(exp), func() {
 			c.close(CloseExpired, "session expired", ErrSessionExpired)
 		})
-		defer t.Stop()
 	}
 	if h := s.cfg.hooks.OnConnect; h != nil {
 		s.hook("OnConnect", func() { h(c) })
 	}
-	for c.awaitMessage() {
+	return nil
+}
+
+// read reads until the connection fails, then ends it. Asked to shed its
+// stack, it goes on in a fresh goroutine, which ends the connection in
+// its turn.
+func (s *Server) read(c *Conn) {
+	for {
+		closing, move := c.awaitMessage()
+		switch {
+		case closing:
+			s.end(c, net.ErrClosed) // closed by the server: end reports why
+			return
+		case move:
+			go s.read(c)
+			return
+		}
 		if err := s.readMessage(c); err != nil {
-			return readError(err)
+			s.end(c, readError(err))
+			return
 		}
 	}
-	return net.ErrClosed // closed by the server: serve reports why
+}
+
+// end removes every trace of c once its reads are over, and then lets
+// Shutdown, which waits for every connection, go on.
+func (s *Server) end(c *Conn, reason error) {
+	defer s.done()
+	c.close(CloseServerError, "", reason) // no-op if already closed
+	c.ownOnce.Do(func() {})               // no catch-up starts from now on
+	if c.ownTimer != nil {
+		c.ownTimer.Stop()
+	}
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	c.endGoroutines() // handlers see c.ctx cancelled
+	s.cleanup(c)
+	c.wwg.Wait()
+	if c.closeCause != nil {
+		reason = c.closeCause
+	}
+	s.stats.connections.Add(-1)
+	if h := s.cfg.hooks.OnDisconnect; h != nil {
+		s.hook("OnDisconnect", func() { h(c, reason) })
+	}
 }
 
 // readBuffers holds the buffers messages are read into: an idle connection

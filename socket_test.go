@@ -23,21 +23,42 @@ import (
 
 // An idle connection's reader waits for its client on a shallow stack
 // (socket.go), not under coder/websocket's reader, whose depth would keep
-// an 8 KB stack per idle connection.
+// an 8 KB stack per idle connection; and once the connection's setup is
+// over, it goes on in a fresh goroutine, whose stack starts small
+// (Conn.shed).
 func TestIdleReaderWaitsShallow(t *testing.T) {
 	cl := newCluster(t, 1)
 	c := cl.dial(0, nil)
 	c.Subscribe("news")
 	var stack string
 	eventually(t, "the reader to wait in socket.wait", func() bool {
-		stack = goroutineRunning("sss.(*Server).run(")
+		stack = goroutineRunning("sss.(*Server).read(")
 		return strings.Contains(stack, "(*socket).wait")
 	})
 	if strings.Contains(stack, "coder/websocket") {
 		t.Fatalf("the idle reader waits inside coder/websocket:\n%s", stack)
 	}
-	// And it still reads.
+	eventually(t, "the reader to move to a fresh goroutine", func() bool {
+		stack = goroutineRunning("sss.(*Server).read(")
+		return strings.Contains(stack, "created by github.com/superscaled/sss.(*Server).read")
+	})
+	// And it still reads, what is already there and what comes next.
 	c.Subscribe("sport")
+	c.Subscribe("weather")
+}
+
+// A reader woken to move to a fresh goroutine (after each pong: pings
+// every 20 ms here) while its client keeps sending loses and reorders
+// nothing.
+func TestShedUnderTraffic(t *testing.T) {
+	cl := newCluster(t, 1, sss.WithPing(20*time.Millisecond, 10*time.Millisecond))
+	c := cl.dial(0, nil)
+	for i := range 300 {
+		ch := fmt.Sprintf("c%d", i%7)
+		c.Ack(map[string]any{"type": "subscribe", "channel": ch})
+		time.Sleep(time.Duration(i%3) * time.Millisecond)
+		c.Ack(map[string]any{"type": "unsubscribe", "channel": ch})
+	}
 }
 
 // goroutineRunning returns the stack of a goroutine with fn on it.

@@ -273,14 +273,39 @@ func compactJSON(data json.RawMessage) (json.RawMessage, error) {
 	if !utf8.Valid(data) {
 		return nil, errInvalidUTF8
 	}
-	if !bytes.ContainsAny(data, " \t\r\n") && json.Valid(data) {
+	if isCompact(data) && json.Valid(data) {
 		return data, nil
 	}
 	var buf bytes.Buffer
+	buf.Grow(len(data))
 	if err := json.Compact(&buf, data); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// isCompact reports whether JSON text has no whitespace outside its
+// strings: json.Compact would return it as it is (spaces inside strings,
+// as in most text, stay).
+func isCompact(b []byte) bool {
+	in, esc := false, false
+	for _, c := range b {
+		switch {
+		case esc:
+			esc = false
+		case in:
+			if c == '\\' {
+				esc = true
+			} else if c == '"' {
+				in = false
+			}
+		case c == '"':
+			in = true
+		case c == ' ', c == '\t', c == '\r', c == '\n':
+			return false
+		}
+	}
+	return true
 }
 
 // encodeData encodes application data for the wire: a json.RawMessage is

@@ -1,9 +1,11 @@
 package sss
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/superscaled/sss/scaler"
 )
@@ -111,6 +113,38 @@ func FuzzDecodeFast(f *testing.F) {
 		}
 		if !reflect.DeepEqual(fast, slow) {
 			t.Fatalf("fast path decoded %q as %+v, encoding/json as %+v", b, fast, slow)
+		}
+	})
+}
+
+// FuzzCompactJSON checks compactJSON against json.Compact: the same bytes
+// for valid JSON (returned as is when already compact, spaces inside strings
+// included), an error for invalid JSON or UTF-8, and never a raw newline.
+func FuzzCompactJSON(f *testing.F) {
+	for _, s := range []string{`{"n":1,"text":"round trip"}`, "{\n  \"a\": 1\n}", `"a\"b c"`, `[1, 2]`, `{"a":"\\"}`, `"x`, " 1 ", "\"\t\""} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := compactJSON(b)
+		if len(b) == 0 {
+			return
+		}
+		var want bytes.Buffer
+		werr := json.Compact(&want, b)
+		if !utf8.Valid(b) {
+			if err == nil {
+				t.Fatalf("%q: invalid UTF-8 accepted", b)
+			}
+			return
+		}
+		if (err != nil) != (werr != nil) {
+			t.Fatalf("%q: error %v, json.Compact's %v", b, err, werr)
+		}
+		if err == nil && !bytes.Equal(got, want.Bytes()) {
+			t.Fatalf("%q: %q, json.Compact gives %q", b, got, want.Bytes())
+		}
+		if bytes.ContainsAny(got, "\n\r") {
+			t.Fatalf("%q: a raw newline in %q", b, got)
 		}
 	})
 }

@@ -56,3 +56,4 @@ fi
 go test -run '^$' -fuzz '^FuzzDecodeFrame$' -fuzztime "${SSS_FUZZTIME:-10s}" .
 go test -run '^$' -fuzz '^FuzzOutputFrames$' -fuzztime "${SSS_FUZZTIME:-10s}" .
 go test -run '^$' -fuzz '^FuzzDecodeFast$' -fuzztime "${SSS_FUZZTIME:-10s}" .
+go test -run '^$' -fuzz '^FuzzCompactJSON$' -fuzztime "${SSS_FUZZTIME:-10s}" .

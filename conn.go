@@ -872,7 +872,8 @@ func (c *Conn) release() { <-c.sem }
 
 // Goroutines of the connection.
 
-// spawn runs f on a goroutine owned by the connection, unless it ended.
+// spawn runs f on a goroutine owned by the connection (one of the
+// server's workers), unless it ended.
 func (c *Conn) spawn(f func()) bool {
 	c.gmu.Lock()
 	defer c.gmu.Unlock()
@@ -880,10 +881,10 @@ func (c *Conn) spawn(f func()) bool {
 		return false
 	}
 	c.wg.Add(1)
-	go func() {
+	c.srv.workers.run(func() {
 		defer c.wg.Done()
 		f()
-	}()
+	})
 	return true
 }
 

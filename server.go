@@ -464,6 +464,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.awaitHandlers()
 	}
+	s.workers.stop()
 	return errors.Join(err, s.leave(ctx))
 }
 
@@ -494,6 +495,7 @@ func (s *Server) Close() error {
 		c.abort()
 	}
 	s.awaitHandlers()
+	s.workers.stop()
 	return s.leave(context.Background())
 }
 

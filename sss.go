@@ -76,6 +76,9 @@ type Server struct {
 		m   map[uint64]chan nodeMsg
 	}
 
+	// workers runs the connections' short-lived goroutines (workers.go).
+	workers workers
+
 	// lateParsers counts session parser calls past their deadline (session.go).
 	lateParsers atomic.Int32
 

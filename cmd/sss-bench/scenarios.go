@@ -119,12 +119,15 @@ type subscriber struct {
 }
 
 // readPubs reads publications until every one of msgs arrived or ctx
-// ends. It does no JSON decoding: two byte searches per frame.
+// ends (the caller then closes c, which ends the read in progress). It
+// does no JSON decoding: two byte searches per frame; and it reads without
+// a context, for which coder/websocket would register and clear an
+// AfterFunc per message.
 func readPubs(ctx context.Context, p proto, c *websocket.Conn, s *subscriber, msgs int, done *atomic.Int32) {
 	var buf bytes.Buffer
 	finished := false
 	for ctx.Err() == nil {
-		_, r, err := c.Reader(ctx)
+		_, r, err := c.Reader(context.Background())
 		if err != nil {
 			break
 		}

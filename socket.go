@@ -45,6 +45,7 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil && readFDSupported {
 			s.rc = rc
+			s.readFn, s.waitFn = s.readFD, s.fill
 		}
 	}
 	// What net/http read ahead must come first (coder/websocket takes only
@@ -94,6 +95,14 @@ type socket struct {
 	ahead    []byte          // read, not handed on yet
 	aheadBuf *[]byte         // ahead's pooled buffer, if it has one
 	err      error           // the read that filled nothing failed with it
+
+	// rc.Read's callbacks, bound once (a closure per call would be an
+	// allocation per message), and Read's buffer and results for
+	// readFD: coder/websocket makes one Read at a time.
+	readFn, waitFn func(fd uintptr) bool
+	p              []byte
+	n              int
+	rerr           error
 }
 
 // aheadBuffers holds the buffers wait reads into: an idle connection keeps
@@ -140,7 +149,7 @@ func (s *socket) Write(p []byte) (int, error) {
 	return s.Conn.Write(p)
 }
 
-func (s *socket) Read(p []byte) (n int, err error) {
+func (s *socket) Read(p []byte) (int, error) {
 	if s.rc == nil {
 		if len(s.ahead) > 0 {
 			return s.consume(p), nil
@@ -150,22 +159,28 @@ func (s *socket) Read(p []byte) (n int, err error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	rerr := s.rc.Read(func(fd uintptr) bool {
-		switch {
-		case len(s.ahead) > 0:
-			n = s.consume(p)
-		case s.err != nil:
-			err = s.err
-		default:
-			n, err = readFD(fd, p)
-			return err != errWouldBlock
-		}
-		return true
-	})
-	if rerr != nil {
-		return 0, rerr
+	s.p = p
+	err := s.rc.Read(s.readFn)
+	n, rerr := s.n, s.rerr
+	s.p, s.n, s.rerr = nil, 0, nil
+	if err != nil {
+		return 0, err
 	}
-	return n, err
+	return n, rerr
+}
+
+// readFD is Read's callback: what wait read ahead first, then the socket.
+func (s *socket) readFD(fd uintptr) bool {
+	switch {
+	case len(s.ahead) > 0:
+		s.n = s.consume(s.p)
+	case s.err != nil:
+		s.rerr = s.err
+	default:
+		s.n, s.rerr = readFD(fd, s.p)
+		return s.rerr != errWouldBlock
+	}
+	return true
 }
 
 // consume hands on what was read ahead, and returns its buffer once empty.
@@ -184,25 +199,27 @@ func (s *socket) consume(p []byte) int {
 // wait returns once the client has sent something, or the socket failed
 // (the next Read says how). Reader only, with nothing buffered in br.
 func (s *socket) wait() {
-	if s.rc == nil {
-		return
+	if s.rc != nil {
+		s.rc.Read(s.waitFn)
 	}
-	s.rc.Read(func(fd uintptr) bool {
-		if len(s.ahead) > 0 || s.err != nil {
-			return true
-		}
-		buf := aheadBuffers.Get().(*[]byte)
-		n, err := readFD(fd, *buf)
-		switch {
-		case err == errWouldBlock:
-			aheadBuffers.Put(buf)
-			return false
-		case err != nil:
-			aheadBuffers.Put(buf)
-			s.err = err
-		default:
-			s.ahead, s.aheadBuf = (*buf)[:n], buf
-		}
+}
+
+// fill is wait's callback: it reads what arrived into a pooled buffer.
+func (s *socket) fill(fd uintptr) bool {
+	if len(s.ahead) > 0 || s.err != nil {
 		return true
-	})
+	}
+	buf := aheadBuffers.Get().(*[]byte)
+	n, err := readFD(fd, *buf)
+	switch {
+	case err == errWouldBlock:
+		aheadBuffers.Put(buf)
+		return false
+	case err != nil:
+		aheadBuffers.Put(buf)
+		s.err = err
+	default:
+		s.ahead, s.aheadBuf = (*buf)[:n], buf
+	}
+	return true
 }

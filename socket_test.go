@@ -277,3 +277,44 @@ func TestPongsBetweenMessages(t *testing.T) {
 		t.Fatalf("ping: %v", err)
 	}
 }
+
+// Over TLS terminated by net/http the hijacked connection has no
+// descriptor to wait on: the reader waits inside coder/websocket, and
+// asks, replies and the close handshake work the same.
+func TestTLSConnection(t *testing.T) {
+	srv, err := sss.New(sss.WithScaler(newMemory(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.HandleAsk("echo", func(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) {
+		return data, nil
+	})
+	hs := httptest.NewTLSServer(srv)
+	defer hs.Close()
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, "wss"+strings.TrimPrefix(hs.URL, "https"),
+		&websocket.DialOptions{HTTPClient: hs.Client(), Subprotocols: []string{sss.Subprotocol}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	for i := range 3 {
+		msg := fmt.Sprintf(`{"type":"ask","id":%d,"name":"echo","data":"over TLS %d"}`, i+1, i)
+		if err := ws.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := 0
+	for got < 3 {
+		_, msg, err := ws.Read(ctx)
+		if err != nil {
+			t.Fatalf("after %d replies: %v", got, err)
+		}
+		got += bytes.Count(msg, []byte(`"type":"ack"`))
+	}
+	if err := ws.Close(websocket.StatusNormalClosure, ""); err != nil {
+		t.Fatalf("close handshake: %v", err)
+	}
+}

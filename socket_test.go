@@ -78,40 +78,11 @@ func goroutineRunning(fn string) string {
 // in one write, one cut inside its header, and one larger than a read
 // ahead, cut in three with pauses between.
 func TestFramesCutAnyWay(t *testing.T) {
-	srv, err := sss.New(sss.WithScaler(newMemory(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.HandleAsk("echo", func(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) {
-		return data, nil
-	})
-	hs := httptest.NewServer(srv)
-	defer hs.Close()
-	defer srv.Close()
-
-	nc, err := net.Dial("tcp", hs.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	_, hs := echoServer(t, httptest.NewServer)
 	ask := func(id int, data string) []byte {
 		return maskedFrame(fmt.Sprintf(`{"type":"ask","id":%d,"name":"echo","data":%q}`, id, data))
 	}
-	upgrade := "GET / HTTP/1.1\r\nHost: " + hs.Listener.Addr().String() + "\r\n" +
-		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: " + sss.Subprotocol + "\r\n\r\n"
-	if _, err := nc.Write(append([]byte(upgrade), ask(1, "with the upgrade")...)); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(nc)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %s", resp.Status)
-	}
+	nc, br := rawUpgrade(t, hs.Listener.Addr().String(), ask(1, "with the upgrade"))
 
 	want := map[int]string{1: "with the upgrade"}
 	var three []byte
@@ -157,6 +128,68 @@ func TestFramesCutAnyWay(t *testing.T) {
 		if got[id] != data {
 			t.Errorf("ask %d: echoed %.40q, want %.40q", id, got[id], data)
 		}
+	}
+}
+
+// echoServer serves an sss.Server with an "echo" ask handler through
+// start (httptest.NewServer or NewTLSServer), both closed at the end.
+func echoServer(t *testing.T, start func(http.Handler) *httptest.Server) (*sss.Server, *httptest.Server) {
+	t.Helper()
+	srv, err := sss.New(sss.WithScaler(newMemory(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.HandleAsk("echo", func(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) {
+		return data, nil
+	})
+	hs := start(srv)
+	t.Cleanup(func() { srv.Close(); hs.Close() })
+	return srv, hs
+}
+
+// rawUpgrade opens a TCP connection to addr, sends the upgrade request and
+// first (client frames, possibly none) in one write, and reads the 101.
+func rawUpgrade(t *testing.T, addr string, first []byte) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	upgrade := "GET / HTTP/1.1\r\nHost: " + addr + "\r\n" +
+		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: " + sss.Subprotocol + "\r\n\r\n"
+	if _, err := nc.Write(append([]byte(upgrade), first...)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %s", resp.Status)
+	}
+	return nc, br
+}
+
+// A client that goes away while its reader waits in socket.wait (a reset,
+// then plain end of stream) ends its connection: the failed read ahead is
+// what the next read reports.
+func TestClientGoneWhileWaiting(t *testing.T) {
+	for _, reset := range []bool{false, true} {
+		srv, hs := echoServer(t, httptest.NewServer)
+		nc, br := rawUpgrade(t, hs.Listener.Addr().String(), nil)
+		readServerMessage(t, br) // the welcome
+		eventually(t, "the reader to wait in socket.wait", func() bool {
+			return strings.Contains(goroutineRunning("sss.(*Server).read("), "(*socket).wait")
+		})
+		if reset {
+			nc.(*net.TCPConn).SetLinger(0) // close sends a reset
+		}
+		nc.Close()
+		eventually(t, "the connection to end", func() bool { return srv.Stats().Connections == 0 })
 	}
 }
 
@@ -282,16 +315,7 @@ func TestPongsBetweenMessages(t *testing.T) {
 // descriptor to wait on: the reader waits inside coder/websocket, and
 // asks, replies and the close handshake work the same.
 func TestTLSConnection(t *testing.T) {
-	srv, err := sss.New(sss.WithScaler(newMemory(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.HandleAsk("echo", func(ctx context.Context, c *sss.Conn, data json.RawMessage) (any, error) {
-		return data, nil
-	})
-	hs := httptest.NewTLSServer(srv)
-	defer hs.Close()
-	defer srv.Close()
+	_, hs := echoServer(t, httptest.NewTLSServer)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ws, _, err := websocket.Dial(ctx, "wss"+strings.TrimPrefix(hs.URL, "https"),
